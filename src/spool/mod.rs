@@ -1,0 +1,478 @@
+//! The durable queue: message records, contents, the due index and the
+//! in-flight set, all in the sled store, with group commit.
+//!
+//! Keyspace (trees of the one sled database):
+//! - `msg`:    queue id (8 bytes BE) → `QueuedMessage` record
+//! - `body`:   queue id + chunk number (4 bytes BE) → up to `CHUNK_SIZE` octets
+//! - `due`:    due time (Unix ms, 8 bytes BE) + queue id → empty
+//! - `active`: queue id → empty; messages handed to delivery
+//!
+//! Write order keeps a message always findable after a crash (sled recovers
+//! a prefix of its log): a due or active entry is written before the record
+//! that points to it, and removed after. The spool never decides *when* or
+//! *where* a message goes; the scheduler and router do.
+
+pub mod id;
+pub mod record;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+
+pub use id::{BadQueueId, QueueId};
+pub use record::{QueuedMessage, RcptState, Recipient};
+pub use store::{CHUNK_SIZE, CommitStats, StoreError};
+
+use id::IdGenerator;
+use store::Store;
+
+/// Queue names shown by `mailq` (as Postfix's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueName {
+    /// Being delivered, or not tried yet.
+    Active,
+    /// Waiting for a retry.
+    Deferred,
+    /// Held by the administrator.
+    Hold,
+}
+
+impl QueueName {
+    /// The name used in output and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::Active => "active",
+            QueueName::Deferred => "deferred",
+            QueueName::Hold => "hold",
+        }
+    }
+
+    /// Parses `active`, `deferred` or `hold`.
+    pub fn parse(s: &str) -> Option<QueueName> {
+        match s {
+            "active" => Some(QueueName::Active),
+            "deferred" => Some(QueueName::Deferred),
+            "hold" => Some(QueueName::Hold),
+            _ => None,
+        }
+    }
+}
+
+/// What a listener hands to the spool.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Envelope sender; empty for `<>`.
+    pub sender: String,
+    /// Recipients after alias expansion.
+    pub recipients: Vec<Recipient>,
+    /// Client description for logs.
+    pub client: String,
+    /// Listener name.
+    pub listener: String,
+    /// Message-ID header, if any.
+    pub message_id: Option<String>,
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn due_key(time: i64, id: QueueId) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&(time.max(0) as u64).to_be_bytes());
+    k[8..].copy_from_slice(&id.to_key());
+    k
+}
+
+fn chunk_key(id: QueueId, n: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&id.to_key());
+    k[8..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// The open spool.
+pub struct Spool {
+    dir: PathBuf,
+    store: Store,
+    msgs: sled::Tree,
+    bodies: sled::Tree,
+    due: sled::Tree,
+    active: sled::Tree,
+    ids: IdGenerator,
+}
+
+impl Spool {
+    /// Opens the spool directory, creating it if needed. Fails with
+    /// `StoreError::Locked` if another process has it open.
+    pub fn open(dir: &Path) -> Result<Spool, StoreError> {
+        let store = Store::open(dir)?;
+        let msgs = store.tree("msg")?;
+        let newest = msgs
+            .last()?
+            .and_then(|(k, _)| QueueId::from_key(&k))
+            .map(|id| id.0)
+            .unwrap_or(0);
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+            msgs,
+            bodies: store.tree("body")?,
+            due: store.tree("due")?,
+            active: store.tree("active")?,
+            store,
+            ids: IdGenerator::new(newest),
+        })
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The underlying store, for other keyspaces (mailboxes) that share the
+    /// group commit.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Group-commit counters.
+    pub fn commit_stats(&self) -> &CommitStats {
+        &self.store.stats
+    }
+
+    /// Waits until all writes so far are on stable storage.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.store.commit().await
+    }
+
+    /// Writes a new message (content, then record and due entry) without
+    /// waiting for the commit. The message is due at once.
+    pub fn write_message(&self, new: NewMessage, content: &[u8]) -> Result<QueuedMessage, StoreError> {
+        let id = self.ids.next();
+        let now = now_ms();
+        let mut chunks = 0u32;
+        for (n, chunk) in content.chunks(CHUNK_SIZE).enumerate() {
+            self.bodies.insert(chunk_key(id, n as u32), chunk)?;
+            chunks += 1;
+        }
+        let mut msg = QueuedMessage {
+            id,
+            arrival: now,
+            sender: new.sender,
+            size: content.len() as u64,
+            client: new.client,
+            listener: new.listener,
+            message_id: new.message_id,
+            recipients: new.recipients,
+            held: false,
+            due: None,
+            chunks,
+        };
+        for r in &mut msg.recipients {
+            r.next_attempt = now;
+        }
+        self.set_due(&mut msg, Some(now))?;
+        self.msgs.insert(id.to_key(), record::encode(&msg))?;
+        Ok(msg)
+    }
+
+    /// Writes a new message and waits for its commit: when this returns
+    /// `Ok`, the message survives a crash.
+    pub async fn enqueue(&self, new: NewMessage, content: &[u8]) -> Result<QueuedMessage, StoreError> {
+        let msg = self.write_message(new, content)?;
+        if let Err(e) = self.commit().await {
+            // Nothing half-stored is left behind for a message we refuse.
+            let _ = self.remove(&msg);
+            return Err(e);
+        }
+        Ok(msg)
+    }
+
+    /// Reads a message record.
+    pub fn get(&self, id: QueueId) -> Result<Option<QueuedMessage>, StoreError> {
+        match self.msgs.get(id.to_key())? {
+            Some(bytes) => record::decode(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Io(format!("{id}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a changed record.
+    pub fn put(&self, msg: &QueuedMessage) -> Result<(), StoreError> {
+        self.msgs.insert(msg.id.to_key(), record::encode(msg))?;
+        Ok(())
+    }
+
+    /// Reads a message's content.
+    pub fn content(&self, msg: &QueuedMessage) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::with_capacity(msg.size as usize);
+        for n in 0..msg.chunks {
+            match self.bodies.get(chunk_key(msg.id, n))? {
+                Some(c) => out.extend_from_slice(&c),
+                None => return Err(StoreError::Io(format!("{}: content chunk {n} is missing", msg.id))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a message entirely: record first, so a crash leaves at most
+    /// unreferenced index entries and chunks, which are skipped and swept.
+    pub fn remove(&self, msg: &QueuedMessage) -> Result<(), StoreError> {
+        self.msgs.remove(msg.id.to_key())?;
+        if let Some(t) = msg.due {
+            self.due.remove(due_key(t, msg.id))?;
+        }
+        self.active.remove(msg.id.to_key())?;
+        for n in 0..msg.chunks {
+            self.bodies.remove(chunk_key(msg.id, n))?;
+        }
+        Ok(())
+    }
+
+    /// Moves the message's due-index entry to `when` (or out of the index).
+    /// The caller writes the record afterwards with `put`.
+    pub fn set_due(&self, msg: &mut QueuedMessage, when: Option<i64>) -> Result<(), StoreError> {
+        if msg.due == when {
+            return Ok(());
+        }
+        if let Some(t) = when {
+            self.due.insert(due_key(t, msg.id), &[])?;
+        }
+        if let Some(old) = msg.due {
+            self.due.remove(due_key(old, msg.id))?;
+        }
+        msg.due = when;
+        Ok(())
+    }
+
+    /// Up to `limit` ids due at or before `now`, earliest first. Stale
+    /// index entries (whose record says otherwise) are removed on the way.
+    pub fn take_due(&self, now: i64, limit: usize) -> Result<Vec<QueuedMessage>, StoreError> {
+        let mut out = Vec::new();
+        let end = due_key(now, QueueId(u64::MAX));
+        for item in self.due.range(..=end.as_slice()) {
+            let (key, _) = item?;
+            let time = i64::from_be_bytes(key[..8].try_into().unwrap_or([0; 8]));
+            let Some(id) = QueueId::from_key(&key[8..]) else {
+                self.due.remove(&key)?;
+                continue;
+            };
+            match self.get(id)? {
+                Some(msg) if msg.due == Some(time) => out.push(msg),
+                _ => {
+                    self.due.remove(&key)?;
+                    continue;
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Time of the earliest due entry.
+    pub fn next_due_time(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .due
+            .first()?
+            .map(|(k, _)| i64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]))))
+    }
+
+    /// Marks a message as handed to delivery: into `active`, out of `due`.
+    pub fn mark_active(&self, msg: &mut QueuedMessage) -> Result<(), StoreError> {
+        self.active.insert(msg.id.to_key(), &[])?;
+        self.set_due(msg, None)?;
+        self.put(msg)
+    }
+
+    /// Ends a message's delivery round: writes its record with its next due
+    /// time (none when held), then leaves `active`.
+    pub fn finish_active(&self, msg: &mut QueuedMessage) -> Result<(), StoreError> {
+        let when = if msg.held { None } else { msg.next_due() };
+        self.set_due(msg, when)?;
+        self.put(msg)?;
+        self.active.remove(msg.id.to_key())?;
+        Ok(())
+    }
+
+    /// Ids left in `active` by a previous run (a crash or a stop mid-delivery).
+    pub fn active_ids(&self) -> Result<Vec<QueueId>, StoreError> {
+        let mut ids = Vec::new();
+        for item in self.active.iter() {
+            let (k, _) = item?;
+            if let Some(id) = QueueId::from_key(&k) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Whether the message is in the in-flight set.
+    pub fn is_active(&self, id: QueueId) -> Result<bool, StoreError> {
+        Ok(self.active.contains_key(id.to_key())?)
+    }
+
+    /// Puts messages left in `active` by a previous run back in the due
+    /// index, due now. Called once at daemon start.
+    pub fn recover_active(&self) -> Result<usize, StoreError> {
+        let ids = self.active_ids()?;
+        let now = now_ms();
+        for id in &ids {
+            match self.get(*id)? {
+                Some(mut msg) => {
+                    let when = if msg.held { None } else { Some(now) };
+                    self.set_due(&mut msg, when)?;
+                    self.put(&msg)?;
+                }
+                None => {}
+            }
+            self.active.remove(id.to_key())?;
+        }
+        Ok(ids.len())
+    }
+
+    /// Every message record in id (arrival) order. Unreadable records are
+    /// reported as errors in the stream, not skipped silently.
+    pub fn messages(&self) -> impl Iterator<Item = Result<QueuedMessage, StoreError>> + '_ {
+        self.msgs.iter().map(|item| {
+            let (_, v) = item?;
+            record::decode(&v).map_err(|e| StoreError::Io(e.to_string()))
+        })
+    }
+
+    /// Number of messages in the queue.
+    pub fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// Whether the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// Which queue a message is in, for `mailq`.
+    pub fn queue_name(&self, msg: &QueuedMessage, active: bool) -> QueueName {
+        if msg.held {
+            QueueName::Hold
+        } else if active || msg.recipients.iter().any(|r| r.state == RcptState::Pending) {
+            QueueName::Active
+        } else {
+            QueueName::Deferred
+        }
+    }
+
+    /// Keeps a message from delivery. When it is in flight, only the flag
+    /// is set; the end of the round leaves it out of the due index.
+    pub fn hold(&self, id: QueueId) -> Result<bool, StoreError> {
+        let Some(mut msg) = self.get(id)? else { return Ok(false) };
+        msg.held = true;
+        if !self.is_active(id)? {
+            self.set_due(&mut msg, None)?;
+        }
+        self.put(&msg)?;
+        Ok(true)
+    }
+
+    /// Releases a held message; it is due at once.
+    pub fn release(&self, id: QueueId) -> Result<bool, StoreError> {
+        let Some(mut msg) = self.get(id)? else { return Ok(false) };
+        if !msg.held {
+            return Ok(true);
+        }
+        msg.held = false;
+        let now = now_ms();
+        for r in msg.recipients.iter_mut().filter(|r| !r.state.is_final()) {
+            r.next_attempt = now;
+        }
+        if !self.is_active(id)? {
+            self.set_due(&mut msg, Some(now))?;
+        }
+        self.put(&msg)?;
+        Ok(true)
+    }
+
+    /// Makes a deferred message due now. Held messages stay held.
+    pub fn requeue(&self, id: QueueId) -> Result<bool, StoreError> {
+        let Some(mut msg) = self.get(id)? else { return Ok(false) };
+        let now = now_ms();
+        for r in msg.recipients.iter_mut().filter(|r| !r.state.is_final()) {
+            r.next_attempt = now;
+        }
+        if !msg.held && !self.is_active(id)? {
+            self.set_due(&mut msg, Some(now))?;
+        }
+        self.put(&msg)?;
+        Ok(true)
+    }
+
+    /// Removes a message without a bounce.
+    pub fn delete(&self, id: QueueId) -> Result<bool, StoreError> {
+        let Some(msg) = self.get(id)? else { return Ok(false) };
+        self.remove(&msg)?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_message(rcpts: &[&str]) -> NewMessage {
+        NewMessage {
+            sender: "alice@example.test".into(),
+            recipients: rcpts.iter().map(|r| Recipient::new(r.to_string(), None)).collect(),
+            client: "test".into(),
+            listener: "test".into(),
+            message_id: None,
+        }
+    }
+
+    #[test]
+    fn message_round_trips_with_large_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let content: Vec<u8> = (0..(3 * CHUNK_SIZE + 17)).map(|i| (i % 251) as u8).collect();
+        let msg = spool.write_message(new_message(&["bob@example.test"]), &content).expect("write");
+        spool.store().commit_blocking().expect("commit");
+        assert_eq!(msg.chunks, 4);
+        let back = spool.get(msg.id).expect("get").expect("present");
+        assert_eq!(spool.content(&back).expect("content"), content);
+        assert_eq!(spool.take_due(now_ms() + 1, 10).expect("due").len(), 1);
+        spool.delete(msg.id).expect("delete");
+        assert!(spool.get(msg.id).expect("get").is_none());
+        assert!(spool.take_due(now_ms() + 1, 10).expect("due").is_empty());
+    }
+
+    #[test]
+    fn hold_release_and_requeue_move_the_due_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::open(dir.path()).expect("open");
+        let msg = spool.write_message(new_message(&["x@remote.test"]), b"x").expect("write");
+        assert!(spool.hold(msg.id).expect("hold"));
+        assert!(spool.take_due(i64::MAX, 10).expect("due").is_empty());
+        assert!(spool.requeue(msg.id).expect("requeue"));
+        assert!(spool.take_due(i64::MAX, 10).expect("due").is_empty(), "held stays held");
+        assert!(spool.release(msg.id).expect("release"));
+        assert_eq!(spool.take_due(i64::MAX, 10).expect("due").len(), 1);
+    }
+
+    #[test]
+    fn active_messages_are_recovered_after_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = {
+            let spool = Spool::open(dir.path()).expect("open");
+            let mut msg = spool.write_message(new_message(&["x@remote.test"]), b"x").expect("write");
+            spool.mark_active(&mut msg).expect("active");
+            spool.store().commit_blocking().expect("commit");
+            assert!(spool.take_due(i64::MAX, 10).expect("due").is_empty());
+            msg.id
+        };
+        let spool = Spool::open(dir.path()).expect("reopen");
+        assert_eq!(spool.recover_active().expect("recover"), 1);
+        let due = spool.take_due(i64::MAX, 10).expect("due");
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, id);
+    }
+}
