@@ -316,21 +316,21 @@ fn apply_outcome(queue: &Queue, id: QueueId, arrival: i64, now: i64, r: &mut cra
         Outcome::Delivered(detail) => {
             r.state = RcptState::Delivered;
             r.last_error = None;
-            tracing::info!(queue_id = %id, to = %r.address, relay = %detail, delay = %delay, dsn = "2.0.0", status = "sent", "delivery");
+            tracing::info!(queue_id = %id, to = %r.address, relay = %detail, delay = %delay, dsn = %"2.0.0", status = %"sent", "delivery");
         }
         Outcome::PermFail(reason) => {
             r.state = RcptState::Bounced;
-            tracing::info!(queue_id = %id, to = %r.address, relay = "none", delay = %delay, dsn = dsn_of(&reason, "5.0.0"), status = "bounced", reason = %reason, "delivery");
+            tracing::info!(queue_id = %id, to = %r.address, relay = %"none", delay = %delay, dsn = %dsn_of(&reason, "5.0.0"), status = %"bounced", reason = %reason, "delivery");
             r.last_error = Some(reason);
         }
         Outcome::TempFail(reason) => {
             if now - arrival >= queue.lifetime.as_millis() as i64 {
                 r.state = RcptState::Bounced;
-                tracing::info!(queue_id = %id, to = %r.address, relay = "none", delay = %delay, dsn = "4.4.7", status = "expired", reason = %reason, "delivery");
+                tracing::info!(queue_id = %id, to = %r.address, relay = %"none", delay = %delay, dsn = %"4.4.7", status = %"expired", reason = %reason, "delivery");
             } else {
                 r.state = RcptState::Deferred;
                 r.next_attempt = now + retry_delay(queue, r.attempts).as_millis() as i64;
-                tracing::info!(queue_id = %id, to = %r.address, relay = "none", delay = %delay, dsn = dsn_of(&reason, "4.0.0"), status = "deferred", reason = %reason, "delivery");
+                tracing::info!(queue_id = %id, to = %r.address, relay = %"none", delay = %delay, dsn = %dsn_of(&reason, "4.0.0"), status = %"deferred", reason = %reason, "delivery");
             }
             r.last_error = Some(reason);
         }

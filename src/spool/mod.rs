@@ -60,6 +60,9 @@ impl QueueName {
 /// What a listener hands to the spool.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// Id taken in advance with `Spool::new_id` (for a `Received:` header),
+    /// or `None` to take one now.
+    pub id: Option<QueueId>,
     /// Envelope sender; empty for `<>`.
     pub sender: String,
     /// Recipients after alias expansion.
@@ -145,10 +148,15 @@ impl Spool {
         self.store.commit().await
     }
 
+    /// Takes a fresh queue id.
+    pub fn new_id(&self) -> QueueId {
+        self.ids.next()
+    }
+
     /// Writes a new message (content, then record and due entry) without
     /// waiting for the commit. The message is due at once.
     pub fn write_message(&self, new: NewMessage, content: &[u8]) -> Result<QueuedMessage, StoreError> {
-        let id = self.ids.next();
+        let id = new.id.unwrap_or_else(|| self.ids.next());
         let now = now_ms();
         let mut chunks = 0u32;
         for (n, chunk) in content.chunks(CHUNK_SIZE).enumerate() {
@@ -421,6 +429,7 @@ mod tests {
 
     fn new_message(rcpts: &[&str]) -> NewMessage {
         NewMessage {
+            id: None,
             sender: "alice@example.test".into(),
             recipients: rcpts.iter().map(|r| Recipient::new(r.to_string(), None)).collect(),
             client: "test".into(),

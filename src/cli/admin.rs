@@ -1,0 +1,94 @@
+//! `check-config`, `hash-password`, `reload`, `debug smtp`, `mailbox`.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use super::request;
+use crate::config::{Config, LoadError};
+use crate::control::{Item, Request};
+
+/// `petrel check-config`: every error with its key, exit 1 on error.
+pub fn check_config(path: Option<&Path>) -> i32 {
+    match Config::load(path) {
+        Ok(c) => {
+            let source = c
+                .path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "built-in defaults".into());
+            println!("{source}: configuration is valid");
+            0
+        }
+        Err(LoadError::Invalid(p, errs)) => {
+            for e in &errs.errors {
+                eprintln!("{}: {}: {}", p.display(), e.key, e.reason);
+            }
+            1
+        }
+        Err(e) => {
+            eprintln!("petrel: {e}");
+            1
+        }
+    }
+}
+
+/// `petrel hash-password`: password on stdin (one line), hash on stdout.
+pub fn hash_password() -> i32 {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("petrel: cannot read the password: {e}");
+        return 1;
+    }
+    let password = input.strip_suffix('\n').unwrap_or(&input);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("petrel: empty password");
+        return 1;
+    }
+    match crate::auth::hash_password(password) {
+        Ok(h) => {
+            println!("{h}");
+            0
+        }
+        Err(e) => {
+            eprintln!("petrel: {e}");
+            1
+        }
+    }
+}
+
+/// Requests that need the daemon and print one line on success.
+pub fn simple(config: &Config, req: Request, done: &str) -> Result<(), String> {
+    request(config, req, Vec::new(), |_| {})?;
+    println!("petrel: {done}");
+    Ok(())
+}
+
+/// `petrel mailbox NAME [--uid N]`.
+pub fn mailbox(config: &Config, name: String, uid: Option<u64>, json: bool) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    let mut first = true;
+    request(config, Request::Mailbox { name, uid }, Vec::new(), |item| match item {
+        Item::Raw(b) => {
+            let _ = out.write_all(&b);
+        }
+        Item::Json(v) if json => {
+            let _ = writeln!(out, "{v}");
+        }
+        Item::Json(v) => {
+            if first {
+                let _ = writeln!(out, "{:>8} {:>10} {:<12} {}", "UID", "SIZE", "QUEUE-ID", "MESSAGE-ID");
+                first = false;
+            }
+            let _ = writeln!(
+                out,
+                "{:>8} {:>10} {:<12} {}",
+                v["uid"].as_u64().unwrap_or(0),
+                v["size"].as_u64().unwrap_or(0),
+                v["queue_id"].as_str().unwrap_or(""),
+                v["message_id"].as_str().unwrap_or("-")
+            );
+        }
+    })?;
+    Ok(())
+}

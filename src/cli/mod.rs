@@ -1,0 +1,260 @@
+//! The command line: `petrel SUBCOMMAND`, and the `mailq` / `sendmail`
+//! personalities chosen by argv[0]. Queue commands go to the daemon over
+//! the control socket, or to the spool directly when no daemon runs.
+//!
+//! Exit status: 0 success, 1 failure with a one-line message on stderr,
+//! 2 usage error; `sendmail` uses sysexits codes instead.
+
+mod admin;
+mod queue;
+mod sendmail;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::control::{self, CallError, Item, Request};
+use crate::spool::{Spool, StoreError};
+
+/// petrel: a queueing mail transfer agent with local mailboxes.
+#[derive(Parser, Debug)]
+#[command(name = "petrel", version, about)]
+struct Cli {
+    /// Configuration file (default: $PETREL_CONFIG, else config/petrel.toml
+    /// if it exists, else the built-in defaults).
+    #[arg(short, long, env = "PETREL_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the daemon in the foreground.
+    Serve,
+    /// List the queue.
+    Mailq {
+        /// One JSON object per line (as `postqueue -j`).
+        #[arg(long)]
+        json: bool,
+        /// Only messages with a pending recipient in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only messages in this state.
+        #[arg(long, value_parser = ["active", "deferred", "hold"])]
+        state: Option<String>,
+    },
+    /// Make deferred messages due now.
+    Requeue(Select),
+    /// Keep messages from delivery until released.
+    Hold {
+        /// Queue IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Release held messages.
+    Release {
+        /// Queue IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove messages from the queue without a bounce.
+    Delete(Select),
+    /// Show a message's envelope and recipients.
+    Show {
+        /// Queue ID.
+        id: String,
+        /// Print the message too.
+        #[arg(long)]
+        body: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts by state and destination, oldest message age.
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the configuration in the running daemon.
+    Reload,
+    /// Run-time diagnostics.
+    Debug {
+        #[command(subcommand)]
+        what: DebugCmd,
+    },
+    /// Submit a message on stdin (sendmail-compatible options).
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail options and recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Read a password on stdin and print its hash for the directory.
+    HashPassword,
+    /// Validate the configuration; print each error with its key.
+    CheckConfig,
+    /// List a local mailbox, or print one of its messages.
+    Mailbox {
+        /// Mailbox name (user or mail-in).
+        name: String,
+        /// Print the message with this UID.
+        #[arg(long)]
+        uid: Option<u64>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct Select {
+    /// Every message.
+    #[arg(long)]
+    all: bool,
+    /// Messages with a pending recipient in this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Queue IDs.
+    ids: Vec<String>,
+}
+
+impl Select {
+    fn selection(&self) -> control::Selection {
+        if self.all {
+            control::Selection::All
+        } else if let Some(d) = &self.domain {
+            control::Selection::Domain(d.clone())
+        } else {
+            control::Selection::Ids(self.ids.clone())
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCmd {
+    /// Set the SMTP protocol trace level (0 off … 3 every line).
+    Smtp {
+        /// 0–3.
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=3))]
+        level: u8,
+    },
+}
+
+/// Entry point: dispatches on argv[0] (`mailq`, `sendmail`) and the
+/// subcommand. Returns the process exit status.
+pub fn main(args: Vec<String>) -> i32 {
+    let prog = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .unwrap_or_default();
+    let args = match prog.as_str() {
+        "sendmail" => {
+            let mut v = vec!["petrel".to_string()];
+            // Leading sendmail options belong to sendmail, but a -c/--config
+            // given first is ours.
+            let mut rest = args.into_iter().skip(1).peekable();
+            if let Some(a) = rest.peek()
+                && (a == "-c" || a == "--config")
+            {
+                v.push(rest.next().unwrap_or_default());
+                v.push(rest.next().unwrap_or_default());
+            }
+            v.push("sendmail".into());
+            v.extend(rest);
+            v
+        }
+        "mailq" => {
+            let mut v = vec!["petrel".to_string(), "mailq".to_string()];
+            v.extend(args.into_iter().skip(1));
+            v
+        }
+        _ => args,
+    };
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => 2,
+            };
+        }
+    };
+    match cli.command {
+        Cmd::CheckConfig => return admin::check_config(cli.config.as_deref()),
+        Cmd::HashPassword => return admin::hash_password(),
+        _ => {}
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("petrel: {e}");
+            return if matches!(cli.command, Cmd::Sendmail { .. }) { sendmail::EX_CONFIG } else { 1 };
+        }
+    };
+    let result = match cli.command {
+        Cmd::Serve => {
+            let log = crate::logging::init(&config.log.level);
+            return match crate::daemon::run(config, log) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("petrel: {e:#}");
+                    1
+                }
+            };
+        }
+        Cmd::Sendmail { args } => return sendmail::run(&config, &args),
+        Cmd::Mailq { json, domain, state } => queue::mailq(&config, json, domain, state),
+        Cmd::Requeue(sel) => queue::admin(&config, crate::scheduler::AdminOp::Requeue, sel.selection()),
+        Cmd::Delete(sel) => queue::admin(&config, crate::scheduler::AdminOp::Delete, sel.selection()),
+        Cmd::Hold { ids } => queue::admin(&config, crate::scheduler::AdminOp::Hold, control::Selection::Ids(ids)),
+        Cmd::Release { ids } => queue::admin(&config, crate::scheduler::AdminOp::Release, control::Selection::Ids(ids)),
+        Cmd::Show { id, body, json } => queue::show(&config, id, body, json),
+        Cmd::Status { json } => queue::status(&config, json),
+        Cmd::Reload => admin::simple(&config, Request::Reload, "configuration reloaded"),
+        Cmd::Debug { what: DebugCmd::Smtp { level } } => {
+            admin::simple(&config, Request::DebugSmtp { level }, &format!("smtp_debug set to {level}"))
+        }
+        Cmd::Mailbox { name, uid, json } => admin::mailbox(&config, name, uid, json),
+        Cmd::CheckConfig | Cmd::HashPassword => unreachable!("handled before loading the configuration"),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("petrel: {e}");
+            1
+        }
+    }
+}
+
+/// Carries out a request through the daemon, or on the spool directly when
+/// no daemon runs. Returns whether a daemon answered.
+fn request(config: &Config, req: Request, content: Vec<u8>, on_item: impl FnMut(Item)) -> Result<bool, String> {
+    let dir = &config.server.spool;
+    let mut on_item = on_item;
+    match control::call(dir, &req, &content, &mut on_item) {
+        Ok(()) => Ok(true),
+        Err(CallError::Failed(e)) => Err(e),
+        Err(CallError::Io(e)) => Err(format!("control socket {}: {e}", dir.join(control::SOCKET_NAME).display())),
+        Err(CallError::NoDaemon) => {
+            let spool = match Spool::open(dir) {
+                Ok(s) => Arc::new(s),
+                Err(StoreError::Locked(_)) => {
+                    return Err(format!(
+                        "the spool {} is locked by a daemon whose control socket does not answer",
+                        dir.display()
+                    ));
+                }
+                Err(e) => return Err(format!("cannot open the spool {}: {e}", dir.display())),
+            };
+            control::run_offline(Arc::new(config.clone()), spool, req, content, on_item)?;
+            Ok(false)
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Intake: turns an accepted envelope and content into a queued message.
+//! Shared by the SMTP listeners and `petrel sendmail`. It expands aliases
+//! (as Postfix's cleanup does), writes through the spool, waits for the
+//! group commit, logs `accepted` and wakes the scheduler. It never routes.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::headers;
+use crate::scheduler::Waker;
+use crate::spool::{NewMessage, QueuedMessage, Recipient, Spool, StoreError};
+
+/// An envelope ready to be queued.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// Queue id taken in advance (see `Spool::new_id`), if any.
+    pub id: Option<crate::spool::QueueId>,
+    /// Reverse path; empty for `<>`.
+    pub sender: String,
+    /// Accepted recipients, as the client gave them.
+    pub recipients: Vec<String>,
+    /// Client description for logs (`[127.0.0.1]`, `sendmail`).
+    pub client: String,
+    /// Listener name (`sendmail` for local submission).
+    pub listener: String,
+}
+
+/// The front of the queue.
+#[derive(Clone)]
+pub struct Intake {
+    spool: Arc<Spool>,
+    /// Absent when the CLI writes to the spool with no daemon running.
+    waker: Option<Waker>,
+}
+
+impl Intake {
+    /// An intake over an open spool; `waker` wakes the daemon's scheduler.
+    pub fn new(spool: Arc<Spool>, waker: Option<Waker>) -> Intake {
+        Intake { spool, waker }
+    }
+
+    /// Takes a queue id in advance, for a `Received:` header.
+    pub fn new_id(&self) -> crate::spool::QueueId {
+        self.spool.new_id()
+    }
+
+    /// Queues the message durably. When this returns `Ok`, the message
+    /// survives a crash and the caller may acknowledge it.
+    pub async fn accept(&self, config: &Config, env: Envelope, content: &[u8]) -> Result<QueuedMessage, StoreError> {
+        let new = self.prepare(config, env, content);
+        let msg = self.spool.enqueue(new, content).await?;
+        self.accepted(&msg);
+        Ok(msg)
+    }
+
+    /// Blocking form for the CLI's direct spool access.
+    pub fn accept_blocking(&self, config: &Config, env: Envelope, content: &[u8]) -> Result<QueuedMessage, StoreError> {
+        let new = self.prepare(config, env, content);
+        let msg = self.spool.write_message(new, content)?;
+        if let Err(e) = self.spool.store().commit_blocking() {
+            let _ = self.spool.remove(&msg);
+            return Err(e);
+        }
+        self.accepted(&msg);
+        Ok(msg)
+    }
+
+    fn prepare(&self, config: &Config, env: Envelope, content: &[u8]) -> NewMessage {
+        NewMessage {
+            id: env.id,
+            sender: env.sender,
+            recipients: expand_recipients(config, &env.recipients),
+            client: env.client,
+            listener: env.listener,
+            message_id: headers::first(content, "Message-ID"),
+        }
+    }
+
+    fn accepted(&self, msg: &QueuedMessage) {
+        tracing::info!(
+            queue_id = %msg.id,
+            from = %format!("<{}>", msg.sender),
+            size = msg.size,
+            nrcpt = msg.recipients.len(),
+            client = %msg.client,
+            listener = %msg.listener,
+            message_id = %msg.message_id.as_deref().unwrap_or(""),
+            "accepted"
+        );
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
+    }
+}
+
+/// Expands local aliases; keeps the original address as ORCPT where it
+/// changed; drops duplicates. Unknown local addresses stay as they are
+/// (delivery bounces them).
+pub fn expand_recipients(config: &Config, given: &[String]) -> Vec<Recipient> {
+    let mut out: Vec<Recipient> = Vec::new();
+    for addr in given {
+        let local = addr.rsplit_once('@').is_some_and(|(_, d)| config.domains.is_local(d));
+        let targets = if local {
+            config.directory.expand(addr, &config.domains)
+        } else {
+            Vec::new()
+        };
+        if targets.is_empty() {
+            if !out.iter().any(|r| r.address.eq_ignore_ascii_case(addr)) {
+                out.push(Recipient::new(addr.clone(), None));
+            }
+            continue;
+        }
+        for t in targets {
+            if out.iter().any(|r| r.address.eq_ignore_ascii_case(&t)) {
+                continue;
+            }
+            let orcpt = (!t.eq_ignore_ascii_case(addr)).then(|| addr.clone());
+            out.push(Recipient::new(t, orcpt));
+        }
+    }
+    out
+}

@@ -1,0 +1,39 @@
+//! Logging: `tracing` to stderr, one line per event, with a level filter
+//! that a reload can change.
+
+use std::sync::Arc;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::reload;
+
+/// Changes the log filter at run time.
+#[derive(Clone)]
+pub struct LogControl {
+    set: Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+}
+
+impl LogControl {
+    /// Replaces the filter (e.g. `info`, `petrel=debug`).
+    pub fn set_level(&self, level: &str) -> Result<(), String> {
+        (self.set)(level)
+    }
+}
+
+/// Installs the global subscriber. `level` is a tracing filter; `RUST_LOG`
+/// is not consulted, the configuration is.
+pub fn init(level: &str) -> LogControl {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (layer, handle) = reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false);
+    let _ = tracing_subscriber::registry().with(layer).with(fmt).try_init();
+    LogControl {
+        set: Arc::new(move |level: &str| {
+            let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            handle.reload(f).map_err(|e| e.to_string())
+        }),
+    }
+}

@@ -1,0 +1,491 @@
+//! One SMTP session (RFC 5321): the state machine from greeting to QUIT,
+//! the inbound policy at each stage, and the DATA reader.
+//!
+//! Replies are buffered and written when the client has nothing more
+//! pipelined (RFC 2920), and always before the session waits for input.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+use super::SmtpShared;
+use super::command::{self, Command, MailFrom};
+use super::line::{Ending, Line, read_line};
+use super::reply::Reply;
+use crate::config::{Config, glob_match};
+use crate::headers;
+use crate::intake::Envelope;
+use crate::shutdown::Signal;
+use crate::spool::StoreError;
+
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
+const COMMAND_LIMIT: usize = 512;
+/// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF.
+const TEXT_LIMIT: usize = 1000;
+/// Octets of an over-long command line read and dropped before closing.
+const COMMAND_DISCARD: usize = 64 * 1024;
+/// Octets of an over-long text line read and dropped before closing.
+const TEXT_DISCARD: usize = 16 * 1024 * 1024;
+/// RFC 5321 §6.3: a message that has crossed this many hosts is looping.
+const MAX_HOPS: usize = 50;
+
+/// How a session ended.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// The transaction between MAIL and the end of DATA.
+struct Transaction {
+    mail: MailFrom,
+    rcpts: Vec<String>,
+    /// RCPT commands refused, to tell "no valid recipients" from "no RCPT".
+    refused: usize,
+}
+
+/// One client connection.
+pub struct Session<S> {
+    stream: BufReader<S>,
+    out: Vec<u8>,
+    shared: Arc<SmtpShared>,
+    config: Arc<Config>,
+    listener: String,
+    peer: SocketAddr,
+    /// `[ip]`, used in logs and `Received:`.
+    client: String,
+    helo: Option<String>,
+    esmtp: bool,
+    tx: Option<Transaction>,
+    errors: u32,
+    signal: Signal,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// A session over an accepted connection.
+    pub fn new(stream: S, shared: Arc<SmtpShared>, listener: String, peer: SocketAddr, signal: Signal) -> Session<S> {
+        let config = shared.config.load_full();
+        Session {
+            stream: BufReader::with_capacity(16 * 1024, stream),
+            out: Vec::with_capacity(1024),
+            shared,
+            config,
+            listener,
+            peer,
+            client: format!("[{}]", crate::config::canonical_ip(peer.ip())),
+            helo: None,
+            esmtp: false,
+            tx: None,
+            errors: 0,
+            signal,
+        }
+    }
+
+    fn debug(&self) -> u8 {
+        self.shared.debug.load(Ordering::Relaxed)
+    }
+
+    /// Runs the session to its end.
+    pub async fn run(mut self) {
+        if self.debug() >= 1 {
+            tracing::info!(client = %self.client, listener = %self.listener, "connect");
+        }
+        if let Some(refusal) = self.connection_refusal() {
+            self.reject("connect", &refusal);
+            self.send(refusal);
+            let _ = self.flush().await;
+            return;
+        }
+        let greeting = Reply::new(220, "", format!("{} ESMTP petrel", self.config.server.hostname));
+        self.send(greeting);
+        loop {
+            match self.step().await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close) => break,
+                Err(e) => {
+                    tracing::debug!(client = %self.client, error = %e, "connection error");
+                    break;
+                }
+            }
+        }
+        let _ = self.flush().await;
+        let _ = self.stream.get_mut().shutdown().await;
+        if self.debug() >= 1 {
+            tracing::info!(client = %self.client, listener = %self.listener, "disconnect");
+        }
+    }
+
+    /// `554 5.7.1` at greeting for clients the connection lists refuse.
+    fn connection_refusal(&self) -> Option<Reply> {
+        let ip = self.peer.ip();
+        let inbound = &self.config.inbound;
+        let denied = inbound.deny_connections_from.iter().any(|p| p.matches(ip, None));
+        let allowed = inbound.allow_connections_from.is_empty()
+            || inbound.allow_connections_from.iter().any(|p| p.matches(ip, None));
+        (denied || !allowed).then(|| Reply::new(554, "5.7.1", "Connection refused by policy"))
+    }
+
+    fn send(&mut self, reply: Reply) {
+        if reply.is_error() {
+            self.errors += 1;
+        }
+        let wire = reply.to_wire();
+        if self.debug() >= 2 {
+            for l in wire.lines() {
+                tracing::info!(client = %self.client, "S: {l}");
+            }
+        }
+        self.out.extend_from_slice(wire.as_bytes());
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.get_mut().write_all(&self.out).await?;
+            self.stream.get_mut().flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn reject(&self, stage: &str, reply: &Reply) {
+        tracing::info!(client = %self.client, stage = %stage, code = reply.code, reason = %reply.lines.join(" "), "rejected");
+    }
+
+    /// Reads a line, flushing replies first when nothing more is pipelined.
+    /// `None`: the stop began while waiting.
+    async fn next_line(&mut self, limit: usize, discard: usize, wait: std::time::Duration) -> std::io::Result<Option<Line>> {
+        if self.stream.buffer().is_empty() {
+            self.flush().await?;
+        }
+        let mut signal = self.signal.clone();
+        tokio::select! {
+            r = tokio::time::timeout(wait, read_line(&mut self.stream, limit, discard)) => match r {
+                Ok(line) => line.map(Some),
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout")),
+            },
+            _ = signal.triggered() => Ok(None),
+        }
+    }
+
+    async fn step(&mut self) -> std::io::Result<Flow> {
+        let wait = self.config.inbound.command_timeout;
+        let line = match self.next_line(COMMAND_LIMIT, COMMAND_DISCARD, wait).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                self.send(Reply::new(421, "4.3.2", format!("{} Service shutting down, closing connection", self.config.server.hostname)));
+                return Ok(Flow::Close);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.send(Reply::new(421, "4.4.2", format!("{} Error: timeout exceeded", self.config.server.hostname)));
+                return Ok(Flow::Close);
+            }
+            Err(e) => return Err(e),
+        };
+        if line.ending == Ending::Eof {
+            if line.too_long {
+                self.send(Reply::new(500, "5.5.2", "Error: line too long"));
+            }
+            return Ok(Flow::Close);
+        }
+        if self.debug() >= 2 {
+            tracing::info!(client = %self.client, "C: {}", String::from_utf8_lossy(&line.bytes));
+        }
+        let reply = if line.too_long {
+            Some(Reply::new(500, "5.5.2", "Error: line too long"))
+        } else if line.ending == Ending::BareLf {
+            Some(Reply::new(500, "5.5.2", "Error: bare <LF> received; commands must end with <CR><LF>"))
+        } else if line.bare_cr {
+            Some(Reply::new(500, "5.5.2", "Error: bare <CR> received"))
+        } else {
+            None
+        };
+        let flow = match reply {
+            Some(r) => {
+                self.send(r);
+                Flow::Continue
+            }
+            None => match command::parse(&line.bytes) {
+                Ok(cmd) => self.execute(cmd).await?,
+                Err(r) => {
+                    self.send(r);
+                    Flow::Continue
+                }
+            },
+        };
+        if matches!(flow, Flow::Continue) && self.errors >= self.config.inbound.max_errors {
+            self.send(Reply::new(421, "4.7.0", format!("{} Error: too many errors", self.config.server.hostname)));
+            return Ok(Flow::Close);
+        }
+        Ok(flow)
+    }
+
+    async fn execute(&mut self, cmd: Command) -> std::io::Result<Flow> {
+        match cmd {
+            Command::Ehlo(name) => {
+                self.helo = Some(name);
+                self.esmtp = true;
+                self.tx = None;
+                let lines = vec![
+                    self.config.server.hostname.clone(),
+                    "PIPELINING".into(),
+                    format!("SIZE {}", self.config.inbound.max_message_size),
+                    "8BITMIME".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                    "SMTPUTF8".into(),
+                ];
+                self.send(Reply { code: 250, status: "", lines });
+            }
+            Command::Helo(name) => {
+                self.helo = Some(name);
+                self.esmtp = false;
+                self.tx = None;
+                self.send(Reply::new(250, "", self.config.server.hostname.clone()));
+            }
+            Command::Mail(mail) => self.mail(mail),
+            Command::Rcpt(rcpt) => self.rcpt(rcpt.address),
+            Command::Data => return self.data().await,
+            Command::Rset => {
+                self.tx = None;
+                self.send(Reply::new(250, "2.0.0", "Ok"));
+            }
+            Command::Noop => self.send(Reply::new(250, "2.0.0", "Ok")),
+            Command::Quit => {
+                self.send(Reply::new(221, "2.0.0", "Bye"));
+                return Ok(Flow::Close);
+            }
+            Command::Help => self.send(Reply::new(
+                214,
+                "2.0.0",
+                "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY; see RFC 5321",
+            )),
+            Command::Vrfy => self.send(Reply::new(
+                252,
+                "2.0.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Expn | Command::NotImplemented(_) | Command::Starttls => {
+                self.send(Reply::new(502, "5.5.1", "Error: command not implemented"))
+            }
+            Command::Auth(_) => self.send(Reply::new(503, "5.5.1", "Error: authentication not enabled")),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn mail(&mut self, mail: MailFrom) {
+        if self.helo.is_none() {
+            return self.send(Reply::new(503, "5.5.1", "Error: send HELO/EHLO first"));
+        }
+        if self.tx.is_some() {
+            return self.send(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
+        }
+        if !self.esmtp && (mail.size.is_some() || mail.body_8bit || mail.smtputf8) {
+            return self.send(Reply::new(555, "5.5.4", "Error: parameters need EHLO"));
+        }
+        if mail.size.is_some_and(|s| s > self.config.inbound.max_message_size) {
+            let r = Reply::new(552, "5.3.4", "Message size exceeds fixed limit");
+            self.reject("MAIL", &r);
+            return self.send(r);
+        }
+        let lower = mail.address.to_lowercase();
+        if !lower.is_empty() && self.config.inbound.deny_senders.iter().any(|p| glob_match(p, &lower)) {
+            let r = Reply::new(550, "5.7.1", format!("<{}>: Sender address rejected: Access denied", mail.address));
+            self.reject("MAIL", &r);
+            return self.send(r);
+        }
+        self.tx = Some(Transaction {
+            mail,
+            rcpts: Vec::new(),
+            refused: 0,
+        });
+        self.send(Reply::new(250, "2.1.0", "Ok"));
+    }
+
+    fn relay_client(&self) -> bool {
+        let ip = self.peer.ip();
+        self.config.inbound.relay_from.iter().any(|p| p.matches(ip, None))
+    }
+
+    /// The RCPT policy: limits, deny list, relay control, local recipient
+    /// verification.
+    fn rcpt_policy(&self, address: &str, count: usize) -> Result<(), Reply> {
+        let cfg = &self.config;
+        if count >= cfg.inbound.max_recipients {
+            return Err(Reply::new(452, "4.5.3", "Error: too many recipients"));
+        }
+        let lower = address.to_lowercase();
+        if cfg.inbound.deny_recipients.iter().any(|p| glob_match(p, &lower)) {
+            return Err(Reply::new(550, "5.7.1", format!("<{address}>: Recipient address rejected: Access denied")));
+        }
+        let (local_part, domain) = address.rsplit_once('@').unwrap_or((address, ""));
+        let relay_denied = || Reply::new(554, "5.7.1", format!("<{address}>: Relay access denied"));
+        if !cfg.domains.is_local(domain) {
+            return if self.relay_client() { Ok(()) } else { Err(relay_denied()) };
+        }
+        // Routing characters in a local part (RFC 5321 §3.6.1: `%`, `!`, a
+        // quoted `@`) are old relay tricks: never a local mailbox.
+        if local_part.contains(['%', '!', '@']) {
+            return if self.relay_client() {
+                Err(Reply::new(550, "5.1.1", format!("<{address}>: Recipient address rejected: User unknown in local recipient table")))
+            } else {
+                Err(relay_denied())
+            };
+        }
+        if cfg.inbound.verify_recipients && cfg.directory.expand(address, &cfg.domains).is_empty() {
+            return Err(Reply::new(
+                550,
+                "5.1.1",
+                format!("<{address}>: Recipient address rejected: User unknown in local recipient table"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn rcpt(&mut self, address: String) {
+        let Some(tx) = &self.tx else {
+            return self.send(Reply::new(503, "5.5.1", "Error: need MAIL command"));
+        };
+        if !tx.mail.smtputf8 && !address.is_ascii() {
+            return self.send(Reply::new(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8 in MAIL FROM"));
+        }
+        if tx.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&address)) {
+            return self.send(Reply::new(250, "2.1.5", "Ok"));
+        }
+        match self.rcpt_policy(&address, tx.rcpts.len()) {
+            Ok(()) => {
+                if let Some(tx) = &mut self.tx {
+                    tx.rcpts.push(address);
+                }
+                self.send(Reply::new(250, "2.1.5", "Ok"));
+            }
+            Err(r) => {
+                if let Some(tx) = &mut self.tx {
+                    tx.refused += 1;
+                }
+                self.reject("RCPT", &r);
+                self.send(r);
+            }
+        }
+    }
+
+    async fn data(&mut self) -> std::io::Result<Flow> {
+        let Some(tx) = self.tx.as_ref() else {
+            self.send(Reply::new(503, "5.5.1", "Error: need MAIL command"));
+            return Ok(Flow::Continue);
+        };
+        if tx.rcpts.is_empty() {
+            let r = if tx.refused > 0 {
+                Reply::new(554, "5.5.1", "Error: no valid recipients")
+            } else {
+                Reply::new(503, "5.5.1", "Error: need RCPT command")
+            };
+            self.send(r);
+            return Ok(Flow::Continue);
+        }
+        self.send(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+        let max = self.config.inbound.max_message_size;
+        let wait = self.config.inbound.data_timeout;
+        let mut body: Vec<u8> = Vec::with_capacity(8 * 1024);
+        let mut size: u64 = 0;
+        let (mut bad_ending, mut long_line) = (false, false);
+        // Whether the previous line ended in CRLF: only `<CRLF>.<CRLF>` ends
+        // the data (RFC 5321 §4.1.1.4), never `<LF>.<CRLF>` or `<CRLF>.<LF>`.
+        let mut prev_crlf = true;
+        loop {
+            let line = match self.next_line(TEXT_LIMIT, TEXT_DISCARD, wait).await {
+                Ok(Some(l)) => l,
+                // Stop during DATA: keep reading; the drain limit bounds it.
+                Ok(None) => match tokio::time::timeout(wait, read_line(&mut self.stream, TEXT_LIMIT, TEXT_DISCARD)).await {
+                    Ok(l) => l?,
+                    Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout")),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    self.send(Reply::new(421, "4.4.2", format!("{} Error: timeout exceeded", self.config.server.hostname)));
+                    return Ok(Flow::Close);
+                }
+                Err(e) => return Err(e),
+            };
+            if line.ending == Ending::Eof {
+                tracing::info!(client = %self.client, "lost connection during DATA; nothing stored");
+                return Ok(Flow::Close);
+            }
+            if self.debug() >= 3 {
+                tracing::info!(client = %self.client, "C: {}", String::from_utf8_lossy(&line.bytes));
+            }
+            let crlf = line.ending == Ending::Crlf && !line.bare_cr;
+            if crlf && prev_crlf && !line.too_long && line.bytes == b"." {
+                break;
+            }
+            prev_crlf = crlf;
+            bad_ending |= !crlf;
+            long_line |= line.too_long;
+            let text = line.bytes.strip_prefix(b".").unwrap_or(&line.bytes);
+            size += text.len() as u64 + 2;
+            if size <= max && !bad_ending && !long_line {
+                body.extend_from_slice(text);
+                body.extend_from_slice(b"\r\n");
+            }
+        }
+        let tx = self.tx.take().expect("checked at the start of DATA");
+        let refusal = if bad_ending {
+            Some(Reply::new(550, "5.6.0", "Message refused: bare <CR> or <LF> in message; lines must end with <CR><LF>"))
+        } else if long_line {
+            Some(Reply::new(550, "5.6.0", "Message refused: text line longer than 1000 octets"))
+        } else if size > max {
+            Some(Reply::new(552, "5.3.4", "Message size exceeds fixed limit"))
+        } else if headers::count(&body, "Received") > MAX_HOPS {
+            Some(Reply::new(554, "5.4.6", "Too many hops: mail loop detected"))
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            self.reject("DATA", &r);
+            self.send(r);
+            return Ok(Flow::Continue);
+        }
+        let id = self.shared.intake.new_id();
+        let mut content = self.received_header(&tx, id).into_bytes();
+        content.extend_from_slice(&body);
+        drop(body);
+        let env = Envelope {
+            id: Some(id),
+            sender: tx.mail.address,
+            recipients: tx.rcpts,
+            client: self.client.clone(),
+            listener: self.listener.clone(),
+        };
+        let reply = match self.shared.intake.accept(&self.config, env, &content).await {
+            Ok(msg) => Reply::new(250, "2.0.0", format!("Ok: queued as {}", msg.id)),
+            Err(StoreError::Full(e)) => {
+                tracing::error!(client = %self.client, error = %e, "spool full");
+                Reply::new(452, "4.3.1", "Insufficient system storage")
+            }
+            Err(e) => {
+                tracing::error!(client = %self.client, error = %e, "spool write failed");
+                Reply::new(451, "4.3.0", "Error: queue file write error")
+            }
+        };
+        self.send(reply);
+        Ok(Flow::Continue)
+    }
+
+    /// The trace header (RFC 5321 §4.4).
+    fn received_header(&self, tx: &Transaction, id: crate::spool::QueueId) -> String {
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let with = match (self.esmtp, tx.mail.smtputf8) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "UTF8SMTP",
+        };
+        let for_clause = match tx.rcpts.as_slice() {
+            [one] => format!("\r\n\tfor <{one}>"),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {helo} (unknown {client})\r\n\tby {host} (petrel) with {with} id {id}{for_clause};\r\n\t{date}\r\n",
+            client = self.client,
+            host = self.config.server.hostname,
+            date = chrono::Local::now().to_rfc2822(),
+        )
+    }
+}
