@@ -311,6 +311,18 @@ pub struct Domains {
 }
 
 impl Domains {
+    /// The address with a local domain literal (`user@[192.0.2.10]`)
+    /// replaced by the primary domain: a literal names this host, so its
+    /// local parts are the primary domain's.
+    pub fn canonical(&self, address: &str) -> String {
+        match address.rsplit_once('@') {
+            Some((local, domain)) if domain.starts_with('[') && self.is_local(domain) => {
+                format!("{local}@{}", self.primary)
+            }
+            _ => address.to_string(),
+        }
+    }
+
     /// Whether `domain` (any case, without brackets for names) is local.
     pub fn is_local(&self, domain: &str) -> bool {
         let d = domain.trim_end_matches('.');

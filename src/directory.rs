@@ -142,7 +142,7 @@ impl Directory {
     pub fn expand(&self, address: &str, domains: &Domains) -> Vec<String> {
         let mut out = Vec::new();
         let mut mailboxes = BTreeSet::new();
-        self.expand_into(&normalize(address), domains, 0, &mut mailboxes, &mut out);
+        self.expand_into(&normalize(&domains.canonical(address)), domains, 0, &mut mailboxes, &mut out);
         out
     }
 

@@ -94,10 +94,24 @@ impl Intake {
 }
 
 /// Expands local aliases; keeps the original address as ORCPT where it
-/// changed; drops duplicates. Unknown local addresses stay as they are
-/// (delivery bounces them).
+/// changed; drops duplicate addresses, and second addresses of a mailbox
+/// already reached (one copy per mailbox, as local(8) does). Unknown local
+/// addresses stay as they are (delivery bounces them).
 pub fn expand_recipients(config: &Config, given: &[String]) -> Vec<Recipient> {
     let mut out: Vec<Recipient> = Vec::new();
+    let mut mailboxes = std::collections::HashSet::new();
+    let mut push = |out: &mut Vec<Recipient>, address: String, orcpt: Option<String>| {
+        if out.iter().any(|r| r.address.eq_ignore_ascii_case(&address)) {
+            return;
+        }
+        let canonical = config.domains.canonical(&address);
+        if let Some(m) = config.directory.mailbox_for(&canonical)
+            && !mailboxes.insert(m.to_string())
+        {
+            return;
+        }
+        out.push(Recipient::new(address, orcpt));
+    };
     for addr in given {
         let local = addr.rsplit_once('@').is_some_and(|(_, d)| config.domains.is_local(d));
         let targets = if local {
@@ -106,17 +120,11 @@ pub fn expand_recipients(config: &Config, given: &[String]) -> Vec<Recipient> {
             Vec::new()
         };
         if targets.is_empty() {
-            if !out.iter().any(|r| r.address.eq_ignore_ascii_case(addr)) {
-                out.push(Recipient::new(addr.clone(), None));
-            }
-            continue;
+            push(&mut out, addr.clone(), None);
         }
         for t in targets {
-            if out.iter().any(|r| r.address.eq_ignore_ascii_case(&t)) {
-                continue;
-            }
             let orcpt = (!t.eq_ignore_ascii_case(addr)).then(|| addr.clone());
-            out.push(Recipient::new(t, orcpt));
+            push(&mut out, t, orcpt);
         }
     }
     out

@@ -98,7 +98,7 @@ pub fn mailq_entry_text(e: &MailqEntry) -> String {
         .map(|t| t.with_timezone(&chrono::Local).format("%a %b %e %H:%M:%S").to_string())
         .unwrap_or_default();
     let sender = if e.sender.is_empty() { "MAILER-DAEMON" } else { &e.sender };
-    let mut out = format!("{:<17}{:>8} {:<20}  {}\n", format!("{}{}", e.queue_id, mark), e.message_size, when, sender);
+    let mut out = format!("{:<17}{:>8} {:<19}  {}\n", format!("{}{}", e.queue_id, mark), e.message_size, when, sender);
     let mut last_reason: Option<&str> = None;
     for r in &e.recipients {
         if let Some(reason) = r.delay_reason.as_deref()

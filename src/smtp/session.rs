@@ -416,7 +416,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if crlf && prev_crlf && !line.too_long && line.bytes == b"." {
                 break;
             }
-            prev_crlf = crlf;
+            prev_crlf = line.ending == Ending::Crlf;
             bad_ending |= !crlf;
             long_line |= line.too_long;
             let text = line.bytes.strip_prefix(b".").unwrap_or(&line.bytes);

@@ -1,0 +1,389 @@
+//! Test harness: starts the real `petrel` binary on loopback ports with a
+//! temporary spool, learns its listener addresses from its log, and talks
+//! to it with raw SMTP or its own CLI. `TestServer` stops the daemon on drop.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test.
+pub fn petrel_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_petrel"))
+}
+
+/// The base configuration of tests; `{spool}` is replaced. Loopback only;
+/// `[dns]` points at a loopback address so the system resolver is never
+/// used.
+pub fn base_config(spool: &Path) -> String {
+    format!(
+        r#"
+[server]
+hostname = "mx.example.test"
+spool = "{spool}"
+
+[domains]
+primary = "example.test"
+aliases = ["example.org", "[192.0.2.10]"]
+
+[[listeners]]
+name = "mx"
+protocol = "smtp"
+bind = "127.0.0.1:0"
+
+[queue]
+retry_initial = "1s"
+retry_max = "2s"
+
+[dns]
+nameservers = ["127.0.0.1:9"]
+
+[[users]]
+name = "alice"
+addresses = ["alice@example.test", "a.smith@example.org"]
+
+[[users]]
+name = "bob"
+addresses = ["bob@example.test"]
+
+[[mailin]]
+name = "support"
+addresses = ["support@example.test"]
+readers = ["alice"]
+
+[[aliases]]
+address = "team@example.test"
+members = ["alice@example.test", "bob@example.test", "dave@partner.test"]
+"#,
+        spool = spool.display()
+    )
+}
+
+/// A running daemon.
+pub struct TestServer {
+    child: Option<Child>,
+    /// Temporary directory holding the config and the spool.
+    pub dir: Arc<tempfile::TempDir>,
+    /// The config file.
+    pub config_path: PathBuf,
+    /// Listener name → bound address.
+    pub addrs: HashMap<String, SocketAddr>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    /// Starts a daemon with the base configuration; `smtp_inbound` is the
+    /// body of an `[smtp.inbound]` table (may be empty).
+    pub fn start(smtp_inbound: &str) -> TestServer {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let cfg = format!("{}\n[smtp.inbound]\n{}\n", base_config(&dir.path().join("spool")), smtp_inbound);
+        Self::start_in(dir, &cfg)
+    }
+
+    /// Starts a daemon in `dir` with the full configuration text `cfg`.
+    pub fn start_in(dir: Arc<tempfile::TempDir>, cfg: &str) -> TestServer {
+        let config_path = dir.path().join("petrel.toml");
+        std::fs::write(&config_path, cfg).expect("write config");
+        let mut child = Command::new(petrel_bin())
+            .args(["-c", config_path.to_str().expect("utf-8 path"), "serve"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn petrel");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("PETREL_TEST_LOG").is_some() {
+                        eprintln!("[petrel] {line}");
+                    }
+                    let _ = tx.send(line.clone());
+                    log.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        let mut addrs = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("petrel did not become ready; log:\n{}", log.lock().expect("lock").join("\n"));
+                }
+            };
+            if line.contains(" listening ") {
+                let name = field(&line, "listener").expect("listener field");
+                let addr = field(&line, "address").expect("address field").parse().expect("address");
+                addrs.insert(name, addr);
+            }
+            if line.contains(" ready") {
+                break;
+            }
+        }
+        TestServer {
+            child: Some(child),
+            dir,
+            config_path,
+            addrs,
+            log,
+        }
+    }
+
+    /// The address of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs[name]
+    }
+
+    /// The SMTP listener `mx`.
+    pub fn mx(&self) -> SocketAddr {
+        self.addr("mx")
+    }
+
+    /// Runs the CLI against this daemon's configuration.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli_with(&self.config_path, args, None)
+    }
+
+    /// Runs the CLI with stdin.
+    pub fn cli_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        cli_with(&self.config_path, args, Some(stdin))
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Waits until a log line contains every one of `needles`.
+    pub fn wait_log(&self, needles: &[&str], limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self
+                .log
+                .lock()
+                .expect("log lock")
+                .iter()
+                .any(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends SIGKILL and waits for the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        signal(&c, libc_sig::TERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (e.g. SIGHUP) to the daemon.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            signal(c, sig);
+        }
+    }
+
+    /// Messages in a mailbox, read with `petrel mailbox NAME --json`.
+    pub fn mailbox(&self, name: &str) -> Vec<serde_json::Value> {
+        let out = self.cli(&["mailbox", name, "--json"]);
+        assert!(out.status.success(), "mailbox: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
+    }
+
+    /// The content of one mailbox message.
+    pub fn mailbox_message(&self, name: &str, uid: u64) -> Vec<u8> {
+        let out = self.cli(&["mailbox", name, "--uid", &uid.to_string()]);
+        assert!(out.status.success(), "mailbox --uid: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
+    /// Waits until `name` holds `n` messages.
+    pub fn wait_mailbox(&self, name: &str, n: usize, limit: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let m = self.mailbox(name);
+            if m.len() >= n || Instant::now() > deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `mailq --json` entries.
+    pub fn mailq(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["mailq", "--json"]);
+        assert!(out.status.success(), "mailq: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Signal numbers used by the tests.
+pub mod libc_sig {
+    /// SIGHUP
+    pub const HUP: i32 = 1;
+    /// SIGKILL
+    pub const KILL: i32 = 9;
+    /// SIGTERM
+    pub const TERM: i32 = 15;
+}
+
+fn signal(c: &Child, sig: i32) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), c.id().to_string()])
+        .status();
+}
+
+/// Runs the CLI with a given config.
+pub fn cli_with(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(petrel_bin());
+    cmd.arg("-c").arg(config).args(args);
+    run_cmd(cmd, stdin)
+}
+
+/// Runs a command with optional stdin and collects its output.
+pub fn run_cmd(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.unwrap_or_default().to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    out
+}
+
+/// The value of `key=value` in a log line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let pat = format!(" {key}=");
+    let start = line.find(&pat)? + pat.len();
+    let rest = &line[start..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"').to_string())
+}
+
+/// A raw SMTP client for protocol tests.
+pub struct Smtp {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Smtp {
+    /// Connects and reads the greeting; returns the client and the greeting.
+    pub fn connect(addr: SocketAddr) -> (Smtp, (u16, String)) {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut s = Smtp { stream, reader };
+        let g = s.reply();
+        (s, g)
+    }
+
+    /// Connects, expects 220, says EHLO.
+    pub fn ready(addr: SocketAddr) -> Smtp {
+        let (mut s, g) = Smtp::connect(addr);
+        assert_eq!(g.0, 220, "greeting {g:?}");
+        assert_eq!(s.cmd("EHLO client.test").0, 250);
+        s
+    }
+
+    /// Writes raw octets.
+    pub fn send_raw(&mut self, data: &[u8]) {
+        self.stream.write_all(data).expect("write");
+    }
+
+    /// Reads one (possibly multi-line) reply: code and all text lines.
+    pub fn reply(&mut self) -> (u16, String) {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                return (0, text);
+            }
+            let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            text.push_str(line.get(4..).unwrap_or("").trim_end());
+            text.push('\n');
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return (code, text);
+            }
+        }
+    }
+
+    /// Sends a command line (CRLF added) and reads the reply.
+    pub fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// A whole transaction; returns the reply to the end of DATA.
+    pub fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> (u16, String) {
+        assert_eq!(self.cmd(&format!("MAIL FROM:<{from}>")).0, 250);
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>"));
+            assert_eq!(r.0, 250, "RCPT {t}: {r:?}");
+        }
+        assert_eq!(self.cmd("DATA").0, 354);
+        self.send_raw(body.as_bytes());
+        self.send_raw(b"\r\n.\r\n");
+        self.reply()
+    }
+
+    /// Whether the server has closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+/// The queue id in a `250 2.0.0 Ok: queued as ID` reply.
+pub fn queued_id(reply: &(u16, String)) -> String {
+    assert_eq!(reply.0, 250, "not accepted: {reply:?}");
+    reply.1.trim().rsplit(' ').next().expect("id").to_string()
+}
