@@ -2,8 +2,8 @@
 //! (argon2id) and checked at login. CPU-heavy: callers on the async runtime
 //! run `verify` through `spawn_blocking`.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand_core::OsRng;
 
 /// Hashes a password with argon2id and a random salt, in PHC string form.

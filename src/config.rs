@@ -427,7 +427,9 @@ impl HostPattern {
     pub fn matches(&self, ip: IpAddr, name: Option<&str>) -> bool {
         match self {
             HostPattern::Net(net) => net.contains(&canonical_ip(ip)),
-            HostPattern::Name(pat) => name.is_some_and(|n| glob_match(pat, &n.to_ascii_lowercase())),
+            HostPattern::Name(pat) => {
+                name.is_some_and(|n| glob_match(pat, &n.to_ascii_lowercase()))
+            }
         }
     }
 }
@@ -628,9 +630,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as \"90s\", \"5m\", \"4h\" or \"5d\""))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{text:?} is not a duration such as \"90s\", \"5m\", \"4h\" or \"5d\"")
+    })?;
     let mult = match unit.trim() {
         "" | "s" => 1,
         "ms" => return Ok(Duration::from_millis(n)),
@@ -638,7 +640,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => 3600,
         "d" => 86400,
         "w" => 7 * 86400,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?}; use s, m, h, d or w")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} in {text:?}; use s, m, h, d or w"
+            ));
+        }
     };
     Ok(Duration::from_secs(n.saturating_mul(mult)))
 }
@@ -659,7 +665,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mib" => 1024 * 1024,
         "g" | "gb" => 1000 * 1000 * 1000,
         "gib" => 1024 * 1024 * 1024,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}; use KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}; use KiB, MiB or GiB"
+            ));
+        }
     };
     Ok(n.saturating_mul(mult))
 }
@@ -680,7 +690,9 @@ fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
     if valid {
         Ok(HostPattern::Name(name))
     } else {
-        Err(format!("{text:?} is neither a CIDR network, an IP address nor a host name pattern"))
+        Err(format!(
+            "{text:?} is neither a CIDR network, an IP address nor a host name pattern"
+        ))
     }
 }
 
@@ -688,7 +700,11 @@ fn parse_host_pattern(text: &str) -> Result<HostPattern, String> {
 /// `"[10.1.2.3]"` (port `default_port`).
 pub fn parse_next_hop(text: &str, default_port: u16) -> Result<NextHop, String> {
     let t = text.trim();
-    let bad = || format!("{text:?} is not a host such as \"[relay.example.test]:25\" or \"mail.example.test:25\"");
+    let bad = || {
+        format!(
+            "{text:?} is not a host such as \"[relay.example.test]:25\" or \"mail.example.test:25\""
+        )
+    };
     let (host, rest, no_mx) = if let Some(inner) = t.strip_prefix('[') {
         let end = inner.find(']').ok_or_else(bad)?;
         (&inner[..end], &inner[end + 1..], true)
@@ -737,12 +753,14 @@ impl Config {
         };
         match path {
             Some(p) => {
-                let text = std::fs::read_to_string(&p).map_err(|e| LoadError::Read(p.clone(), e))?;
+                let text =
+                    std::fs::read_to_string(&p).map_err(|e| LoadError::Read(p.clone(), e))?;
                 let mut cfg = Config::parse(&text).map_err(|e| LoadError::Invalid(p.clone(), e))?;
                 cfg.path = Some(p);
                 Ok(cfg)
             }
-            None => Config::parse(DEFAULT_TOML).map_err(|e| LoadError::Invalid(PathBuf::from("<built-in>"), e)),
+            None => Config::parse(DEFAULT_TOML)
+                .map_err(|e| LoadError::Invalid(PathBuf::from("<built-in>"), e)),
         }
     }
 
@@ -767,17 +785,31 @@ impl Config {
             raw.server.hostname.trim().to_ascii_lowercase()
         };
         if !valid_domain(&hostname) {
-            c.error("server.hostname", format!("{hostname:?} is not a valid host name"));
+            c.error(
+                "server.hostname",
+                format!("{hostname:?} is not a valid host name"),
+            );
         }
         if raw.server.spool.trim().is_empty() {
             c.error("server.spool", "must not be empty");
         }
 
-        let primary = raw.domains.primary.trim().trim_end_matches('.').to_ascii_lowercase();
+        let primary = raw
+            .domains
+            .primary
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         if primary.is_empty() {
-            c.error("domains.primary", "must be set to the organisation's mail domain");
+            c.error(
+                "domains.primary",
+                "must be set to the organisation's mail domain",
+            );
         } else if !valid_domain(&primary) {
-            c.error("domains.primary", format!("{primary:?} is not a valid domain"));
+            c.error(
+                "domains.primary",
+                format!("{primary:?} is not a valid domain"),
+            );
         }
         let mut aliases = Vec::new();
         let mut literals = Vec::new();
@@ -786,12 +818,18 @@ impl Config {
             if let Some(lit) = a.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
                 match lit.strip_prefix("ipv6:").unwrap_or(lit).parse::<IpAddr>() {
                     Ok(ip) => literals.push(ip),
-                    Err(_) => c.error(format!("domains.aliases[{i}]"), format!("{a:?} is not a domain literal such as \"[192.0.2.10]\"")),
+                    Err(_) => c.error(
+                        format!("domains.aliases[{i}]"),
+                        format!("{a:?} is not a domain literal such as \"[192.0.2.10]\""),
+                    ),
                 }
             } else if valid_domain(&a) {
                 aliases.push(a);
             } else {
-                c.error(format!("domains.aliases[{i}]"), format!("{a:?} is not a valid domain"));
+                c.error(
+                    format!("domains.aliases[{i}]"),
+                    format!("{a:?} is not a valid domain"),
+                );
             }
         }
         let domains = Domains {
@@ -807,7 +845,10 @@ impl Config {
             if l.name.trim().is_empty() {
                 c.error(format!("{key}.name"), "must not be empty");
             } else if !names.insert(l.name.clone()) {
-                c.error(format!("{key}.name"), format!("{:?} is used by another listener", l.name));
+                c.error(
+                    format!("{key}.name"),
+                    format!("{:?} is used by another listener", l.name),
+                );
             }
             let protocol = match l.protocol.as_str() {
                 "smtp" => Protocol::Smtp,
@@ -816,15 +857,27 @@ impl Config {
                 "imap" => Protocol::Imap,
                 "http" => Protocol::Http,
                 other => {
-                    c.error(format!("{key}.protocol"), format!("{other:?} is not one of smtp, submission, pop3, imap, http"));
+                    c.error(
+                        format!("{key}.protocol"),
+                        format!("{other:?} is not one of smtp, submission, pop3, imap, http"),
+                    );
                     Protocol::Smtp
                 }
             };
             if matches!(protocol, Protocol::Pop3 | Protocol::Imap | Protocol::Http) {
-                c.error(format!("{key}.protocol"), format!("{:?} is not available in this version of petrel", l.protocol));
+                c.error(
+                    format!("{key}.protocol"),
+                    format!(
+                        "{:?} is not available in this version of petrel",
+                        l.protocol
+                    ),
+                );
             }
             let bind = l.bind.parse::<SocketAddr>().unwrap_or_else(|_| {
-                c.error(format!("{key}.bind"), format!("{:?} is not an address such as \"127.0.0.1:2525\"", l.bind));
+                c.error(
+                    format!("{key}.bind"),
+                    format!("{:?} is not an address such as \"127.0.0.1:2525\"", l.bind),
+                );
                 SocketAddr::from(([127, 0, 0, 1], 0))
             });
             let tls = match l.tls.as_str() {
@@ -832,24 +885,36 @@ impl Config {
                 "starttls" => TlsMode::Starttls,
                 "implicit" => TlsMode::Implicit,
                 other => {
-                    c.error(format!("{key}.tls"), format!("{other:?} is not one of none, starttls, implicit"));
+                    c.error(
+                        format!("{key}.tls"),
+                        format!("{other:?} is not one of none, starttls, implicit"),
+                    );
                     TlsMode::None
                 }
             };
             if tls != TlsMode::None {
-                c.error(format!("{key}.tls"), "TLS is not available in this version of petrel; use \"none\"");
+                c.error(
+                    format!("{key}.tls"),
+                    "TLS is not available in this version of petrel; use \"none\"",
+                );
             }
             let auth = match l.auth.as_str() {
                 "off" => AuthMode::Off,
                 "optional" => AuthMode::Optional,
                 "required" => AuthMode::Required,
                 other => {
-                    c.error(format!("{key}.auth"), format!("{other:?} is not one of off, optional, required"));
+                    c.error(
+                        format!("{key}.auth"),
+                        format!("{other:?} is not one of off, optional, required"),
+                    );
                     AuthMode::Off
                 }
             };
             if auth != AuthMode::Off {
-                c.error(format!("{key}.auth"), "AUTH is not available in this version of petrel; use \"off\"");
+                c.error(
+                    format!("{key}.auth"),
+                    "AUTH is not available in this version of petrel; use \"off\"",
+                );
             }
             listeners.push(Listener {
                 name: l.name.clone(),
@@ -866,7 +931,14 @@ impl Config {
             key: path_opt(&raw.tls.key),
         };
         if tls.cert.is_some() != tls.key.is_some() {
-            c.error(if tls.cert.is_some() { "tls.key" } else { "tls.cert" }, "cert and key must be set together");
+            c.error(
+                if tls.cert.is_some() {
+                    "tls.key"
+                } else {
+                    "tls.cert"
+                },
+                "cert and key must be set together",
+            );
         }
 
         let ri = &raw.smtp.inbound;
@@ -891,8 +963,14 @@ impl Config {
         let inbound = Inbound {
             max_message_size,
             max_recipients: c.positive("smtp.inbound.max_recipients", ri.max_recipients),
-            allow_connections_from: c.host_patterns("smtp.inbound.allow_connections_from", &ri.allow_connections_from),
-            deny_connections_from: c.host_patterns("smtp.inbound.deny_connections_from", &ri.deny_connections_from),
+            allow_connections_from: c.host_patterns(
+                "smtp.inbound.allow_connections_from",
+                &ri.allow_connections_from,
+            ),
+            deny_connections_from: c.host_patterns(
+                "smtp.inbound.deny_connections_from",
+                &ri.deny_connections_from,
+            ),
             relay_from: c.host_patterns("smtp.inbound.relay_from", &ri.relay_from),
             deny_senders: patterns(c, "smtp.inbound.deny_senders", &ri.deny_senders),
             deny_recipients: patterns(c, "smtp.inbound.deny_recipients", &ri.deny_recipients),
@@ -901,15 +979,24 @@ impl Config {
             command_timeout: c.duration("smtp.inbound.command_timeout", &ri.command_timeout),
             data_timeout: c.duration("smtp.inbound.data_timeout", &ri.data_timeout),
             max_connections: c.positive("smtp.inbound.max_connections", ri.max_connections),
-            max_connections_per_client: c.positive("smtp.inbound.max_connections_per_client", ri.max_connections_per_client),
+            max_connections_per_client: c.positive(
+                "smtp.inbound.max_connections_per_client",
+                ri.max_connections_per_client,
+            ),
             max_errors: c.positive("smtp.inbound.max_errors", ri.max_errors) as u32,
         };
 
         let ro = &raw.smtp.outbound;
-        let port = u16::try_from(ro.port).ok().filter(|p| *p > 0).unwrap_or_else(|| {
-            c.error("smtp.outbound.port", format!("{} is not a port number", ro.port));
-            25
-        });
+        let port = u16::try_from(ro.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .unwrap_or_else(|| {
+                c.error(
+                    "smtp.outbound.port",
+                    format!("{} is not a port number", ro.port),
+                );
+                25
+            });
         let smarthost = if ro.smarthost.trim().is_empty() {
             None
         } else {
@@ -922,7 +1009,10 @@ impl Config {
             "opportunistic" => OutboundTls::Opportunistic,
             "required" => OutboundTls::Required,
             other => {
-                c.error("smtp.outbound.tls", format!("{other:?} is not one of off, opportunistic, required"));
+                c.error(
+                    "smtp.outbound.tls",
+                    format!("{other:?} is not one of off, opportunistic, required"),
+                );
                 OutboundTls::Opportunistic
             }
         };
@@ -931,7 +1021,10 @@ impl Config {
             let key = format!("smtp.outbound.routes[{i}]");
             let domain = r.domain.trim().trim_end_matches('.').to_ascii_lowercase();
             if !valid_domain(domain.strip_prefix("*.").unwrap_or(&domain)) {
-                c.error(format!("{key}.domain"), format!("{domain:?} is not a domain or \"*.domain\""));
+                c.error(
+                    format!("{key}.domain"),
+                    format!("{domain:?} is not a domain or \"*.domain\""),
+                );
             }
             match parse_next_hop(&r.host, 25) {
                 Ok(host) => routes.push(Route { domain, host }),
@@ -951,11 +1044,15 @@ impl Config {
             retry_max: c.duration("queue.retry_max", &rq.retry_max),
             lifetime: c.duration("queue.lifetime", &rq.lifetime),
             warn_after: c.duration("queue.warn_after", &rq.warn_after),
-            destination_concurrency: c.positive("queue.destination_concurrency", rq.destination_concurrency),
+            destination_concurrency: c
+                .positive("queue.destination_concurrency", rq.destination_concurrency),
             total_concurrency: c.positive("queue.total_concurrency", rq.total_concurrency),
         };
         if queue.retry_max < queue.retry_initial {
-            c.error("queue.retry_max", "must not be shorter than queue.retry_initial");
+            c.error(
+                "queue.retry_max",
+                "must not be shorter than queue.retry_initial",
+            );
         }
         if queue.retry_initial.is_zero() {
             c.error("queue.retry_initial", "must be longer than zero");
@@ -968,23 +1065,44 @@ impl Config {
                 .or_else(|_| ns.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
             match parsed {
                 Ok(a) => nameservers.push(a),
-                Err(_) => c.error(format!("dns.nameservers[{i}]"), format!("{ns:?} is not an address such as \"127.0.0.1:5353\"")),
+                Err(_) => c.error(
+                    format!("dns.nameservers[{i}]"),
+                    format!("{ns:?} is not an address such as \"127.0.0.1:5353\""),
+                ),
             }
         }
 
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
-            c.error("log.level", format!("{:?} is not a log level or filter: {e}", raw.log.level));
+            c.error(
+                "log.level",
+                format!("{:?} is not a log level or filter: {e}", raw.log.level),
+            );
         }
-        let smtp_debug = u8::try_from(raw.log.smtp_debug).ok().filter(|l| *l <= 3).unwrap_or_else(|| {
-            c.error("log.smtp_debug", format!("{} is not a level from 0 to 3", raw.log.smtp_debug));
-            0
-        });
+        let smtp_debug = u8::try_from(raw.log.smtp_debug)
+            .ok()
+            .filter(|l| *l <= 3)
+            .unwrap_or_else(|| {
+                c.error(
+                    "log.smtp_debug",
+                    format!("{} is not a level from 0 to 3", raw.log.smtp_debug),
+                );
+                0
+            });
 
         let directory = Directory::check(
             &domains,
-            raw.users.into_iter().map(|u| (u.name, u.password, u.addresses)).collect(),
-            raw.mailin.into_iter().map(|m| (m.name, m.addresses, m.readers)).collect(),
-            raw.aliases.into_iter().map(|a| (a.address, a.members)).collect(),
+            raw.users
+                .into_iter()
+                .map(|u| (u.name, u.password, u.addresses))
+                .collect(),
+            raw.mailin
+                .into_iter()
+                .map(|m| (m.name, m.addresses, m.readers))
+                .collect(),
+            raw.aliases
+                .into_iter()
+                .map(|a| (a.address, a.members))
+                .collect(),
             c,
         );
 
@@ -1028,7 +1146,9 @@ fn toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
         .span()
         .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let msg = e.message().trim().to_string();
-    let key = line.map(|l| key_at_line(text, l)).unwrap_or_else(|| "(file)".into());
+    let key = line
+        .map(|l| key_at_line(text, l))
+        .unwrap_or_else(|| "(file)".into());
     ConfigError {
         key,
         reason: match line {
@@ -1119,7 +1239,9 @@ relay_from = ["not a net"]
 
     #[test]
     fn unknown_key_is_named() {
-        let errs = Config::parse("[queue]\nretry_inital = \"5m\"\n").unwrap_err().errors;
+        let errs = Config::parse("[queue]\nretry_inital = \"5m\"\n")
+            .unwrap_err()
+            .errors;
         assert_eq!(errs[0].key, "queue.retry_inital", "{errs:?}");
     }
 
@@ -1127,11 +1249,19 @@ relay_from = ["not a net"]
     fn next_hops_parse() {
         assert_eq!(
             parse_next_hop("[relay.example.test]:2525", 25),
-            Ok(NextHop { host: "relay.example.test".into(), port: 2525, no_mx: true })
+            Ok(NextHop {
+                host: "relay.example.test".into(),
+                port: 2525,
+                no_mx: true
+            })
         );
         assert_eq!(
             parse_next_hop("mail.example.test", 25),
-            Ok(NextHop { host: "mail.example.test".into(), port: 25, no_mx: false })
+            Ok(NextHop {
+                host: "mail.example.test".into(),
+                port: 25,
+                no_mx: false
+            })
         );
         assert!(parse_next_hop("[oops:25", 25).is_err());
     }

@@ -138,33 +138,50 @@ pub enum Item {
 pub type Sink = mpsc::Sender<Item>;
 
 async fn emit(sink: &Sink, item: Item) -> Result<(), String> {
-    sink.send(item).await.map_err(|_| "the client went away".to_string())
+    sink.send(item)
+        .await
+        .map_err(|_| "the client went away".to_string())
 }
 
 fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, String> {
-    ids.iter().map(|s| s.parse::<QueueId>().map_err(|e| e.to_string())).collect()
+    ids.iter()
+        .map(|s| s.parse::<QueueId>().map_err(|e| e.to_string()))
+        .collect()
 }
 
 /// Carries out a request, sending its answer items to `sink`. The final
 /// ok/error line is the caller's to write.
-pub async fn execute(req: Request, backend: &Backend, content: Vec<u8>, sink: &Sink) -> Result<(), String> {
+pub async fn execute(
+    req: Request,
+    backend: &Backend,
+    content: Vec<u8>,
+    sink: &Sink,
+) -> Result<(), String> {
     let spool = backend.spool().clone();
     match req {
         Request::Mailq { domain, state } => {
-            let state = match state.as_deref() {
-                None => None,
-                Some(s) => Some(QueueName::parse(s).ok_or_else(|| format!("unknown state {s:?}; use active, deferred or hold"))?),
-            };
+            let state =
+                match state.as_deref() {
+                    None => None,
+                    Some(s) => Some(QueueName::parse(s).ok_or_else(|| {
+                        format!("unknown state {s:?}; use active, deferred or hold")
+                    })?),
+                };
             for msg in spool.messages() {
                 let msg = msg.map_err(|e| e.to_string())?;
-                if let Some(entry) = queue_report::mailq_entry(&spool, &msg, domain.as_deref(), state).map_err(|e| e.to_string())? {
+                if let Some(entry) =
+                    queue_report::mailq_entry(&spool, &msg, domain.as_deref(), state)
+                        .map_err(|e| e.to_string())?
+                {
                     emit(sink, Item::Json(json!(entry))).await?;
                 }
             }
             Ok(())
         }
         Request::Show { id, body } => {
-            let id: QueueId = id.parse().map_err(|e: crate::spool::BadQueueId| e.to_string())?;
+            let id: QueueId = id
+                .parse()
+                .map_err(|e: crate::spool::BadQueueId| e.to_string())?;
             let msg = spool
                 .get(id)
                 .map_err(|e| e.to_string())?
@@ -211,7 +228,10 @@ pub async fn execute(req: Request, backend: &Backend, content: Vec<u8>, sink: &S
                         let r = d
                             .waker
                             .addr()
-                            .send(Admin { op, ids: chunk.to_vec() })
+                            .send(Admin {
+                                op,
+                                ids: chunk.to_vec(),
+                            })
                             .await
                             .map_err(|_| "the scheduler is not running".to_string())??;
                         done += r.done;
@@ -247,9 +267,13 @@ pub async fn execute(req: Request, backend: &Backend, content: Vec<u8>, sink: &S
                 tracing::info!(level, "smtp_debug set");
                 Ok(())
             }
-            Backend::Offline { .. } => Err("no daemon is running; start it with [log] smtp_debug set".into()),
+            Backend::Offline { .. } => {
+                Err("no daemon is running; start it with [log] smtp_debug set".into())
+            }
         },
-        Request::Submit { sender, recipients, .. } => {
+        Request::Submit {
+            sender, recipients, ..
+        } => {
             let config = backend.config();
             let env = Envelope {
                 id: None,
@@ -262,7 +286,10 @@ pub async fn execute(req: Request, backend: &Backend, content: Vec<u8>, sink: &S
                 Backend::Daemon(d) => d.smtp.intake.clone(),
                 Backend::Offline { spool, .. } => Intake::new(spool.clone(), None),
             };
-            let msg = intake.accept(&config, env, &content).await.map_err(|e| e.to_string())?;
+            let msg = intake
+                .accept(&config, env, &content)
+                .await
+                .map_err(|e| e.to_string())?;
             emit(sink, Item::Json(json!({"queue_id": msg.id.to_string()}))).await
         }
         Request::Mailbox { name, uid } => {
@@ -302,13 +329,23 @@ pub async fn serve_connection(stream: tokio::net::UnixStream, daemon: Arc<Daemon
     let (r, mut w) = stream.into_split();
     let mut r = tokio::io::BufReader::new(r);
     let mut line = String::new();
-    if (&mut r).take(REQUEST_LIMIT).read_line(&mut line).await.unwrap_or(0) == 0 {
+    if (&mut r)
+        .take(REQUEST_LIMIT)
+        .read_line(&mut line)
+        .await
+        .unwrap_or(0)
+        == 0
+    {
         return;
     }
     let req: Request = match serde_json::from_str(&line) {
         Ok(req) => req,
         Err(e) => {
-            let _ = w.write_all(format!("{}\n", json!({"error": format!("bad request: {e}")})).as_bytes()).await;
+            let _ = w
+                .write_all(
+                    format!("{}\n", json!({"error": format!("bad request: {e}")})).as_bytes(),
+                )
+                .await;
             return;
         }
     };
@@ -316,10 +353,24 @@ pub async fn serve_connection(stream: tokio::net::UnixStream, daemon: Arc<Daemon
     if let Request::Submit { content_length, .. } = &req {
         let max = daemon.config.load().inbound.max_message_size;
         if *content_length > max {
-            let _ = w.write_all(format!("{}\n", json!({"error": "message too large", "code": "size"})).as_bytes()).await;
+            let _ = w
+                .write_all(
+                    format!(
+                        "{}\n",
+                        json!({"error": "message too large", "code": "size"})
+                    )
+                    .as_bytes(),
+                )
+                .await;
             return;
         }
-        if (&mut r).take(*content_length).read_to_end(&mut content).await.is_err() || content.len() as u64 != *content_length {
+        if (&mut r)
+            .take(*content_length)
+            .read_to_end(&mut content)
+            .await
+            .is_err()
+            || content.len() as u64 != *content_length
+        {
             return;
         }
     }
@@ -328,7 +379,10 @@ pub async fn serve_connection(stream: tokio::net::UnixStream, daemon: Arc<Daemon
         while let Some(item) = rx.recv().await {
             let ok = match item {
                 Item::Json(v) => w.write_all(format!("{v}\n").as_bytes()).await,
-                Item::Raw(b) => match w.write_all(format!("{}\n", json!({"raw": b.len()})).as_bytes()).await {
+                Item::Raw(b) => match w
+                    .write_all(format!("{}\n", json!({"raw": b.len()})).as_bytes())
+                    .await
+                {
                     Ok(()) => w.write_all(&b).await,
                     Err(e) => Err(e),
                 },
@@ -364,7 +418,12 @@ pub enum CallError {
 }
 
 /// Sends a request to the daemon and passes each answer item to `on_item`.
-pub fn call(spool_dir: &Path, req: &Request, content: &[u8], mut on_item: impl FnMut(Item)) -> Result<(), CallError> {
+pub fn call(
+    spool_dir: &Path,
+    req: &Request,
+    content: &[u8],
+    mut on_item: impl FnMut(Item),
+) -> Result<(), CallError> {
     let path = spool_dir.join(SOCKET_NAME);
     let mut stream = match UnixStream::connect(&path) {
         Ok(s) => s,
@@ -379,16 +438,21 @@ pub fn call(spool_dir: &Path, req: &Request, content: &[u8], mut on_item: impl F
         Err(e) => return Err(CallError::Io(e)),
     };
     let line = serde_json::to_string(req).map_err(|e| CallError::Failed(e.to_string()))?;
-    stream.write_all(format!("{line}\n").as_bytes()).map_err(CallError::Io)?;
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(CallError::Io)?;
     stream.write_all(content).map_err(CallError::Io)?;
     stream.flush().map_err(CallError::Io)?;
     let mut r = BufReader::new(stream);
     loop {
         let mut l = String::new();
         if r.read_line(&mut l).map_err(CallError::Io)? == 0 {
-            return Err(CallError::Failed("the daemon closed the connection without an answer".into()));
+            return Err(CallError::Failed(
+                "the daemon closed the connection without an answer".into(),
+            ));
         }
-        let v: serde_json::Value = serde_json::from_str(&l).map_err(|e| CallError::Failed(format!("bad answer: {e}")))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&l).map_err(|e| CallError::Failed(format!("bad answer: {e}")))?;
         if v.get("ok").is_some() {
             return Ok(());
         }
@@ -407,7 +471,13 @@ pub fn call(spool_dir: &Path, req: &Request, content: &[u8], mut on_item: impl F
 
 /// Runs a request on the spool directly (no daemon), passing each item to
 /// `on_item`.
-pub fn run_offline(config: Arc<Config>, spool: Arc<Spool>, req: Request, content: Vec<u8>, mut on_item: impl FnMut(Item)) -> Result<(), String> {
+pub fn run_offline(
+    config: Arc<Config>,
+    spool: Arc<Spool>,
+    req: Request,
+    content: Vec<u8>,
+    mut on_item: impl FnMut(Item),
+) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

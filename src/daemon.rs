@@ -54,7 +54,9 @@ impl Daemon {
             return Err("server.spool: cannot change while running; restart the daemon".into());
         }
         self.log.set_level(&cfg.log.level)?;
-        self.smtp.debug.store(cfg.log.smtp_debug, std::sync::atomic::Ordering::Relaxed);
+        self.smtp
+            .debug
+            .store(cfg.log.smtp_debug, std::sync::atomic::Ordering::Relaxed);
         self.config.store(Arc::new(cfg.clone()));
         tracing::info!(path = ?self.path, "configuration reloaded");
         Ok(cfg)
@@ -78,10 +80,17 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     let spool_dir = config.server.spool.clone();
     let spool = match Spool::open(&spool_dir) {
         Ok(s) => Arc::new(s),
-        Err(StoreError::Locked(p)) => anyhow::bail!("the spool {} is in use: another petrel daemon is running", p.display()),
-        Err(e) => return Err(e).with_context(|| format!("cannot open the spool {}", spool_dir.display())),
+        Err(StoreError::Locked(p)) => anyhow::bail!(
+            "the spool {} is in use: another petrel daemon is running",
+            p.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot open the spool {}", spool_dir.display()));
+        }
     };
-    let recovered = spool.recover_active().context("cannot recover messages in flight")?;
+    let recovered = spool
+        .recover_active()
+        .context("cannot recover messages in flight")?;
     tracing::info!(spool = %spool_dir.display(), messages = spool.len(), recovered, "spool open");
     let mailboxes = MailboxStore::open(&spool).context("cannot open the mailbox store")?;
     let path = config.path.clone();
@@ -92,9 +101,16 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     let scheduler_arbiter = Arbiter::new();
     let mailbox = {
         let spool = spool.clone();
-        MailboxActor::start_in_arbiter(&mailbox_arbiter.handle(), move |_| MailboxActor::new(spool, mailboxes))
+        MailboxActor::start_in_arbiter(&mailbox_arbiter.handle(), move |_| {
+            MailboxActor::new(spool, mailboxes)
+        })
     };
-    let waker = Scheduler::start(&scheduler_arbiter.handle(), spool.clone(), config.clone(), mailbox);
+    let waker = Scheduler::start(
+        &scheduler_arbiter.handle(),
+        spool.clone(),
+        config.clone(),
+        mailbox,
+    );
 
     let smtp = Arc::new(SmtpShared {
         config: config.clone(),
@@ -121,9 +137,17 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         tracing::info!(listener = %l.name, protocol = %l.protocol.as_str(), address = %addr, "listening");
         match l.protocol {
             Protocol::Smtp | Protocol::Submission => {
-                tokio::spawn(server::serve(tcp, l.name.clone(), smtp.clone(), shutdown.signal()));
+                tokio::spawn(server::serve(
+                    tcp,
+                    l.name.clone(),
+                    smtp.clone(),
+                    shutdown.signal(),
+                ));
             }
-            other => anyhow::bail!("listeners[{i}].protocol: {} is not available in this version", other.as_str()),
+            other => anyhow::bail!(
+                "listeners[{i}].protocol: {} is not available in this version",
+                other.as_str()
+            ),
         }
     }
 
@@ -135,7 +159,8 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     let control_listener = tokio::net::UnixListener::bind(&socket_path);
     // SAFETY: as above; restores the previous mask.
     unsafe { libc::umask(old_mask) };
-    let control_listener = control_listener.with_context(|| format!("cannot create the control socket {}", socket_path.display()))?;
+    let control_listener = control_listener
+        .with_context(|| format!("cannot create the control socket {}", socket_path.display()))?;
     {
         let daemon = daemon.clone();
         let mut signal = shutdown.signal();
@@ -171,7 +196,9 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
 
     tracing::info!("stopping: no new connections; finishing sessions");
     if !shutdown.drained(SESSION_DRAIN).await {
-        tracing::warn!("some sessions did not finish in time; their messages were not acknowledged");
+        tracing::warn!(
+            "some sessions did not finish in time; their messages were not acknowledged"
+        );
     }
     let deadline = tokio::time::Instant::now() + DELIVERY_DRAIN;
     loop {

@@ -73,59 +73,108 @@ impl Directory {
         };
         for (i, (name, password, addresses)) in users.into_iter().enumerate() {
             if !valid_mailbox_name(&name) {
-                c.error(format!("users[{i}].name"), format!("{name:?} must be letters, digits, '.', '-' or '_'"));
+                c.error(
+                    format!("users[{i}].name"),
+                    format!("{name:?} must be letters, digits, '.', '-' or '_'"),
+                );
             } else if !names.insert(name.clone()) {
-                c.error(format!("users[{i}].name"), format!("{name:?} is used twice"));
+                c.error(
+                    format!("users[{i}].name"),
+                    format!("{name:?} is used twice"),
+                );
             }
-            if !password.is_empty() && !password.starts_with("$argon2") && !password.starts_with("$6$") {
-                c.error(format!("users[{i}].password"), "must be a hash from `petrel hash-password`");
+            if !password.is_empty()
+                && !password.starts_with("$argon2")
+                && !password.starts_with("$6$")
+            {
+                c.error(
+                    format!("users[{i}].password"),
+                    "must be a hash from `petrel hash-password`",
+                );
             }
             let addrs = addresses
                 .iter()
                 .enumerate()
-                .filter_map(|(j, a)| claim(&mut d, c, format!("users[{i}].addresses[{j}]"), a, &name))
+                .filter_map(|(j, a)| {
+                    claim(&mut d, c, format!("users[{i}].addresses[{j}]"), a, &name)
+                })
                 .collect();
-            d.users.push(User { name, password, addresses: addrs });
+            d.users.push(User {
+                name,
+                password,
+                addresses: addrs,
+            });
         }
         for (i, (name, addresses, readers)) in mailin.into_iter().enumerate() {
             if !valid_mailbox_name(&name) {
-                c.error(format!("mailin[{i}].name"), format!("{name:?} must be letters, digits, '.', '-' or '_'"));
+                c.error(
+                    format!("mailin[{i}].name"),
+                    format!("{name:?} must be letters, digits, '.', '-' or '_'"),
+                );
             } else if !names.insert(name.clone()) {
-                c.error(format!("mailin[{i}].name"), format!("{name:?} is already a user or mail-in name"));
+                c.error(
+                    format!("mailin[{i}].name"),
+                    format!("{name:?} is already a user or mail-in name"),
+                );
             }
             let addrs = addresses
                 .iter()
                 .enumerate()
-                .filter_map(|(j, a)| claim(&mut d, c, format!("mailin[{i}].addresses[{j}]"), a, &name))
+                .filter_map(|(j, a)| {
+                    claim(&mut d, c, format!("mailin[{i}].addresses[{j}]"), a, &name)
+                })
                 .collect();
-            d.mailin.push(Mailin { name, addresses: addrs, readers });
+            d.mailin.push(Mailin {
+                name,
+                addresses: addrs,
+                readers,
+            });
         }
         for (i, m) in d.mailin.iter().enumerate() {
             for (j, r) in m.readers.iter().enumerate() {
                 if !d.users.iter().any(|u| &u.name == r) {
-                    c.error(format!("mailin[{i}].readers[{j}]"), format!("{r:?} is not a user"));
+                    c.error(
+                        format!("mailin[{i}].readers[{j}]"),
+                        format!("{r:?} is not a user"),
+                    );
                 }
             }
         }
         for (i, (address, members)) in aliases.into_iter().enumerate() {
             let addr = address.trim().to_ascii_lowercase();
-            let local = addr.rsplit_once('@').is_some_and(|(l, dom)| !l.is_empty() && domains.is_local(dom));
+            let local = addr
+                .rsplit_once('@')
+                .is_some_and(|(l, dom)| !l.is_empty() && domains.is_local(dom));
             if !local {
-                c.error(format!("aliases[{i}].address"), format!("{addr:?} is not an address in a local domain"));
+                c.error(
+                    format!("aliases[{i}].address"),
+                    format!("{addr:?} is not an address in a local domain"),
+                );
                 continue;
             }
             if d.mailbox_of.contains_key(&addr) || d.aliases.contains_key(&addr) {
-                c.error(format!("aliases[{i}].address"), format!("{addr:?} is already a mailbox or alias address"));
+                c.error(
+                    format!("aliases[{i}].address"),
+                    format!("{addr:?} is already a mailbox or alias address"),
+                );
                 continue;
             }
             if members.is_empty() {
-                c.error(format!("aliases[{i}].members"), "must name at least one address");
+                c.error(
+                    format!("aliases[{i}].members"),
+                    "must name at least one address",
+                );
             }
             let mut list = Vec::new();
             for (j, m) in members.iter().enumerate() {
                 let m = m.trim().to_ascii_lowercase();
-                if m.rsplit_once('@').is_none_or(|(l, dom)| l.is_empty() || dom.is_empty()) {
-                    c.error(format!("aliases[{i}].members[{j}]"), format!("{m:?} is not an address"));
+                if m.rsplit_once('@')
+                    .is_none_or(|(l, dom)| l.is_empty() || dom.is_empty())
+                {
+                    c.error(
+                        format!("aliases[{i}].members[{j}]"),
+                        format!("{m:?} is not an address"),
+                    );
                 } else {
                     list.push(m);
                 }
@@ -142,11 +191,24 @@ impl Directory {
     pub fn expand(&self, address: &str, domains: &Domains) -> Vec<String> {
         let mut out = Vec::new();
         let mut mailboxes = BTreeSet::new();
-        self.expand_into(&normalize(&domains.canonical(address)), domains, 0, &mut mailboxes, &mut out);
+        self.expand_into(
+            &normalize(&domains.canonical(address)),
+            domains,
+            0,
+            &mut mailboxes,
+            &mut out,
+        );
         out
     }
 
-    fn expand_into(&self, addr: &str, domains: &Domains, depth: usize, seen: &mut BTreeSet<String>, out: &mut Vec<String>) {
+    fn expand_into(
+        &self,
+        addr: &str,
+        domains: &Domains,
+        depth: usize,
+        seen: &mut BTreeSet<String>,
+        out: &mut Vec<String>,
+    ) {
         if let Some(mailbox) = self.mailbox_of.get(addr) {
             if seen.insert(mailbox.clone()) {
                 out.push(addr.to_string());
@@ -235,12 +297,23 @@ members = ["team@example.test", "support@example.test"]
     fn users_mailin_and_nested_aliases_expand() {
         let c = config();
         let d = &c.directory;
-        assert_eq!(d.expand("A.Smith@EXAMPLE.ORG", &c.domains), vec!["a.smith@example.org"]);
+        assert_eq!(
+            d.expand("A.Smith@EXAMPLE.ORG", &c.domains),
+            vec!["a.smith@example.org"]
+        );
         assert_eq!(d.mailbox_for("A.Smith@example.org."), Some("alice"));
-        assert_eq!(d.expand("support@example.test", &c.domains), vec!["support@example.test"]);
+        assert_eq!(
+            d.expand("support@example.test", &c.domains),
+            vec!["support@example.test"]
+        );
         assert_eq!(
             d.expand("team@example.test", &c.domains),
-            vec!["alice@example.test", "bob@example.test", "dave@partner.test", "support@example.test"]
+            vec![
+                "alice@example.test",
+                "bob@example.test",
+                "dave@partner.test",
+                "support@example.test"
+            ]
         );
         assert!(d.expand("nobody@example.test", &c.domains).is_empty());
     }

@@ -48,7 +48,10 @@ pub fn first(content: &[u8], name: &str) -> Option<String> {
 
 /// How many fields of that name the header section has.
 pub fn count(content: &[u8], name: &str) -> usize {
-    fields(content).iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+    fields(content)
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .count()
 }
 
 #[cfg(test)]

@@ -46,7 +46,12 @@ impl Intake {
 
     /// Queues the message durably. When this returns `Ok`, the message
     /// survives a crash and the caller may acknowledge it.
-    pub async fn accept(&self, config: &Config, env: Envelope, content: &[u8]) -> Result<QueuedMessage, StoreError> {
+    pub async fn accept(
+        &self,
+        config: &Config,
+        env: Envelope,
+        content: &[u8],
+    ) -> Result<QueuedMessage, StoreError> {
         let new = self.prepare(config, env, content);
         let msg = self.spool.enqueue(new, content).await?;
         self.accepted(&msg);
@@ -54,7 +59,12 @@ impl Intake {
     }
 
     /// Blocking form for the CLI's direct spool access.
-    pub fn accept_blocking(&self, config: &Config, env: Envelope, content: &[u8]) -> Result<QueuedMessage, StoreError> {
+    pub fn accept_blocking(
+        &self,
+        config: &Config,
+        env: Envelope,
+        content: &[u8],
+    ) -> Result<QueuedMessage, StoreError> {
         let new = self.prepare(config, env, content);
         let msg = self.spool.write_message(new, content)?;
         if let Err(e) = self.spool.store().commit_blocking() {
@@ -113,7 +123,9 @@ pub fn expand_recipients(config: &Config, given: &[String]) -> Vec<Recipient> {
         out.push(Recipient::new(address, orcpt));
     };
     for addr in given {
-        let local = addr.rsplit_once('@').is_some_and(|(_, d)| config.domains.is_local(d));
+        let local = addr
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| config.domains.is_local(d));
         let targets = if local {
             config.directory.expand(addr, &config.domains)
         } else {

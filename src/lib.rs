@@ -2,19 +2,19 @@
 //! and local mailboxes. See ARCHITECTURE.md for the map.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
-pub mod directory;
-pub mod mailbox;
-pub mod outcome;
-pub mod router;
-pub mod scheduler;
-pub mod spool;
-pub mod headers;
-pub mod intake;
-pub mod shutdown;
-pub mod smtp;
-pub mod queue_report;
 pub mod control;
 pub mod daemon;
+pub mod directory;
+pub mod headers;
+pub mod intake;
 pub mod logging;
-pub mod cli;
+pub mod mailbox;
+pub mod outcome;
+pub mod queue_report;
+pub mod router;
+pub mod scheduler;
+pub mod shutdown;
+pub mod smtp;
+pub mod spool;

@@ -29,7 +29,10 @@ pub fn init(level: &str) -> LogControl {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(false);
-    let _ = tracing_subscriber::registry().with(layer).with(fmt).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(layer)
+        .with(fmt)
+        .try_init();
     LogControl {
         set: Arc::new(move |level: &str| {
             let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;

@@ -47,7 +47,10 @@ fn queue_name(spool: &Spool, msg: &QueuedMessage) -> Result<QueueName, StoreErro
 pub fn has_domain(msg: &QueuedMessage, domain: &str) -> bool {
     let d = domain.trim_end_matches('.');
     msg.recipients.iter().any(|r| {
-        !r.state.is_final() && r.address.rsplit_once('@').is_some_and(|(_, rd)| rd.eq_ignore_ascii_case(d))
+        !r.state.is_final()
+            && r.address
+                .rsplit_once('@')
+                .is_some_and(|(_, rd)| rd.eq_ignore_ascii_case(d))
     })
 }
 
@@ -85,7 +88,8 @@ pub fn mailq_entry(
 }
 
 /// The column header of `mailq` text.
-pub const MAILQ_HEADER: &str = "-Queue ID-       --Size-- ----Arrival Time---- -Sender/Recipient-------\n";
+pub const MAILQ_HEADER: &str =
+    "-Queue ID-       --Size-- ----Arrival Time---- -Sender/Recipient-------\n";
 
 /// One entry of `mailq` text, with its trailing blank line.
 pub fn mailq_entry_text(e: &MailqEntry) -> String {
@@ -95,10 +99,24 @@ pub fn mailq_entry_text(e: &MailqEntry) -> String {
         _ => "",
     };
     let when = chrono::DateTime::from_timestamp(e.arrival_time, 0)
-        .map(|t| t.with_timezone(&chrono::Local).format("%a %b %e %H:%M:%S").to_string())
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%a %b %e %H:%M:%S")
+                .to_string()
+        })
         .unwrap_or_default();
-    let sender = if e.sender.is_empty() { "MAILER-DAEMON" } else { &e.sender };
-    let mut out = format!("{:<17}{:>8} {:<19}  {}\n", format!("{}{}", e.queue_id, mark), e.message_size, when, sender);
+    let sender = if e.sender.is_empty() {
+        "MAILER-DAEMON"
+    } else {
+        &e.sender
+    };
+    let mut out = format!(
+        "{:<17}{:>8} {:<19}  {}\n",
+        format!("{}{}", e.queue_id, mark),
+        e.message_size,
+        when,
+        sender
+    );
     let mut last_reason: Option<&str> = None;
     for r in &e.recipients {
         if let Some(reason) = r.delay_reason.as_deref()
@@ -118,7 +136,11 @@ pub fn mailq_footer(count: usize, bytes: u64) -> String {
     if count == 0 {
         return "Mail queue is empty\n".into();
     }
-    format!("-- {} Kbytes in {count} Request{}.\n", bytes.div_ceil(1024), if count == 1 { "" } else { "s" })
+    format!(
+        "-- {} Kbytes in {count} Request{}.\n",
+        bytes.div_ceil(1024),
+        if count == 1 { "" } else { "s" }
+    )
 }
 
 /// Formats entries as Postfix's `mailq` text.
@@ -130,7 +152,10 @@ pub fn mailq_text(entries: &[MailqEntry]) -> String {
     for e in entries {
         out.push_str(&mailq_entry_text(e));
     }
-    out.push_str(&mailq_footer(entries.len(), entries.iter().map(|e| e.message_size).sum()));
+    out.push_str(&mailq_footer(
+        entries.len(),
+        entries.iter().map(|e| e.message_size).sum(),
+    ));
     out
 }
 
@@ -193,7 +218,8 @@ pub fn show(spool: &Spool, msg: &QueuedMessage) -> Result<ShowReport, StoreError
                 orcpt: r.orcpt.clone(),
                 state: r.state.as_str().into(),
                 attempts: r.attempts,
-                next_attempt: (!r.state.is_final() && r.attempts > 0).then_some(r.next_attempt / 1000),
+                next_attempt: (!r.state.is_final() && r.attempts > 0)
+                    .then_some(r.next_attempt / 1000),
                 last_error: r.last_error.clone(),
             })
             .collect(),
@@ -219,7 +245,10 @@ pub fn show_text(r: &ShowReport) -> String {
         r.message_id.as_deref().unwrap_or("-"),
     );
     for rc in &r.recipients {
-        out.push_str(&format!("recipient: <{}> state={} attempts={}", rc.address, rc.state, rc.attempts));
+        out.push_str(&format!(
+            "recipient: <{}> state={} attempts={}",
+            rc.address, rc.state, rc.attempts
+        ));
         if let Some(o) = &rc.orcpt {
             out.push_str(&format!(" orcpt=<{o}>"));
         }
@@ -265,9 +294,15 @@ pub fn status(spool: &Spool) -> Result<StatusReport, StoreError> {
     for msg in spool.messages() {
         let msg = msg?;
         r.messages += 1;
-        *r.by_state.entry(queue_name(spool, &msg)?.as_str().into()).or_default() += 1;
+        *r.by_state
+            .entry(queue_name(spool, &msg)?.as_str().into())
+            .or_default() += 1;
         for rc in msg.recipients.iter().filter(|rc| !rc.state.is_final()) {
-            let d = rc.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+            let d = rc
+                .address
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default();
             *r.by_destination.entry(d).or_default() += 1;
         }
         let age = (now - msg.arrival) / 1000;
@@ -291,7 +326,9 @@ pub fn status_text(r: &StatusReport) -> String {
     }
     out.push_str(&format!(
         "oldest: {}\n",
-        r.oldest_age.map(|a| format!("{a}s")).unwrap_or_else(|| "-".into())
+        r.oldest_age
+            .map(|a| format!("{a}s"))
+            .unwrap_or_else(|| "-".into())
     ));
     if !r.by_destination.is_empty() {
         out.push_str("recipients by destination:\n");
@@ -322,17 +359,29 @@ mod tests {
             sender: "carol@example.test".into(),
             recipients: vec![MailqRecipient {
                 address: "dave@partner.test".into(),
-                delay_reason: Some("connect to mx.partner.test[192.0.2.7]:25: Connection refused".into()),
+                delay_reason: Some(
+                    "connect to mx.partner.test[192.0.2.7]:25: Connection refused".into(),
+                ),
                 next_attempt: Some(1),
             }],
         };
         let text = mailq_text(&[e]);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "-Queue ID-       --Size-- ----Arrival Time---- -Sender/Recipient-------");
-        assert!(lines[1].starts_with("01JD4X2K9QPA         2048 "), "{}", lines[1]);
+        assert_eq!(
+            lines[0],
+            "-Queue ID-       --Size-- ----Arrival Time---- -Sender/Recipient-------"
+        );
+        assert!(
+            lines[1].starts_with("01JD4X2K9QPA         2048 "),
+            "{}",
+            lines[1]
+        );
         assert!(lines[1].ends_with("  carol@example.test"), "{}", lines[1]);
         assert_eq!(lines[1].find("carol"), Some(47));
-        assert_eq!(lines[2], "                    (connect to mx.partner.test[192.0.2.7]:25: Connection refused)");
+        assert_eq!(
+            lines[2],
+            "                    (connect to mx.partner.test[192.0.2.7]:25: Connection refused)"
+        );
         assert_eq!(lines[3], format!("{:47}dave@partner.test", ""));
         assert_eq!(lines[5], "-- 2 Kbytes in 1 Request.");
         assert_eq!(mailq_text(&[]), "Mail queue is empty\n");

@@ -20,7 +20,10 @@ pub fn route(config: &Config, address: &str) -> Destination {
         return Destination::Unknown;
     };
     if config.domains.is_local(domain) {
-        match config.directory.mailbox_for(&config.domains.canonical(address)) {
+        match config
+            .directory
+            .mailbox_for(&config.domains.canonical(address))
+        {
             Some(mailbox) => Destination::Mailbox(mailbox.to_string()),
             None => Destination::Unknown,
         }
@@ -46,10 +49,19 @@ addresses = ["alice@example.test"]
 "#,
         )
         .expect("valid");
-        assert_eq!(route(&c, "Alice@Example.Test"), Destination::Mailbox("alice".into()));
+        assert_eq!(
+            route(&c, "Alice@Example.Test"),
+            Destination::Mailbox("alice".into())
+        );
         assert_eq!(route(&c, "bob@example.test"), Destination::Unknown);
         assert_eq!(route(&c, "bob@[192.0.2.10]"), Destination::Unknown);
-        assert_eq!(route(&c, "alice@[192.0.2.10]"), Destination::Mailbox("alice".into()));
-        assert_eq!(route(&c, "dave@Partner.Test."), Destination::Remote("partner.test".into()));
+        assert_eq!(
+            route(&c, "alice@[192.0.2.10]"),
+            Destination::Mailbox("alice".into())
+        );
+        assert_eq!(
+            route(&c, "dave@Partner.Test."),
+            Destination::Remote("partner.test".into())
+        );
     }
 }

@@ -178,7 +178,9 @@ impl Scheduler {
             Duration::ZERO
         } else {
             match self.spool.next_due_time() {
-                Ok(Some(t)) if t <= now => MAX_SLEEP.min(Duration::from_millis(if room == 0 { 100 } else { 10 })),
+                Ok(Some(t)) if t <= now => {
+                    MAX_SLEEP.min(Duration::from_millis(if room == 0 { 100 } else { 10 }))
+                }
                 Ok(Some(t)) => MAX_SLEEP.min(Duration::from_millis((t - now) as u64)),
                 _ => MAX_SLEEP,
             }
@@ -232,7 +234,11 @@ impl Scheduler {
             match self.spool.content(&msg) {
                 Ok(c) => Some(Arc::new(c)),
                 Err(e) => {
-                    outcomes.extend(locals.drain(..).map(|t| (t.rcpt, Outcome::TempFail(format!("4.3.0 {e}")))));
+                    outcomes.extend(
+                        locals
+                            .drain(..)
+                            .map(|t| (t.rcpt, Outcome::TempFail(format!("4.3.0 {e}")))),
+                    );
                     None
                 }
             }
@@ -249,16 +255,20 @@ impl Scheduler {
                 let rcpts: Vec<usize> = d.targets.iter().map(|t| t.rcpt).collect();
                 match mailbox.send(d).await {
                     Ok(results) => outcomes.extend(results),
-                    Err(_) => outcomes.extend(
-                        rcpts
-                            .into_iter()
-                            .map(|r| (r, Outcome::TempFail("4.3.0 the mailbox service is not running".into()))),
-                    ),
+                    Err(_) => outcomes.extend(rcpts.into_iter().map(|r| {
+                        (
+                            r,
+                            Outcome::TempFail("4.3.0 the mailbox service is not running".into()),
+                        )
+                    })),
                 }
             }
             outcomes
         };
-        ctx.spawn(work.into_actor(self).map(move |outcomes, act, ctx| act.complete(id, outcomes, ctx)));
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |outcomes, act, ctx| act.complete(id, outcomes, ctx)),
+        );
     }
 
     fn complete(&mut self, id: QueueId, outcomes: Vec<(usize, Outcome)>, ctx: &mut Context<Self>) {
@@ -274,11 +284,15 @@ impl Scheduler {
         let queue = self.config.load().queue.clone();
         let now = now_ms();
         for (i, outcome) in outcomes {
-            let Some(r) = msg.recipients.get_mut(i) else { continue };
+            let Some(r) = msg.recipients.get_mut(i) else {
+                continue;
+            };
             apply_outcome(&queue, msg.id, msg.arrival, now, r, outcome);
         }
         let result = if msg.is_done() {
-            self.spool.remove(&msg).map(|_| tracing::info!(queue_id = %id, "removed"))
+            self.spool
+                .remove(&msg)
+                .map(|_| tracing::info!(queue_id = %id, "removed"))
         } else {
             self.spool.finish_active(&mut msg)
         };
@@ -292,7 +306,10 @@ impl Scheduler {
 /// The RFC 3463 status code at the start of a reason, or `default`.
 fn dsn_of<'a>(reason: &'a str, default: &'a str) -> &'a str {
     let first = reason.split_whitespace().next().unwrap_or("");
-    let looks_like = first.split('.').count() == 3 && first.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let looks_like = first.split('.').count() == 3
+        && first
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     if looks_like { first } else { default }
 }
 
@@ -309,7 +326,14 @@ pub fn retry_delay(queue: &Queue, attempts: u32) -> Duration {
         .unwrap_or(queue.retry_max)
 }
 
-fn apply_outcome(queue: &Queue, id: QueueId, arrival: i64, now: i64, r: &mut crate::spool::Recipient, outcome: Outcome) {
+fn apply_outcome(
+    queue: &Queue,
+    id: QueueId,
+    arrival: i64,
+    now: i64,
+    r: &mut crate::spool::Recipient,
+    outcome: Outcome,
+) {
     r.attempts += 1;
     let delay = format!("{:.2}", (now - arrival).max(0) as f64 / 1000.0);
     match outcome {
@@ -393,7 +417,9 @@ mod tests {
     fn retry_delays_double_and_cap() {
         let c = Config::parse("[domains]\nprimary = \"example.test\"\n[queue]\nretry_initial = \"5m\"\nretry_max = \"1h\"\n")
             .expect("valid");
-        let d: Vec<u64> = (1..=6).map(|n| retry_delay(&c.queue, n).as_secs()).collect();
+        let d: Vec<u64> = (1..=6)
+            .map(|n| retry_delay(&c.queue, n).as_secs())
+            .collect();
         assert_eq!(d, vec![300, 600, 1200, 2400, 3600, 3600]);
     }
 

@@ -31,11 +31,22 @@ fn mailq_lists_deferred_mail_in_text_and_json() {
     let out = server.cli(&["mailq"]);
     assert_eq!(stdout(&out), "Mail queue is empty\n");
     let ids = queue_remote(&server, 2);
-    assert!(server.wait_log(&["delivery", &ids[1], "status=deferred"], Duration::from_secs(10)));
+    assert!(server.wait_log(
+        &["delivery", &ids[1], "status=deferred"],
+        Duration::from_secs(10)
+    ));
     let text = stdout(&server.cli(&["mailq"]));
-    assert!(text.starts_with("-Queue ID-       --Size-- ----Arrival Time---- -Sender/Recipient-------\n"), "{text}");
+    assert!(
+        text.starts_with(
+            "-Queue ID-       --Size-- ----Arrival Time---- -Sender/Recipient-------\n"
+        ),
+        "{text}"
+    );
     assert!(text.contains(&ids[0]) && text.contains(&ids[1]), "{text}");
-    assert!(text.contains("(4.4.0 delivery to remote domain partner.test is not available"), "{text}");
+    assert!(
+        text.contains("(4.4.0 delivery to remote domain partner.test is not available"),
+        "{text}"
+    );
     assert!(text.trim_end().ends_with("in 2 Requests."), "{text}");
     let json = server.mailq();
     assert_eq!(json.len(), 2);
@@ -55,7 +66,10 @@ fn mailq_lists_deferred_mail_in_text_and_json() {
 fn hold_release_requeue_and_delete_through_the_daemon() {
     let server = TestServer::start("");
     let ids = queue_remote(&server, 3);
-    assert!(server.wait_log(&["delivery", &ids[2], "status=deferred"], Duration::from_secs(10)));
+    assert!(server.wait_log(
+        &["delivery", &ids[2], "status=deferred"],
+        Duration::from_secs(10)
+    ));
 
     let out = server.cli(&["hold", &ids[0]]);
     assert!(out.status.success(), "{out:?}");
@@ -64,11 +78,18 @@ fn hold_release_requeue_and_delete_through_the_daemon() {
 
     let out = server.cli(&["release", &ids[0]]);
     assert!(out.status.success());
-    assert!(server.wait_log(&["delivery", &ids[0], "status=deferred"], Duration::from_secs(10)));
+    assert!(server.wait_log(
+        &["delivery", &ids[0], "status=deferred"],
+        Duration::from_secs(10)
+    ));
 
     let out = server.cli(&["requeue", "--all"]);
     assert!(out.status.success());
-    assert!(stdout(&out).contains("requeued 3 messages"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("requeued 3 messages"),
+        "{}",
+        stdout(&out)
+    );
 
     let out = server.cli(&["delete", &ids[1]]);
     assert!(out.status.success());
@@ -76,7 +97,11 @@ fn hold_release_requeue_and_delete_through_the_daemon() {
     assert_eq!(server.mailq().len(), 2);
 
     let out = server.cli(&["delete", "--domain", "partner.test"]);
-    assert!(stdout(&out).contains("deleted 2 messages"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("deleted 2 messages"),
+        "{}",
+        stdout(&out)
+    );
     assert!(server.mailq().is_empty());
 
     let out = server.cli(&["delete", &ids[1]]);
@@ -91,12 +116,18 @@ fn hold_release_requeue_and_delete_through_the_daemon() {
 fn show_and_status_describe_the_queue() {
     let server = TestServer::start("");
     let ids = queue_remote(&server, 1);
-    assert!(server.wait_log(&["delivery", &ids[0], "status=deferred"], Duration::from_secs(10)));
+    assert!(server.wait_log(
+        &["delivery", &ids[0], "status=deferred"],
+        Duration::from_secs(10)
+    ));
     let out = server.cli(&["show", &ids[0], "--body"]);
     assert!(out.status.success());
     let text = stdout(&out);
     assert!(text.contains(&format!("queue_id: {}", ids[0])), "{text}");
-    assert!(text.contains("recipient: <dave@partner.test> state=deferred attempts=1"), "{text}");
+    assert!(
+        text.contains("recipient: <dave@partner.test> state=deferred attempts=1"),
+        "{text}"
+    );
     assert!(text.contains("last_error: 4.4.0"), "{text}");
     assert!(text.contains("Message-ID: <q0@test>"), "{text}");
 
@@ -113,7 +144,10 @@ fn show_and_status_describe_the_queue() {
 fn queue_commands_work_on_the_spool_when_no_daemon_runs() {
     let mut server = TestServer::start("");
     let ids = queue_remote(&server, 2);
-    assert!(server.wait_log(&["delivery", &ids[1], "status=deferred"], Duration::from_secs(10)));
+    assert!(server.wait_log(
+        &["delivery", &ids[1], "status=deferred"],
+        Duration::from_secs(10)
+    ));
     assert_eq!(server.stop(), Some(0));
 
     let cfg = server.config_path.clone();
@@ -126,7 +160,10 @@ fn queue_commands_work_on_the_spool_when_no_daemon_runs() {
     let out = cli_with(&cfg, &["delete", &ids[1]], None);
     assert!(out.status.success(), "{out:?}");
     let out = cli_with(&cfg, &["mailq", "--json"], None);
-    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["queue_id"], ids[0].as_str());
     assert_eq!(lines[0]["queue_name"], "hold");
@@ -135,7 +172,10 @@ fn queue_commands_work_on_the_spool_when_no_daemon_runs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon"));
 
     // The queue survives the restart with its state.
-    let restarted = TestServer::start_in(server.dir.clone(), &std::fs::read_to_string(&cfg).expect("cfg"));
+    let restarted = TestServer::start_in(
+        server.dir.clone(),
+        &std::fs::read_to_string(&cfg).expect("cfg"),
+    );
     let q = restarted.mailq();
     assert_eq!(q.len(), 1);
     assert_eq!(q[0]["queue_name"], "hold");
@@ -145,7 +185,10 @@ fn queue_commands_work_on_the_spool_when_no_daemon_runs() {
 fn restart_keeps_the_retry_schedule() {
     let mut server = TestServer::start("");
     let ids = queue_remote(&server, 1);
-    assert!(server.wait_log(&["delivery", &ids[0], "status=deferred"], Duration::from_secs(10)));
+    assert!(server.wait_log(
+        &["delivery", &ids[0], "status=deferred"],
+        Duration::from_secs(10)
+    ));
     let before = server.mailq();
     assert_eq!(server.stop(), Some(0));
     let cfg = std::fs::read_to_string(&server.config_path).expect("cfg");
@@ -153,9 +196,15 @@ fn restart_keeps_the_retry_schedule() {
     let after = restarted.mailq();
     assert_eq!(after.len(), 1);
     assert_eq!(after[0]["queue_id"], before[0]["queue_id"]);
-    assert_eq!(after[0]["recipients"][0]["next_attempt"], before[0]["recipients"][0]["next_attempt"]);
+    assert_eq!(
+        after[0]["recipients"][0]["next_attempt"],
+        before[0]["recipients"][0]["next_attempt"]
+    );
     // And the schedule runs on: the next attempt happens after a restart.
-    assert!(restarted.wait_log(&["delivery", &ids[0], "status=deferred"], Duration::from_secs(10)));
+    assert!(restarted.wait_log(
+        &["delivery", &ids[0], "status=deferred"],
+        Duration::from_secs(10)
+    ));
 }
 
 #[test]
@@ -181,17 +230,31 @@ fn sendmail_submits_through_the_daemon() {
     let content = String::from_utf8(server.mailbox_message("alice", 1)).expect("utf-8");
     assert!(content.contains("Subject: from cron\r\n"), "{content}");
     assert!(content.contains("\r\nline one\r\n"), "{content}");
-    assert!(!content.contains("not read"), "a lone dot ends input without -i");
-    assert!(content.contains("Date: ") && content.contains("Message-ID: <") && content.contains("From: root@example.test"), "{content}");
+    assert!(
+        !content.contains("not read"),
+        "a lone dot ends input without -i"
+    );
+    assert!(
+        content.contains("Date: ")
+            && content.contains("Message-ID: <")
+            && content.contains("From: root@example.test"),
+        "{content}"
+    );
     assert!(server.wait_log(&["accepted", "listener=sendmail"], Duration::from_secs(5)));
 
-    let out = server.cli_stdin(&["sendmail", "-t", "-i"], b"To: bob@example.test\nBcc: support@example.test\nSubject: t\n\nx\n.\ny\n");
+    let out = server.cli_stdin(
+        &["sendmail", "-t", "-i"],
+        b"To: bob@example.test\nBcc: support@example.test\nSubject: t\n\nx\n.\ny\n",
+    );
     assert!(out.status.success(), "{out:?}");
     server.wait_mailbox("bob", 1, Duration::from_secs(10));
     server.wait_mailbox("support", 1, Duration::from_secs(10));
     let content = String::from_utf8(server.mailbox_message("support", 1)).expect("utf-8");
     assert!(!content.contains("Bcc:"), "{content}");
-    assert!(content.contains("\r\nx\r\n.\r\ny\r\n"), "-i keeps the dot line: {content}");
+    assert!(
+        content.contains("\r\nx\r\n.\r\ny\r\n"),
+        "-i keeps the dot line: {content}"
+    );
 }
 
 #[test]
@@ -215,12 +278,19 @@ fn sendmail_link_queues_on_the_spool_when_no_daemon_runs() {
     let link = dir.path().join("sendmail");
     std::os::unix::fs::symlink(petrel_bin(), &link).expect("symlink");
     let mut cmd = std::process::Command::new(&link);
-    cmd.arg("-c").arg(&server.config_path).args(["-oi", "bob@example.test"]);
+    cmd.arg("-c")
+        .arg(&server.config_path)
+        .args(["-oi", "bob@example.test"]);
     let out = run_cmd(cmd, Some(b"Subject: offline\n\nqueued while stopped\n"));
     assert!(out.status.success(), "{out:?}");
     let cfg = std::fs::read_to_string(&server.config_path).expect("cfg");
     let restarted = TestServer::start_in(server.dir.clone(), &cfg);
-    assert_eq!(restarted.wait_mailbox("bob", 1, Duration::from_secs(10)).len(), 1);
+    assert_eq!(
+        restarted
+            .wait_mailbox("bob", 1, Duration::from_secs(10))
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -250,7 +320,10 @@ fn hash_password_and_check_config() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for key in ["queue.retry_initial", "queue.lifetime", "listeners[0].bind"] {
-        assert!(err.contains(&format!(": {key}: ")), "{key} not named in {err}");
+        assert!(
+            err.contains(&format!(": {key}: ")),
+            "{key} not named in {err}"
+        );
     }
     let out = cli_with(&bad, &["serve"], None);
     assert_eq!(out.status.code(), Some(1), "serve refuses an invalid file");

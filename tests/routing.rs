@@ -27,9 +27,15 @@ fn relay_denied_for_foreign_domain() {
     ] {
         let r = s.cmd(&format!("RCPT TO:<{rcpt}>"));
         assert_eq!(r.0, 554, "{rcpt}: {r:?}");
-        assert!(r.1.contains("5.7.1") && r.1.contains("Relay access denied"), "{rcpt}: {r:?}");
+        assert!(
+            r.1.contains("5.7.1") && r.1.contains("Relay access denied"),
+            "{rcpt}: {r:?}"
+        );
     }
-    assert!(server.wait_log(&["rejected", "stage=RCPT", "code=554"], Duration::from_secs(5)));
+    assert!(server.wait_log(
+        &["rejected", "stage=RCPT", "code=554"],
+        Duration::from_secs(5)
+    ));
 }
 
 #[test]
@@ -38,7 +44,11 @@ fn local_domains_are_accepted_from_anyone() {
     let mut s = Smtp::ready(server.mx());
     let r = s.send_mail(
         "carol@partner.test",
-        &["ALICE@Example.Test", "a.smith@example.org", "bob@[192.0.2.10]"],
+        &[
+            "ALICE@Example.Test",
+            "a.smith@example.org",
+            "bob@[192.0.2.10]",
+        ],
         "Subject: local\r\n\r\nhi\r\n",
     );
     queued_id(&r);
@@ -64,8 +74,15 @@ fn unknown_local_recipient_gets_550_5_1_1() {
 fn unverified_unknown_recipient_is_accepted_then_bounced_by_delivery() {
     let server = TestServer::start("relay_from = []\nverify_recipients = false");
     let mut s = Smtp::ready(server.mx());
-    let id = queued_id(&s.send_mail("carol@partner.test", &["nobody@example.test"], "Subject: x\r\n\r\nx\r\n"));
-    assert!(server.wait_log(&["delivery", &id, "status=bounced", "dsn=5.1.1"], Duration::from_secs(10)));
+    let id = queued_id(&s.send_mail(
+        "carol@partner.test",
+        &["nobody@example.test"],
+        "Subject: x\r\n\r\nx\r\n",
+    ));
+    assert!(server.wait_log(
+        &["delivery", &id, "status=bounced", "dsn=5.1.1"],
+        Duration::from_secs(10)
+    ));
     assert!(server.wait_log(&["removed", &id], Duration::from_secs(10)));
 }
 
@@ -73,24 +90,48 @@ fn unverified_unknown_recipient_is_accepted_then_bounced_by_delivery() {
 fn alias_group_reaches_every_member_and_keeps_remote_ones_queued() {
     let server = TestServer::start("");
     let mut s = Smtp::ready(server.mx());
-    let id = queued_id(&s.send_mail("carol@partner.test", &["team@example.test"], "Subject: team\r\n\r\nall\r\n"));
-    assert_eq!(server.wait_mailbox("alice", 1, Duration::from_secs(10)).len(), 1);
-    assert_eq!(server.wait_mailbox("bob", 1, Duration::from_secs(10)).len(), 1);
-    assert!(server.wait_log(&["delivery", &id, "to=dave@partner.test", "status=deferred"], Duration::from_secs(10)));
+    let id = queued_id(&s.send_mail(
+        "carol@partner.test",
+        &["team@example.test"],
+        "Subject: team\r\n\r\nall\r\n",
+    ));
+    assert_eq!(
+        server
+            .wait_mailbox("alice", 1, Duration::from_secs(10))
+            .len(),
+        1
+    );
+    assert_eq!(
+        server.wait_mailbox("bob", 1, Duration::from_secs(10)).len(),
+        1
+    );
+    assert!(server.wait_log(
+        &["delivery", &id, "to=dave@partner.test", "status=deferred"],
+        Duration::from_secs(10)
+    ));
     let q = server.mailq();
     assert_eq!(q.len(), 1);
     assert_eq!(q[0]["queue_id"], id.as_str());
     let rcpts = q[0]["recipients"].as_array().expect("recipients");
     assert_eq!(rcpts.len(), 1, "only the remote member is pending: {q:?}");
     assert_eq!(rcpts[0]["address"], "dave@partner.test");
-    assert!(rcpts[0]["delay_reason"].as_str().expect("reason").contains("not available"));
+    assert!(
+        rcpts[0]["delay_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("not available")
+    );
 }
 
 #[test]
 fn mailin_box_receives_its_addresses() {
     let server = TestServer::start(NO_RELAY);
     let mut s = Smtp::ready(server.mx());
-    queued_id(&s.send_mail("carol@partner.test", &["support@example.test"], "Subject: help\r\n\r\nplease\r\n"));
+    queued_id(&s.send_mail(
+        "carol@partner.test",
+        &["support@example.test"],
+        "Subject: help\r\n\r\nplease\r\n",
+    ));
     let m = server.wait_mailbox("support", 1, Duration::from_secs(10));
     assert_eq!(m.len(), 1);
     assert_eq!(m[0]["uid"], 1);
@@ -100,8 +141,15 @@ fn mailin_box_receives_its_addresses() {
 fn relay_client_may_send_to_remote_domains() {
     let server = TestServer::start("");
     let mut s = Smtp::ready(server.mx());
-    let id = queued_id(&s.send_mail("alice@example.test", &["dave@partner.test"], "Subject: out\r\n\r\nhello\r\n"));
-    assert!(server.wait_log(&["delivery", &id, "status=deferred"], Duration::from_secs(10)));
+    let id = queued_id(&s.send_mail(
+        "alice@example.test",
+        &["dave@partner.test"],
+        "Subject: out\r\n\r\nhello\r\n",
+    ));
+    assert!(server.wait_log(
+        &["delivery", &id, "status=deferred"],
+        Duration::from_secs(10)
+    ));
     let q = server.mailq();
     assert_eq!(q.len(), 1);
     assert_eq!(q[0]["queue_name"], "deferred");
@@ -110,7 +158,9 @@ fn relay_client_may_send_to_remote_domains() {
 
 #[test]
 fn deny_lists_refuse_with_550_5_7_1() {
-    let server = TestServer::start("deny_senders = [\"*@spam.test\", \"*.bad.test\"]\ndeny_recipients = [\"bob@example.test\"]");
+    let server = TestServer::start(
+        "deny_senders = [\"*@spam.test\", \"*.bad.test\"]\ndeny_recipients = [\"bob@example.test\"]",
+    );
     let mut s = Smtp::ready(server.mx());
     let r = s.cmd("MAIL FROM:<joe@spam.test>");
     assert_eq!(r.0, 550);

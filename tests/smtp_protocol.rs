@@ -12,10 +12,19 @@ fn greeting_and_ehlo_advertise_the_extensions() {
     let server = TestServer::start("");
     let (mut s, greeting) = Smtp::connect(server.mx());
     assert_eq!(greeting.0, 220);
-    assert!(greeting.1.starts_with("mx.example.test ESMTP"), "{greeting:?}");
+    assert!(
+        greeting.1.starts_with("mx.example.test ESMTP"),
+        "{greeting:?}"
+    );
     let (code, text) = s.cmd("EHLO client.test");
     assert_eq!(code, 250);
-    for ext in ["PIPELINING", "SIZE 26214400", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8"] {
+    for ext in [
+        "PIPELINING",
+        "SIZE 26214400",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+    ] {
         assert!(text.lines().any(|l| l == ext), "{ext} missing in {text}");
     }
     assert_eq!(s.cmd("HELO client.test"), (250, "mx.example.test\n".into()));
@@ -26,15 +35,27 @@ fn greeting_and_ehlo_advertise_the_extensions() {
 fn commands_out_of_sequence_get_503() {
     let server = TestServer::start("");
     let (mut s, _) = Smtp::connect(server.mx());
-    assert_eq!(s.cmd("MAIL FROM:<a@example.test>").0, 503, "MAIL before EHLO");
+    assert_eq!(
+        s.cmd("MAIL FROM:<a@example.test>").0,
+        503,
+        "MAIL before EHLO"
+    );
     assert_eq!(s.cmd("EHLO client.test").0, 250);
-    assert_eq!(s.cmd("RCPT TO:<alice@example.test>").0, 503, "RCPT before MAIL");
+    assert_eq!(
+        s.cmd("RCPT TO:<alice@example.test>").0,
+        503,
+        "RCPT before MAIL"
+    );
     assert_eq!(s.cmd("DATA").0, 503, "DATA before MAIL");
     assert_eq!(s.cmd("MAIL FROM:<a@example.test>").0, 250);
     assert_eq!(s.cmd("MAIL FROM:<a@example.test>").0, 503, "nested MAIL");
     assert_eq!(s.cmd("DATA").0, 503, "DATA before RCPT");
     assert_eq!(s.cmd("RSET").0, 250);
-    assert_eq!(s.cmd("RCPT TO:<alice@example.test>").0, 503, "RSET ends the transaction");
+    assert_eq!(
+        s.cmd("RCPT TO:<alice@example.test>").0,
+        503,
+        "RSET ends the transaction"
+    );
 }
 
 #[test]
@@ -60,7 +81,11 @@ fn malformed_addresses_get_501_and_non_ascii_needs_smtputf8() {
     assert_eq!(s.cmd("MAIL FROM:<a@@example.test>").0, 501);
     assert_eq!(s.cmd("MAIL FROM:<jörg@example.test>").0, 553);
     assert_eq!(s.cmd("MAIL FROM:<jörg@example.test> SMTPUTF8").0, 250);
-    assert_eq!(s.cmd("RCPT TO:<\"alice@example.test>").0, 501, "unbalanced quote");
+    assert_eq!(
+        s.cmd("RCPT TO:<\"alice@example.test>").0,
+        501,
+        "unbalanced quote"
+    );
     assert_eq!(s.cmd("RCPT TO:<alice@example.test>>").0, 501);
 }
 
@@ -68,12 +93,20 @@ fn malformed_addresses_get_501_and_non_ascii_needs_smtputf8() {
 fn null_sender_is_accepted_and_delivered() {
     let server = TestServer::start("");
     let mut s = Smtp::ready(server.mx());
-    let r = s.send_mail("", &["alice@example.test"], "Subject: bounce\r\n\r\nreport\r\n");
+    let r = s.send_mail(
+        "",
+        &["alice@example.test"],
+        "Subject: bounce\r\n\r\nreport\r\n",
+    );
     queued_id(&r);
     let m = server.wait_mailbox("alice", 1, Duration::from_secs(10));
     assert_eq!(m.len(), 1);
     let content = server.mailbox_message("alice", 1);
-    assert!(content.starts_with(b"Return-Path: <>\r\n"), "{}", String::from_utf8_lossy(&content));
+    assert!(
+        content.starts_with(b"Return-Path: <>\r\n"),
+        "{}",
+        String::from_utf8_lossy(&content)
+    );
 }
 
 #[test]
@@ -88,10 +121,16 @@ fn dot_stuffing_is_undone_and_received_is_prepended() {
     let id = queued_id(&r);
     server.wait_mailbox("bob", 1, Duration::from_secs(10));
     let content = String::from_utf8(server.mailbox_message("bob", 1)).expect("utf-8");
-    assert!(content.ends_with("\r\n\r\n.leading dot\r\n.\r\nend\r\n"), "{content:?}");
+    assert!(
+        content.ends_with("\r\n\r\n.leading dot\r\n.\r\nend\r\n"),
+        "{content:?}"
+    );
     let received = content.lines().nth(2).expect("Received line");
     assert_eq!(received, "Received: from client.test (unknown [127.0.0.1])");
-    assert!(content.contains(&format!("with ESMTP id {id}")), "{content}");
+    assert!(
+        content.contains(&format!("with ESMTP id {id}")),
+        "{content}"
+    );
     assert!(content.contains("Delivered-To: bob@example.test\r\n"));
 }
 
@@ -111,7 +150,10 @@ fn bare_lf_in_data_is_refused_and_never_ends_the_data() {
     assert_eq!(s.cmd("NOOP").0, 250, "the session continues in step");
     std::thread::sleep(Duration::from_millis(300));
     assert!(server.mailbox("alice").is_empty());
-    assert!(server.mailbox("bob").is_empty(), "smuggled message was delivered");
+    assert!(
+        server.mailbox("bob").is_empty(),
+        "smuggled message was delivered"
+    );
     assert!(server.mailq().is_empty());
 }
 
@@ -134,7 +176,11 @@ fn bare_lf_command_is_refused_not_executed() {
     let mut s = Smtp::ready(server.mx());
     s.send_raw(b"MAIL FROM:<a@partner.test>\n");
     assert_eq!(s.reply().0, 500);
-    assert_eq!(s.cmd("RCPT TO:<alice@example.test>").0, 503, "the bare-LF MAIL was not executed");
+    assert_eq!(
+        s.cmd("RCPT TO:<alice@example.test>").0,
+        503,
+        "the bare-LF MAIL was not executed"
+    );
 }
 
 #[test]
@@ -143,7 +189,11 @@ fn over_long_command_line_is_refused_whole() {
     let mut s = Smtp::ready(server.mx());
     let long = format!("MAIL FROM:<{}@partner.test>", "a".repeat(600));
     assert_eq!(s.cmd(&long).0, 500);
-    assert_eq!(s.cmd("RCPT TO:<alice@example.test>").0, 503, "not truncated and executed");
+    assert_eq!(
+        s.cmd("RCPT TO:<alice@example.test>").0,
+        503,
+        "not truncated and executed"
+    );
 }
 
 #[test]
@@ -165,7 +215,11 @@ fn size_limits_are_enforced_at_mail_and_after_data() {
     let r = s.send_mail("a@partner.test", &["alice@example.test"], &body);
     assert_eq!(r.0, 552, "{r:?}");
     assert!(r.1.starts_with("5.3.4"));
-    let r = s.send_mail("a@partner.test", &["alice@example.test"], "Subject: small\r\n\r\nok\r\n");
+    let r = s.send_mail(
+        "a@partner.test",
+        &["alice@example.test"],
+        "Subject: small\r\n\r\nok\r\n",
+    );
     queued_id(&r);
 }
 
@@ -202,7 +256,9 @@ fn pipelined_transactions_are_answered_in_order() {
         batch.push_str(&format!(
             "MAIL FROM:<p{i}@partner.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<nobody@example.test>\r\nDATA\r\n"
         ));
-        batch.push_str(&format!("Subject: {i}\r\nMessage-ID: <pipe{i}@test>\r\n\r\nbody {i}\r\n.\r\n"));
+        batch.push_str(&format!(
+            "Subject: {i}\r\nMessage-ID: <pipe{i}@test>\r\n\r\nbody {i}\r\n.\r\n"
+        ));
     }
     batch.push_str("QUIT\r\n");
     s.send_raw(batch.as_bytes());
@@ -214,7 +270,12 @@ fn pipelined_transactions_are_answered_in_order() {
         queued_id(&s.reply());
     }
     assert_eq!(s.reply().0, 221);
-    assert_eq!(server.wait_mailbox("alice", 5, Duration::from_secs(10)).len(), 5);
+    assert_eq!(
+        server
+            .wait_mailbox("alice", 5, Duration::from_secs(10))
+            .len(),
+        5
+    );
 }
 
 #[test]

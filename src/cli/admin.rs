@@ -68,27 +68,36 @@ pub fn simple(config: &Config, req: Request, done: &str) -> Result<(), String> {
 pub fn mailbox(config: &Config, name: String, uid: Option<u64>, json: bool) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     let mut first = true;
-    request(config, Request::Mailbox { name, uid }, Vec::new(), |item| match item {
-        Item::Raw(b) => {
-            let _ = out.write_all(&b);
-        }
-        Item::Json(v) if json => {
-            let _ = writeln!(out, "{v}");
-        }
-        Item::Json(v) => {
-            if first {
-                let _ = writeln!(out, "{:>8} {:>10} {:<12} {}", "UID", "SIZE", "QUEUE-ID", "MESSAGE-ID");
-                first = false;
+    request(
+        config,
+        Request::Mailbox { name, uid },
+        Vec::new(),
+        |item| match item {
+            Item::Raw(b) => {
+                let _ = out.write_all(&b);
             }
-            let _ = writeln!(
-                out,
-                "{:>8} {:>10} {:<12} {}",
-                v["uid"].as_u64().unwrap_or(0),
-                v["size"].as_u64().unwrap_or(0),
-                v["queue_id"].as_str().unwrap_or(""),
-                v["message_id"].as_str().unwrap_or("-")
-            );
-        }
-    })?;
+            Item::Json(v) if json => {
+                let _ = writeln!(out, "{v}");
+            }
+            Item::Json(v) => {
+                if first {
+                    let _ = writeln!(
+                        out,
+                        "{:>8} {:>10} {:<12} {}",
+                        "UID", "SIZE", "QUEUE-ID", "MESSAGE-ID"
+                    );
+                    first = false;
+                }
+                let _ = writeln!(
+                    out,
+                    "{:>8} {:>10} {:<12} {}",
+                    v["uid"].as_u64().unwrap_or(0),
+                    v["size"].as_u64().unwrap_or(0),
+                    v["queue_id"].as_str().unwrap_or(""),
+                    v["message_id"].as_str().unwrap_or("-")
+                );
+            }
+        },
+    )?;
     Ok(())
 }

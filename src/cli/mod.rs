@@ -194,7 +194,11 @@ pub fn main(args: Vec<String>) -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("petrel: {e}");
-            return if matches!(cli.command, Cmd::Sendmail { .. }) { sendmail::EX_CONFIG } else { 1 };
+            return if matches!(cli.command, Cmd::Sendmail { .. }) {
+                sendmail::EX_CONFIG
+            } else {
+                1
+            };
         }
     };
     let result = match cli.command {
@@ -210,19 +214,41 @@ pub fn main(args: Vec<String>) -> i32 {
             };
         }
         Cmd::Sendmail { args } => return sendmail::run(&config, &args),
-        Cmd::Mailq { json, domain, state } => queue::mailq(&config, json, domain, state),
-        Cmd::Requeue(sel) => queue::admin(&config, crate::scheduler::AdminOp::Requeue, sel.selection()),
-        Cmd::Delete(sel) => queue::admin(&config, crate::scheduler::AdminOp::Delete, sel.selection()),
-        Cmd::Hold { ids } => queue::admin(&config, crate::scheduler::AdminOp::Hold, control::Selection::Ids(ids)),
-        Cmd::Release { ids } => queue::admin(&config, crate::scheduler::AdminOp::Release, control::Selection::Ids(ids)),
+        Cmd::Mailq {
+            json,
+            domain,
+            state,
+        } => queue::mailq(&config, json, domain, state),
+        Cmd::Requeue(sel) => {
+            queue::admin(&config, crate::scheduler::AdminOp::Requeue, sel.selection())
+        }
+        Cmd::Delete(sel) => {
+            queue::admin(&config, crate::scheduler::AdminOp::Delete, sel.selection())
+        }
+        Cmd::Hold { ids } => queue::admin(
+            &config,
+            crate::scheduler::AdminOp::Hold,
+            control::Selection::Ids(ids),
+        ),
+        Cmd::Release { ids } => queue::admin(
+            &config,
+            crate::scheduler::AdminOp::Release,
+            control::Selection::Ids(ids),
+        ),
         Cmd::Show { id, body, json } => queue::show(&config, id, body, json),
         Cmd::Status { json } => queue::status(&config, json),
         Cmd::Reload => admin::simple(&config, Request::Reload, "configuration reloaded"),
-        Cmd::Debug { what: DebugCmd::Smtp { level } } => {
-            admin::simple(&config, Request::DebugSmtp { level }, &format!("smtp_debug set to {level}"))
-        }
+        Cmd::Debug {
+            what: DebugCmd::Smtp { level },
+        } => admin::simple(
+            &config,
+            Request::DebugSmtp { level },
+            &format!("smtp_debug set to {level}"),
+        ),
         Cmd::Mailbox { name, uid, json } => admin::mailbox(&config, name, uid, json),
-        Cmd::CheckConfig | Cmd::HashPassword => unreachable!("handled before loading the configuration"),
+        Cmd::CheckConfig | Cmd::HashPassword => {
+            unreachable!("handled before loading the configuration")
+        }
     };
     match result {
         Ok(()) => 0,
@@ -235,13 +261,21 @@ pub fn main(args: Vec<String>) -> i32 {
 
 /// Carries out a request through the daemon, or on the spool directly when
 /// no daemon runs. Returns whether a daemon answered.
-fn request(config: &Config, req: Request, content: Vec<u8>, on_item: impl FnMut(Item)) -> Result<bool, String> {
+fn request(
+    config: &Config,
+    req: Request,
+    content: Vec<u8>,
+    on_item: impl FnMut(Item),
+) -> Result<bool, String> {
     let dir = &config.server.spool;
     let mut on_item = on_item;
     match control::call(dir, &req, &content, &mut on_item) {
         Ok(()) => Ok(true),
         Err(CallError::Failed(e)) => Err(e),
-        Err(CallError::Io(e)) => Err(format!("control socket {}: {e}", dir.join(control::SOCKET_NAME).display())),
+        Err(CallError::Io(e)) => Err(format!(
+            "control socket {}: {e}",
+            dir.join(control::SOCKET_NAME).display()
+        )),
         Err(CallError::NoDaemon) => {
             let spool = match Spool::open(dir) {
                 Ok(s) => Arc::new(s),

@@ -10,30 +10,42 @@ use crate::queue_report::{self, MailqEntry, ShowReport, StatusReport};
 use crate::scheduler::AdminOp;
 
 /// `petrel mailq`: streams entries; text is printed entry by entry.
-pub fn mailq(config: &Config, json: bool, domain: Option<String>, state: Option<String>) -> Result<(), String> {
+pub fn mailq(
+    config: &Config,
+    json: bool,
+    domain: Option<String>,
+    state: Option<String>,
+) -> Result<(), String> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let (mut count, mut bytes) = (0usize, 0u64);
     let mut write_err = None;
-    request(config, Request::Mailq { domain, state }, Vec::new(), |item| {
-        let Item::Json(v) = item else { return };
-        let line = if json {
-            format!("{v}\n")
-        } else {
-            let Ok(e) = serde_json::from_value::<MailqEntry>(v) else { return };
-            let mut s = String::new();
-            if count == 0 {
-                s.push_str(queue_report::MAILQ_HEADER);
+    request(
+        config,
+        Request::Mailq { domain, state },
+        Vec::new(),
+        |item| {
+            let Item::Json(v) = item else { return };
+            let line = if json {
+                format!("{v}\n")
+            } else {
+                let Ok(e) = serde_json::from_value::<MailqEntry>(v) else {
+                    return;
+                };
+                let mut s = String::new();
+                if count == 0 {
+                    s.push_str(queue_report::MAILQ_HEADER);
+                }
+                count += 1;
+                bytes += e.message_size;
+                s.push_str(&queue_report::mailq_entry_text(&e));
+                s
+            };
+            if let Err(e) = out.write_all(line.as_bytes()) {
+                write_err.get_or_insert(e);
             }
-            count += 1;
-            bytes += e.message_size;
-            s.push_str(&queue_report::mailq_entry_text(&e));
-            s
-        };
-        if let Err(e) = out.write_all(line.as_bytes()) {
-            write_err.get_or_insert(e);
-        }
-    })?;
+        },
+    )?;
     if !json {
         let _ = out.write_all(queue_report::mailq_footer(count, bytes).as_bytes());
     }
@@ -47,22 +59,27 @@ pub fn mailq(config: &Config, json: bool, domain: Option<String>, state: Option<
 /// `petrel show`.
 pub fn show(config: &Config, id: String, body: bool, json: bool) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
-    request(config, Request::Show { id, body }, Vec::new(), |item| match item {
-        Item::Json(v) => {
-            let text = if json {
-                format!("{v}\n")
-            } else {
-                serde_json::from_value::<ShowReport>(v)
-                    .map(|r| queue_report::show_text(&r))
-                    .unwrap_or_default()
-            };
-            let _ = out.write_all(text.as_bytes());
-        }
-        Item::Raw(b) => {
-            let _ = out.write_all(b"\n");
-            let _ = out.write_all(&b);
-        }
-    })?;
+    request(
+        config,
+        Request::Show { id, body },
+        Vec::new(),
+        |item| match item {
+            Item::Json(v) => {
+                let text = if json {
+                    format!("{v}\n")
+                } else {
+                    serde_json::from_value::<ShowReport>(v)
+                        .map(|r| queue_report::show_text(&r))
+                        .unwrap_or_default()
+                };
+                let _ = out.write_all(text.as_bytes());
+            }
+            Item::Raw(b) => {
+                let _ = out.write_all(b"\n");
+                let _ = out.write_all(&b);
+            }
+        },
+    )?;
     Ok(())
 }
 
@@ -104,10 +121,16 @@ pub fn admin(config: &Config, op: AdminOp, select: Selection) -> Result<(), Stri
         AdminOp::Release => "released",
         AdminOp::Delete => "deleted",
     };
-    println!("petrel: {verb} {done} message{}", if done == 1 { "" } else { "s" });
+    println!(
+        "petrel: {verb} {done} message{}",
+        if done == 1 { "" } else { "s" }
+    );
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("no such message in the queue: {}", missing.join(" ")))
+        Err(format!(
+            "no such message in the queue: {}",
+            missing.join(" ")
+        ))
     }
 }

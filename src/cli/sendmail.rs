@@ -55,8 +55,16 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             s if s.starts_with("-f") || s.starts_with("-r") => o.sender = Some(s[2..].to_string()),
             s if s.starts_with("-F") => o.full_name = Some(s[2..].to_string()),
-            s if s.starts_with("-o") || s.starts_with("-B") || s.starts_with("-N") || s.starts_with("-R") || s.starts_with("-V") => {}
-            s if s.starts_with("-b") => return Err(format!("mode {s} is not supported; only -bm (deliver mail)")),
+            s if s.starts_with("-o")
+                || s.starts_with("-B")
+                || s.starts_with("-N")
+                || s.starts_with("-R")
+                || s.starts_with("-V") => {}
+            s if s.starts_with("-b") => {
+                return Err(format!(
+                    "mode {s} is not supported; only -bm (deliver mail)"
+                ));
+            }
             s => return Err(format!("unknown option {s}")),
         }
     }
@@ -88,14 +96,22 @@ fn read_message(input: &[u8], ignore_dots: bool) -> Vec<u8> {
 /// Adds an address's domain when it has none.
 fn qualify(addr: &str, domain: &str) -> String {
     let a = addr.trim().trim_start_matches('<').trim_end_matches('>');
-    if a.contains('@') { a.to_string() } else { format!("{a}@{domain}") }
+    if a.contains('@') {
+        a.to_string()
+    } else {
+        format!("{a}@{domain}")
+    }
 }
 
 fn login_name() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()
-        .filter(|u| !u.is_empty() && u.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        .filter(|u| {
+            !u.is_empty()
+                && u.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        })
         .unwrap_or_else(|| "root".into())
 }
 
@@ -128,7 +144,11 @@ fn header_recipients(content: &[u8]) -> Vec<String> {
     [msg.to(), msg.cc(), msg.bcc()]
         .into_iter()
         .flatten()
-        .flat_map(|a| a.iter().filter_map(|x| x.address().map(str::to_string)).collect::<Vec<_>>())
+        .flat_map(|a| {
+            a.iter()
+                .filter_map(|x| x.address().map(str::to_string))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -144,16 +164,28 @@ pub fn run(config: &Config, args: &[String]) -> i32 {
     let domain = config.domains.primary.clone();
     let max = config.inbound.max_message_size;
     let mut input = Vec::new();
-    if let Err(e) = std::io::stdin().take(max.saturating_mul(2) + 1).read_to_end(&mut input) {
+    if let Err(e) = std::io::stdin()
+        .take(max.saturating_mul(2) + 1)
+        .read_to_end(&mut input)
+    {
         eprintln!("sendmail: cannot read the message: {e}");
         return EX_SOFTWARE;
     }
     let mut content = read_message(&input, opts.ignore_dots);
     drop(input);
 
-    let mut recipients: Vec<String> = opts.recipients.iter().flat_map(|r| r.split(',')).map(|r| qualify(r, &domain)).collect();
+    let mut recipients: Vec<String> = opts
+        .recipients
+        .iter()
+        .flat_map(|r| r.split(','))
+        .map(|r| qualify(r, &domain))
+        .collect();
     if opts.from_headers {
-        recipients.extend(header_recipients(&content).iter().map(|r| qualify(r, &domain)));
+        recipients.extend(
+            header_recipients(&content)
+                .iter()
+                .map(|r| qualify(r, &domain)),
+        );
         content = remove_field(&content, "Bcc");
     }
     recipients.retain(|r| r != &format!("@{domain}"));
@@ -166,20 +198,30 @@ pub fn run(config: &Config, args: &[String]) -> i32 {
         Some(s) => qualify(s, &domain),
         None => qualify(&login_name(), &domain),
     };
-    for a in std::iter::once(&sender).filter(|s| !s.is_empty()).chain(recipients.iter()) {
+    for a in std::iter::once(&sender)
+        .filter(|s| !s.is_empty())
+        .chain(recipients.iter())
+    {
         if let Err(e) = parse_path(&format!("<{a}>"), false) {
             eprintln!("sendmail: bad address {a:?}: {e:?}");
             return EX_DATAERR;
         }
     }
     for r in &recipients {
-        let local = r.rsplit_once('@').is_some_and(|(_, d)| config.domains.is_local(d));
+        let local = r
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| config.domains.is_local(d));
         if local && config.directory.expand(r, &config.domains).is_empty() {
             eprintln!("sendmail: {r}: user unknown");
             return EX_NOUSER;
         }
     }
-    content = add_missing_headers(content, &sender, opts.full_name.as_deref(), &config.server.hostname);
+    content = add_missing_headers(
+        content,
+        &sender,
+        opts.full_name.as_deref(),
+        &config.server.hostname,
+    );
     if content.len() as u64 > max {
         eprintln!("sendmail: message is larger than the {max}-octet limit");
         return EX_DATAERR;
@@ -204,7 +246,12 @@ pub fn run(config: &Config, args: &[String]) -> i32 {
 
 /// Adds `From:`, `Date:` and `Message-ID:` where missing (RFC 5322 §3.6
 /// requires From and Date; RFC 6409 §8 lets a submission server add them).
-fn add_missing_headers(content: Vec<u8>, sender: &str, full_name: Option<&str>, hostname: &str) -> Vec<u8> {
+fn add_missing_headers(
+    content: Vec<u8>,
+    sender: &str,
+    full_name: Option<&str>,
+    hostname: &str,
+) -> Vec<u8> {
     let has = |n: &str| headers::first(&content, n).is_some();
     let mut extra = String::new();
     if !has("From") && !sender.is_empty() {
@@ -217,7 +264,11 @@ fn add_missing_headers(content: Vec<u8>, sender: &str, full_name: Option<&str>, 
         extra.push_str(&format!("Date: {}\r\n", chrono::Local::now().to_rfc2822()));
     }
     if !has("Message-ID") {
-        let unique = format!("{:x}.{:x}", chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0), std::process::id());
+        let unique = format!(
+            "{:x}.{:x}",
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+            std::process::id()
+        );
         extra.push_str(&format!("Message-ID: <{unique}@{hostname}>\r\n"));
     }
     if extra.is_empty() {
@@ -243,7 +294,17 @@ mod tests {
 
     #[test]
     fn options_parse_like_sendmail() {
-        let o = parse_args(&args(&["-oi", "-t", "-fbob@example.test", "-F", "Bob", "carol", "--", "-odd"])).expect("valid");
+        let o = parse_args(&args(&[
+            "-oi",
+            "-t",
+            "-fbob@example.test",
+            "-F",
+            "Bob",
+            "carol",
+            "--",
+            "-odd",
+        ]))
+        .expect("valid");
         assert!(o.ignore_dots && o.from_headers);
         assert_eq!(o.sender.as_deref(), Some("bob@example.test"));
         assert_eq!(o.full_name.as_deref(), Some("Bob"));
@@ -262,7 +323,13 @@ mod tests {
     #[test]
     fn bcc_is_removed_and_read() {
         let m = b"To: a@x.test\r\nBcc: b@y.test,\r\n c@z.test\r\nSubject: s\r\n\r\nBcc: body\r\n";
-        assert_eq!(header_recipients(m), vec!["a@x.test", "b@y.test", "c@z.test"]);
-        assert_eq!(remove_field(m, "bcc"), b"To: a@x.test\r\nSubject: s\r\n\r\nBcc: body\r\n");
+        assert_eq!(
+            header_recipients(m),
+            vec!["a@x.test", "b@y.test", "c@z.test"]
+        );
+        assert_eq!(
+            remove_field(m, "bcc"),
+            b"To: a@x.test\r\nSubject: s\r\n\r\nBcc: body\r\n"
+        );
     }
 }

@@ -68,7 +68,9 @@ impl Actor for MailboxActor {
 /// the queued content.
 fn stored_form(sender: &str, address: &str, content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + 128);
-    out.extend_from_slice(format!("Return-Path: <{sender}>\r\nDelivered-To: {address}\r\n").as_bytes());
+    out.extend_from_slice(
+        format!("Return-Path: <{sender}>\r\nDelivered-To: {address}\r\n").as_bytes(),
+    );
     out.extend_from_slice(content);
     out
 }
@@ -81,20 +83,31 @@ impl Handler<Deliver> for MailboxActor {
         let mut written = Vec::new();
         for t in &msg.targets {
             let form = stored_form(&msg.sender, &t.address, &msg.content);
-            match self.store.append(&t.mailbox, &form, msg.queue_id, msg.message_id.clone()) {
-                Ok(meta) => written.push((t.rcpt, format!("mailbox {} uid {}", t.mailbox, meta.uid))),
-                Err(e) => outcomes.push((t.rcpt, Outcome::TempFail(format!("4.3.0 mailbox {} cannot store: {e}", t.mailbox)))),
+            match self
+                .store
+                .append(&t.mailbox, &form, msg.queue_id, msg.message_id.clone())
+            {
+                Ok(meta) => {
+                    written.push((t.rcpt, format!("mailbox {} uid {}", t.mailbox, meta.uid)))
+                }
+                Err(e) => outcomes.push((
+                    t.rcpt,
+                    Outcome::TempFail(format!("4.3.0 mailbox {} cannot store: {e}", t.mailbox)),
+                )),
             }
         }
         let spool = self.spool.clone();
         Box::pin(async move {
             match spool.commit().await {
-                Ok(()) => outcomes.extend(written.into_iter().map(|(r, d)| (r, Outcome::Delivered(d)))),
-                Err(e) => outcomes.extend(
-                    written
-                        .into_iter()
-                        .map(|(r, _)| (r, Outcome::TempFail(format!("4.3.0 mailbox commit failed: {e}")))),
-                ),
+                Ok(()) => {
+                    outcomes.extend(written.into_iter().map(|(r, d)| (r, Outcome::Delivered(d))))
+                }
+                Err(e) => outcomes.extend(written.into_iter().map(|(r, _)| {
+                    (
+                        r,
+                        Outcome::TempFail(format!("4.3.0 mailbox commit failed: {e}")),
+                    )
+                })),
             }
             outcomes
         })

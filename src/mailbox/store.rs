@@ -3,13 +3,19 @@
 //! and made durable by the spool's group commit. POP3, IMAP and the web read
 //! mailboxes through this API.
 //!
-//! Keyspace:
-//! - `mbox`:       mailbox name, 0x00, UID (8 bytes BE) → `MailMeta`
-//! - `mbox_body`:  mailbox name, 0x00, UID, chunk (4 bytes BE) → octets
-//! - `mbox_state`: mailbox name → `MailboxState` (UIDVALIDITY, next UID)
+//! Keyspace (tree `mailbox`; the first byte says what a key holds; NAME is
+//! the mailbox name followed by a 0x00 byte):
+//! - `m` NAME UID (8 bytes BE) → `MailMeta`
+//! - `b` NAME UID chunk (4 bytes BE) → octets
+//! - `s` NAME → `MailboxState` (UIDVALIDITY, next UID)
+//! - `q` NAME queue id (8 bytes BE) → UID: which queued message this
+//!   mailbox already holds, so a delivery repeated after a crash is not
+//!   stored twice
 //!
-//! UIDs grow and are never reused: the next UID is advanced atomically
-//! before a message is written.
+//! An append is one atomic batch: content, meta, counters and the
+//! queue-id mark together. UIDs grow and are never reused. Only the mailbox
+//! actor appends, so reading the counters and writing them back in the
+//! batch cannot race.
 
 use serde::{Deserialize, Serialize};
 
@@ -61,44 +67,48 @@ pub struct MailboxState {
 /// Access to all mailboxes.
 #[derive(Clone)]
 pub struct MailboxStore {
-    meta: sled::Tree,
-    bodies: sled::Tree,
-    state: sled::Tree,
+    tree: sled::Tree,
 }
 
-fn prefix(mailbox: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(mailbox.len() + 13);
+fn key(kind: u8, mailbox: &str, tail: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(mailbox.len() + 2 + tail.len());
+    k.push(kind);
     k.extend_from_slice(mailbox.as_bytes());
     k.push(0);
+    k.extend_from_slice(tail);
     k
 }
 
 fn meta_key(mailbox: &str, uid: u64) -> Vec<u8> {
-    let mut k = prefix(mailbox);
-    k.extend_from_slice(&uid.to_be_bytes());
-    k
+    key(b'm', mailbox, &uid.to_be_bytes())
 }
 
 fn body_key(mailbox: &str, uid: u64, chunk: u32) -> Vec<u8> {
-    let mut k = meta_key(mailbox, uid);
+    let mut k = key(b'b', mailbox, &uid.to_be_bytes());
     k.extend_from_slice(&chunk.to_be_bytes());
     k
+}
+
+fn seen_key(mailbox: &str, queue_id: QueueId) -> Vec<u8> {
+    key(b'q', mailbox, &queue_id.to_key())
+}
+
+fn decode_io<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T, StoreError> {
+    decode(v).map_err(|e| StoreError::Io(e.to_string()))
 }
 
 impl MailboxStore {
     /// Opens the mailbox keyspace of the spool's database.
     pub fn open(spool: &Spool) -> Result<MailboxStore, StoreError> {
         Ok(MailboxStore {
-            meta: spool.store().tree("mbox")?,
-            bodies: spool.store().tree("mbox_body")?,
-            state: spool.store().tree("mbox_state")?,
+            tree: spool.store().tree("mailbox")?,
         })
     }
 
     /// The mailbox's counters (a mailbox never written has UID 1 next).
     pub fn state(&self, mailbox: &str) -> Result<MailboxState, StoreError> {
-        Ok(match self.state.get(mailbox.as_bytes())? {
-            Some(v) => decode(&v).map_err(|e| StoreError::Io(e.to_string()))?,
+        Ok(match self.tree.get(key(b's', mailbox, &[]))? {
+            Some(v) => decode_io(&v)?,
             None => MailboxState {
                 uid_validity: 0,
                 uid_next: 1,
@@ -106,25 +116,9 @@ impl MailboxStore {
         })
     }
 
-    /// Advances the next UID atomically and returns the one taken.
-    fn take_uid(&self, mailbox: &str) -> Result<u64, StoreError> {
-        let mut taken = 0;
-        self.state.fetch_and_update(mailbox.as_bytes(), |old| {
-            let mut st = old
-                .and_then(|v| decode::<MailboxState>(v).ok())
-                .unwrap_or(MailboxState {
-                    uid_validity: (chrono::Utc::now().timestamp() as u32).max(1),
-                    uid_next: 1,
-                });
-            taken = st.uid_next;
-            st.uid_next += 1;
-            Some(encode(&st))
-        })?;
-        Ok(taken)
-    }
-
-    /// Appends a message (content first, then its meta record). Durable
-    /// after the spool's next commit.
+    /// Appends a message unless this mailbox already holds the copy of
+    /// `queue_id` (then that copy's meta is returned). Durable after the
+    /// spool's next commit.
     pub fn append(
         &self,
         mailbox: &str,
@@ -132,10 +126,22 @@ impl MailboxStore {
         queue_id: QueueId,
         message_id: Option<String>,
     ) -> Result<MailMeta, StoreError> {
-        let uid = self.take_uid(mailbox)?;
+        if let Some(uid) = self.tree.get(seen_key(mailbox, queue_id))? {
+            let uid = u64::from_be_bytes(uid.as_ref().try_into().unwrap_or([0; 8]));
+            if let Some(m) = self.tree.get(meta_key(mailbox, uid))? {
+                return decode_io(&m);
+            }
+        }
+        let mut state = self.state(mailbox)?;
+        if state.uid_validity == 0 {
+            state.uid_validity = (chrono::Utc::now().timestamp() as u32).max(1);
+        }
+        let uid = state.uid_next;
+        state.uid_next += 1;
+        let mut batch = sled::Batch::default();
         let mut chunks = 0u32;
         for (n, c) in content.chunks(CHUNK_SIZE).enumerate() {
-            self.bodies.insert(body_key(mailbox, uid, n as u32), c)?;
+            batch.insert(body_key(mailbox, uid, n as u32), c);
             chunks += 1;
         }
         let meta = MailMeta {
@@ -147,16 +153,19 @@ impl MailboxStore {
             message_id,
             chunks,
         };
-        self.meta.insert(meta_key(mailbox, uid), encode(&meta))?;
+        batch.insert(meta_key(mailbox, uid), encode(&meta));
+        batch.insert(key(b's', mailbox, &[]), encode(&state));
+        batch.insert(seen_key(mailbox, queue_id), &uid.to_be_bytes()[..]);
+        self.tree.apply_batch(batch)?;
         Ok(meta)
     }
 
     /// Every message in the mailbox, in UID order.
     pub fn list(&self, mailbox: &str) -> Result<Vec<MailMeta>, StoreError> {
         let mut out = Vec::new();
-        for item in self.meta.scan_prefix(prefix(mailbox)) {
+        for item in self.tree.scan_prefix(key(b'm', mailbox, &[])) {
             let (_, v) = item?;
-            out.push(decode(&v).map_err(|e| StoreError::Io(e.to_string()))?);
+            out.push(decode_io(&v)?);
         }
         Ok(out)
     }
@@ -165,20 +174,28 @@ impl MailboxStore {
     pub fn read(&self, mailbox: &str, meta: &MailMeta) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::with_capacity(meta.size as usize);
         for n in 0..meta.chunks {
-            match self.bodies.get(body_key(mailbox, meta.uid, n))? {
+            match self.tree.get(body_key(mailbox, meta.uid, n))? {
                 Some(c) => out.extend_from_slice(&c),
-                None => return Err(StoreError::Io(format!("{mailbox}/{}: chunk {n} is missing", meta.uid))),
+                None => {
+                    return Err(StoreError::Io(format!(
+                        "{mailbox}/{}: chunk {n} is missing",
+                        meta.uid
+                    )));
+                }
             }
         }
         Ok(out)
     }
 
-    /// Removes a message: meta record first, then content.
+    /// Removes a message, in one batch.
     pub fn delete(&self, mailbox: &str, meta: &MailMeta) -> Result<(), StoreError> {
-        self.meta.remove(meta_key(mailbox, meta.uid))?;
+        let mut batch = sled::Batch::default();
+        batch.remove(meta_key(mailbox, meta.uid));
+        batch.remove(seen_key(mailbox, meta.queue_id));
         for n in 0..meta.chunks {
-            self.bodies.remove(body_key(mailbox, meta.uid, n))?;
+            batch.remove(body_key(mailbox, meta.uid, n));
         }
+        self.tree.apply_batch(batch)?;
         Ok(())
     }
 }
@@ -192,13 +209,32 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path()).expect("open");
         let store = MailboxStore::open(&spool).expect("mailboxes");
-        let a = store.append("alice", b"one\r\n", QueueId(1), None).expect("append");
-        let b = store.append("alice", b"two\r\n", QueueId(2), None).expect("append");
-        let other = store.append("alicex", b"x\r\n", QueueId(3), None).expect("append");
+        let a = store
+            .append("alice", b"one\r\n", QueueId(1), None)
+            .expect("append");
+        let b = store
+            .append("alice", b"two\r\n", QueueId(2), None)
+            .expect("append");
+        let other = store
+            .append("alicex", b"x\r\n", QueueId(3), None)
+            .expect("append");
+        let again = store
+            .append("alice", b"one\r\n", QueueId(1), None)
+            .expect("append");
+        assert_eq!(
+            again.uid, 1,
+            "a repeated delivery of the same queued message is not stored twice"
+        );
         assert_eq!((a.uid, b.uid, other.uid), (1, 2, 1));
-        assert_eq!(store.list("alice").expect("list").len(), 2, "prefix does not leak into alicex");
+        assert_eq!(
+            store.list("alice").expect("list").len(),
+            2,
+            "prefix does not leak into alicex"
+        );
         store.delete("alice", &b).expect("delete");
-        let c = store.append("alice", b"three\r\n", QueueId(4), None).expect("append");
+        let c = store
+            .append("alice", b"three\r\n", QueueId(4), None)
+            .expect("append");
         assert_eq!(c.uid, 3);
         assert_eq!(store.read("alice", &c).expect("read"), b"three\r\n");
         assert_eq!(store.state("alice").expect("state").uid_next, 4);

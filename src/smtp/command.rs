@@ -66,7 +66,8 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
     if line.contains(&0) {
         return Err(Reply::new(500, "5.5.2", "Error: NUL character in command"));
     }
-    let text = std::str::from_utf8(line).map_err(|_| Reply::new(500, "5.5.2", "Error: command is not valid UTF-8"))?;
+    let text = std::str::from_utf8(line)
+        .map_err(|_| Reply::new(500, "5.5.2", "Error: command is not valid UTF-8"))?;
     let (verb, rest) = match text.find(' ') {
         Some(i) => (&text[..i], &text[i + 1..]),
         None => (text, ""),
@@ -154,7 +155,11 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
         }
     }
     if !mail.smtputf8 && !mail.address.is_ascii() {
-        return Err(Reply::new(553, "5.6.7", "Non-ASCII sender address needs the SMTPUTF8 parameter"));
+        return Err(Reply::new(
+            553,
+            "5.6.7",
+            "Non-ASCII sender address needs the SMTPUTF8 parameter",
+        ));
     }
     Ok(Command::Mail(mail))
 }
@@ -191,7 +196,9 @@ fn is_atext(c: char) -> bool {
 /// as written, domain in lower case; empty for `<>` where allowed) and the
 /// rest of the line (the parameters).
 pub fn parse_path(s: &str, allow_null: bool) -> Result<(String, &str), AddressError> {
-    let inner = s.strip_prefix('<').ok_or(AddressError::Syntax("the address must be in angle brackets"))?;
+    let inner = s.strip_prefix('<').ok_or(AddressError::Syntax(
+        "the address must be in angle brackets",
+    ))?;
     if let Some(rest) = inner.strip_prefix('>') {
         return if allow_null {
             Ok((String::new(), params_after(rest)?))
@@ -203,16 +210,24 @@ pub fn parse_path(s: &str, allow_null: bool) -> Result<(String, &str), AddressEr
     // A source route (RFC 5321 §4.1.2 A-d-l) is accepted and ignored
     // (RFC 5321 appendix C).
     if rest.starts_with('@') {
-        let colon = rest.find(':').ok_or(AddressError::Syntax("source route without ':'"))?;
+        let colon = rest
+            .find(':')
+            .ok_or(AddressError::Syntax("source route without ':'"))?;
         for hop in rest[..colon].split(',') {
-            let d = hop.strip_prefix('@').ok_or(AddressError::Syntax("bad source route"))?;
+            let d = hop
+                .strip_prefix('@')
+                .ok_or(AddressError::Syntax("bad source route"))?;
             parse_domain(d)?;
         }
         rest = &rest[colon + 1..];
     }
     let (local, after_local) = parse_local_part(rest)?;
-    let after_at = after_local.strip_prefix('@').ok_or(AddressError::Syntax("missing '@domain'"))?;
-    let end = after_at.find('>').ok_or(AddressError::Syntax("missing '>'"))?;
+    let after_at = after_local
+        .strip_prefix('@')
+        .ok_or(AddressError::Syntax("missing '@domain'"))?;
+    let end = after_at
+        .find('>')
+        .ok_or(AddressError::Syntax("missing '>'"))?;
     let domain = parse_domain(&after_at[..end])?;
     let params = params_after(&after_at[end + 1..])?;
     if local.len() > 64 {
@@ -248,12 +263,16 @@ fn parse_local_part(s: &str) -> Result<(&str, &str), AddressError> {
                 let end = i + 2; // the opening quote plus the closing quote
                 return Ok((&s[..end], &s[end..]));
             } else if c.is_control() {
-                return Err(AddressError::Syntax("control character in quoted local part"));
+                return Err(AddressError::Syntax(
+                    "control character in quoted local part",
+                ));
             }
         }
         return Err(AddressError::Syntax("unbalanced quotes"));
     }
-    let end = s.find(|c: char| !(is_atext(c) || c == '.')).unwrap_or(s.len());
+    let end = s
+        .find(|c: char| !(is_atext(c) || c == '.'))
+        .unwrap_or(s.len());
     let local = &s[..end];
     if local.is_empty() {
         return Err(AddressError::Syntax("empty local part"));
@@ -268,8 +287,13 @@ fn parse_local_part(s: &str) -> Result<(&str, &str), AddressError> {
 /// trailing dot.
 fn parse_domain(d: &str) -> Result<String, AddressError> {
     if let Some(lit) = d.strip_prefix('[') {
-        let inner = lit.strip_suffix(']').ok_or(AddressError::Syntax("unbalanced '[' in address literal"))?;
-        let ok = match inner.strip_prefix("IPv6:").or_else(|| inner.strip_prefix("ipv6:")) {
+        let inner = lit
+            .strip_suffix(']')
+            .ok_or(AddressError::Syntax("unbalanced '[' in address literal"))?;
+        let ok = match inner
+            .strip_prefix("IPv6:")
+            .or_else(|| inner.strip_prefix("ipv6:"))
+        {
             Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
             None => inner.parse::<std::net::Ipv4Addr>().is_ok(),
         };
@@ -288,7 +312,9 @@ fn parse_domain(d: &str) -> Result<String, AddressError> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
         if !ok {
             return Err(AddressError::Syntax("bad domain"));
         }
@@ -306,13 +332,19 @@ mod tests {
 
     #[test]
     fn commands_parse_case_insensitively() {
-        assert_eq!(mail("ehlo client.test"), Ok(Command::Ehlo("client.test".into())));
+        assert_eq!(
+            mail("ehlo client.test"),
+            Ok(Command::Ehlo("client.test".into()))
+        );
         assert_eq!(mail("QuIt"), Ok(Command::Quit));
         assert_eq!(mail("NOOP whatever"), Ok(Command::Noop));
         assert_eq!(mail("FOO").unwrap_err().code, 500);
         assert_eq!(mail("DATA now").unwrap_err().code, 501);
         assert_eq!(mail("EHLO").unwrap_err().code, 501);
-        assert_eq!(mail("BDAT 10 LAST"), Ok(Command::NotImplemented("BDAT".into())));
+        assert_eq!(
+            mail("BDAT 10 LAST"),
+            Ok(Command::NotImplemented("BDAT".into()))
+        );
     }
 
     #[test]
@@ -356,26 +388,37 @@ mod tests {
     fn source_routes_quotes_and_literals() {
         assert_eq!(
             mail("RCPT TO:<@relay.test:user@Other.Test>"),
-            Ok(Command::Rcpt(RcptTo { address: "user@other.test".into() }))
+            Ok(Command::Rcpt(RcptTo {
+                address: "user@other.test".into()
+            }))
         );
         assert_eq!(
             mail("RCPT TO:<\"user@other.test\"@example.test>"),
-            Ok(Command::Rcpt(RcptTo { address: "\"user@other.test\"@example.test".into() }))
+            Ok(Command::Rcpt(RcptTo {
+                address: "\"user@other.test\"@example.test".into()
+            }))
         );
         assert_eq!(
             mail("RCPT TO:<user@[192.0.2.1]>"),
-            Ok(Command::Rcpt(RcptTo { address: "user@[192.0.2.1]".into() }))
+            Ok(Command::Rcpt(RcptTo {
+                address: "user@[192.0.2.1]".into()
+            }))
         );
         assert_eq!(
             mail("RCPT TO:<user@example.test.>"),
-            Ok(Command::Rcpt(RcptTo { address: "user@example.test".into() }))
+            Ok(Command::Rcpt(RcptTo {
+                address: "user@example.test".into()
+            }))
         );
     }
 
     #[test]
     fn non_ascii_needs_smtputf8() {
         assert_eq!(mail("MAIL FROM:<jörg@example.test>").unwrap_err().code, 553);
-        assert!(matches!(mail("MAIL FROM:<jörg@example.test> SMTPUTF8"), Ok(Command::Mail(_))));
+        assert!(matches!(
+            mail("MAIL FROM:<jörg@example.test> SMTPUTF8"),
+            Ok(Command::Mail(_))
+        ));
     }
 
     #[test]

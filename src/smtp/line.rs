@@ -64,7 +64,8 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
         if content.len() > room {
             line.too_long = true;
         }
-        line.bytes.extend_from_slice(&content[..content.len().min(room)]);
+        line.bytes
+            .extend_from_slice(&content[..content.len().min(room)]);
         reader.consume(n);
         if found {
             if line.bytes.last() == Some(&b'\r') && !line.too_long {
@@ -110,7 +111,10 @@ mod tests {
     #[tokio::test]
     async fn crlf_bare_lf_and_bare_cr_are_told_apart() {
         let ls = lines(b"HELO a\r\nNOOP\nRS\rET\r\n", 512).await;
-        assert_eq!((ls[0].bytes.as_slice(), ls[0].ending), (b"HELO a".as_slice(), Ending::Crlf));
+        assert_eq!(
+            (ls[0].bytes.as_slice(), ls[0].ending),
+            (b"HELO a".as_slice(), Ending::Crlf)
+        );
         assert_eq!(ls[1].ending, Ending::BareLf);
         assert!(ls[2].bare_cr);
         assert_eq!(ls[2].ending, Ending::Crlf);

@@ -62,7 +62,12 @@ impl Drop for Slot {
 }
 
 /// Accepts connections on `listener` until the stop begins.
-pub async fn serve(listener: TcpListener, name: String, shared: Arc<SmtpShared>, mut signal: Signal) {
+pub async fn serve(
+    listener: TcpListener,
+    name: String,
+    shared: Arc<SmtpShared>,
+    mut signal: Signal,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -90,7 +95,11 @@ pub async fn serve(listener: TcpListener, name: String, shared: Arc<SmtpShared>,
         let task_signal = signal.clone();
         tokio::spawn(async move {
             match slot {
-                Some(_slot) => Session::new(stream, shared, name, peer, task_signal).run().await,
+                Some(_slot) => {
+                    Session::new(stream, shared, name, peer, task_signal)
+                        .run()
+                        .await
+                }
                 None => refuse_busy(stream, peer).await,
             }
         });

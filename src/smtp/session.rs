@@ -64,7 +64,13 @@ pub struct Session<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// A session over an accepted connection.
-    pub fn new(stream: S, shared: Arc<SmtpShared>, listener: String, peer: SocketAddr, signal: Signal) -> Session<S> {
+    pub fn new(
+        stream: S,
+        shared: Arc<SmtpShared>,
+        listener: String,
+        peer: SocketAddr,
+        signal: Signal,
+    ) -> Session<S> {
         let config = shared.config.load_full();
         Session {
             stream: BufReader::with_capacity(16 * 1024, stream),
@@ -97,7 +103,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let _ = self.flush().await;
             return;
         }
-        let greeting = Reply::new(220, "", format!("{} ESMTP petrel", self.config.server.hostname));
+        let greeting = Reply::new(
+            220,
+            "",
+            format!("{} ESMTP petrel", self.config.server.hostname),
+        );
         self.send(greeting);
         loop {
             match self.step().await {
@@ -120,9 +130,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn connection_refusal(&self) -> Option<Reply> {
         let ip = self.peer.ip();
         let inbound = &self.config.inbound;
-        let denied = inbound.deny_connections_from.iter().any(|p| p.matches(ip, None));
+        let denied = inbound
+            .deny_connections_from
+            .iter()
+            .any(|p| p.matches(ip, None));
         let allowed = inbound.allow_connections_from.is_empty()
-            || inbound.allow_connections_from.iter().any(|p| p.matches(ip, None));
+            || inbound
+                .allow_connections_from
+                .iter()
+                .any(|p| p.matches(ip, None));
         (denied || !allowed).then(|| Reply::new(554, "5.7.1", "Connection refused by policy"))
     }
 
@@ -154,7 +170,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Reads a line, flushing replies first when nothing more is pipelined.
     /// `None`: the stop began while waiting.
-    async fn next_line(&mut self, limit: usize, discard: usize, wait: std::time::Duration) -> std::io::Result<Option<Line>> {
+    async fn next_line(
+        &mut self,
+        limit: usize,
+        discard: usize,
+        wait: std::time::Duration,
+    ) -> std::io::Result<Option<Line>> {
         if self.stream.buffer().is_empty() {
             self.flush().await?;
         }
@@ -173,11 +194,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let line = match self.next_line(COMMAND_LIMIT, COMMAND_DISCARD, wait).await {
             Ok(Some(l)) => l,
             Ok(None) => {
-                self.send(Reply::new(421, "4.3.2", format!("{} Service shutting down, closing connection", self.config.server.hostname)));
+                self.send(Reply::new(
+                    421,
+                    "4.3.2",
+                    format!(
+                        "{} Service shutting down, closing connection",
+                        self.config.server.hostname
+                    ),
+                ));
                 return Ok(Flow::Close);
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                self.send(Reply::new(421, "4.4.2", format!("{} Error: timeout exceeded", self.config.server.hostname)));
+                self.send(Reply::new(
+                    421,
+                    "4.4.2",
+                    format!("{} Error: timeout exceeded", self.config.server.hostname),
+                ));
                 return Ok(Flow::Close);
             }
             Err(e) => return Err(e),
@@ -194,7 +226,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let reply = if line.too_long {
             Some(Reply::new(500, "5.5.2", "Error: line too long"))
         } else if line.ending == Ending::BareLf {
-            Some(Reply::new(500, "5.5.2", "Error: bare <LF> received; commands must end with <CR><LF>"))
+            Some(Reply::new(
+                500,
+                "5.5.2",
+                "Error: bare <LF> received; commands must end with <CR><LF>",
+            ))
         } else if line.bare_cr {
             Some(Reply::new(500, "5.5.2", "Error: bare <CR> received"))
         } else {
@@ -214,7 +250,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             },
         };
         if matches!(flow, Flow::Continue) && self.errors >= self.config.inbound.max_errors {
-            self.send(Reply::new(421, "4.7.0", format!("{} Error: too many errors", self.config.server.hostname)));
+            self.send(Reply::new(
+                421,
+                "4.7.0",
+                format!("{} Error: too many errors", self.config.server.hostname),
+            ));
             return Ok(Flow::Close);
         }
         Ok(flow)
@@ -234,7 +274,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     "ENHANCEDSTATUSCODES".into(),
                     "SMTPUTF8".into(),
                 ];
-                self.send(Reply { code: 250, status: "", lines });
+                self.send(Reply {
+                    code: 250,
+                    status: "",
+                    lines,
+                });
             }
             Command::Helo(name) => {
                 self.helo = Some(name);
@@ -267,7 +311,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Command::Expn | Command::NotImplemented(_) | Command::Starttls => {
                 self.send(Reply::new(502, "5.5.1", "Error: command not implemented"))
             }
-            Command::Auth(_) => self.send(Reply::new(503, "5.5.1", "Error: authentication not enabled")),
+            Command::Auth(_) => self.send(Reply::new(
+                503,
+                "5.5.1",
+                "Error: authentication not enabled",
+            )),
         }
         Ok(Flow::Continue)
     }
@@ -282,14 +330,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !self.esmtp && (mail.size.is_some() || mail.body_8bit || mail.smtputf8) {
             return self.send(Reply::new(555, "5.5.4", "Error: parameters need EHLO"));
         }
-        if mail.size.is_some_and(|s| s > self.config.inbound.max_message_size) {
+        if mail
+            .size
+            .is_some_and(|s| s > self.config.inbound.max_message_size)
+        {
             let r = Reply::new(552, "5.3.4", "Message size exceeds fixed limit");
             self.reject("MAIL", &r);
             return self.send(r);
         }
         let lower = mail.address.to_lowercase();
-        if !lower.is_empty() && self.config.inbound.deny_senders.iter().any(|p| glob_match(p, &lower)) {
-            let r = Reply::new(550, "5.7.1", format!("<{}>: Sender address rejected: Access denied", mail.address));
+        if !lower.is_empty()
+            && self
+                .config
+                .inbound
+                .deny_senders
+                .iter()
+                .any(|p| glob_match(p, &lower))
+        {
+            let r = Reply::new(
+                550,
+                "5.7.1",
+                format!("<{}>: Sender address rejected: Access denied", mail.address),
+            );
             self.reject("MAIL", &r);
             return self.send(r);
         }
@@ -303,7 +365,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn relay_client(&self) -> bool {
         let ip = self.peer.ip();
-        self.config.inbound.relay_from.iter().any(|p| p.matches(ip, None))
+        self.config
+            .inbound
+            .relay_from
+            .iter()
+            .any(|p| p.matches(ip, None))
     }
 
     /// The RCPT policy: limits, deny list, relay control, local recipient
@@ -314,19 +380,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(Reply::new(452, "4.5.3", "Error: too many recipients"));
         }
         let lower = address.to_lowercase();
-        if cfg.inbound.deny_recipients.iter().any(|p| glob_match(p, &lower)) {
-            return Err(Reply::new(550, "5.7.1", format!("<{address}>: Recipient address rejected: Access denied")));
+        if cfg
+            .inbound
+            .deny_recipients
+            .iter()
+            .any(|p| glob_match(p, &lower))
+        {
+            return Err(Reply::new(
+                550,
+                "5.7.1",
+                format!("<{address}>: Recipient address rejected: Access denied"),
+            ));
         }
         let (local_part, domain) = address.rsplit_once('@').unwrap_or((address, ""));
         let relay_denied = || Reply::new(554, "5.7.1", format!("<{address}>: Relay access denied"));
         if !cfg.domains.is_local(domain) {
-            return if self.relay_client() { Ok(()) } else { Err(relay_denied()) };
+            return if self.relay_client() {
+                Ok(())
+            } else {
+                Err(relay_denied())
+            };
         }
         // Routing characters in a local part (RFC 5321 §3.6.1: `%`, `!`, a
         // quoted `@`) are old relay tricks: never a local mailbox.
         if local_part.contains(['%', '!', '@']) {
             return if self.relay_client() {
-                Err(Reply::new(550, "5.1.1", format!("<{address}>: Recipient address rejected: User unknown in local recipient table")))
+                Err(Reply::new(
+                    550,
+                    "5.1.1",
+                    format!(
+                        "<{address}>: Recipient address rejected: User unknown in local recipient table"
+                    ),
+                ))
             } else {
                 Err(relay_denied())
             };
@@ -335,7 +420,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(Reply::new(
                 550,
                 "5.1.1",
-                format!("<{address}>: Recipient address rejected: User unknown in local recipient table"),
+                format!(
+                    "<{address}>: Recipient address rejected: User unknown in local recipient table"
+                ),
             ));
         }
         Ok(())
@@ -346,7 +433,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.send(Reply::new(503, "5.5.1", "Error: need MAIL command"));
         };
         if !tx.mail.smtputf8 && !address.is_ascii() {
-            return self.send(Reply::new(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8 in MAIL FROM"));
+            return self.send(Reply::new(
+                553,
+                "5.6.7",
+                "Non-ASCII recipient address needs SMTPUTF8 in MAIL FROM",
+            ));
         }
         if tx.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&address)) {
             return self.send(Reply::new(250, "2.1.5", "Ok"));
@@ -395,12 +486,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let line = match self.next_line(TEXT_LIMIT, TEXT_DISCARD, wait).await {
                 Ok(Some(l)) => l,
                 // Stop during DATA: keep reading; the drain limit bounds it.
-                Ok(None) => match tokio::time::timeout(wait, read_line(&mut self.stream, TEXT_LIMIT, TEXT_DISCARD)).await {
+                Ok(None) => match tokio::time::timeout(
+                    wait,
+                    read_line(&mut self.stream, TEXT_LIMIT, TEXT_DISCARD),
+                )
+                .await
+                {
                     Ok(l) => l?,
-                    Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout")),
+                    Err(_) => {
+                        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout"));
+                    }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    self.send(Reply::new(421, "4.4.2", format!("{} Error: timeout exceeded", self.config.server.hostname)));
+                    self.send(Reply::new(
+                        421,
+                        "4.4.2",
+                        format!("{} Error: timeout exceeded", self.config.server.hostname),
+                    ));
                     return Ok(Flow::Close);
                 }
                 Err(e) => return Err(e),
@@ -428,13 +530,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let tx = self.tx.take().expect("checked at the start of DATA");
         let refusal = if bad_ending {
-            Some(Reply::new(550, "5.6.0", "Message refused: bare <CR> or <LF> in message; lines must end with <CR><LF>"))
+            Some(Reply::new(
+                550,
+                "5.6.0",
+                "Message refused: bare <CR> or <LF> in message; lines must end with <CR><LF>",
+            ))
         } else if long_line {
-            Some(Reply::new(550, "5.6.0", "Message refused: text line longer than 1000 octets"))
+            Some(Reply::new(
+                550,
+                "5.6.0",
+                "Message refused: text line longer than 1000 octets",
+            ))
         } else if size > max {
             Some(Reply::new(552, "5.3.4", "Message size exceeds fixed limit"))
         } else if headers::count(&body, "Received") > MAX_HOPS {
-            Some(Reply::new(554, "5.4.6", "Too many hops: mail loop detected"))
+            Some(Reply::new(
+                554,
+                "5.4.6",
+                "Too many hops: mail loop detected",
+            ))
         } else {
             None
         };

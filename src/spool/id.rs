@@ -12,7 +12,9 @@ const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 const SEQ_BITS: u32 = 12;
 
 /// A message's identity in the queue and in every log line about it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct QueueId(pub u64);
 
 impl QueueId {
@@ -102,10 +104,12 @@ impl IdGenerator {
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let candidate = now.max(last + 1);
-            match self
-                .last
-                .compare_exchange_weak(last, candidate, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match self.last.compare_exchange_weak(
+                last,
+                candidate,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return QueueId(candidate),
                 Err(actual) => last = actual,
             }
@@ -128,7 +132,10 @@ mod tests {
         assert_eq!(text.parse::<QueueId>(), Ok(a));
         assert_eq!(text.to_lowercase().parse::<QueueId>(), Ok(a));
         assert_eq!(format!("{text}*").parse::<QueueId>(), Ok(a));
-        assert!(a.to_string() < b.to_string(), "text order follows time order");
+        assert!(
+            a.to_string() < b.to_string(),
+            "text order follows time order"
+        );
         assert!("01JD4X2K8M3".parse::<QueueId>().is_err());
         assert!("01JD4X2K8M3$".parse::<QueueId>().is_err());
     }

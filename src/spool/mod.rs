@@ -1,16 +1,16 @@
 //! The durable queue: message records, contents, the due index and the
-//! in-flight set, all in the sled store, with group commit.
+//! in-flight set, all in one tree of the sled store, with group commit.
 //!
-//! Keyspace (trees of the one sled database):
-//! - `msg`:    queue id (8 bytes BE) → `QueuedMessage` record
-//! - `body`:   queue id + chunk number (4 bytes BE) → up to `CHUNK_SIZE` octets
-//! - `due`:    due time (Unix ms, 8 bytes BE) + queue id → empty
-//! - `active`: queue id → empty; messages handed to delivery
+//! Keyspace (tree `queue`; the first byte says what a key holds):
+//! - `m` + queue id (8 bytes BE) → `QueuedMessage` record
+//! - `b` + queue id + chunk number (4 bytes BE) → up to `CHUNK_SIZE` octets
+//! - `d` + due time (Unix ms, 8 bytes BE) + queue id → empty
+//! - `a` + queue id → empty; messages handed to delivery
 //!
-//! Write order keeps a message always findable after a crash (sled recovers
-//! a prefix of its log): a due or active entry is written before the record
-//! that points to it, and removed after. The spool never decides *when* or
-//! *where* a message goes; the scheduler and router do.
+//! Every change to a message is one `sled::Batch` on that tree, so readers
+//! and crash recovery see either all of it or none of it: a record and its
+//! index entries never disagree. The spool never decides *when* or *where*
+//! a message goes; the scheduler and router do.
 
 pub mod id;
 pub mod record;
@@ -80,28 +80,60 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn due_key(time: i64, id: QueueId) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&(time.max(0) as u64).to_be_bytes());
-    k[8..].copy_from_slice(&id.to_key());
+const MSG: u8 = b'm';
+const BODY: u8 = b'b';
+const DUE: u8 = b'd';
+const ACTIVE: u8 = b'a';
+
+fn msg_key(id: QueueId) -> [u8; 9] {
+    let mut k = [MSG; 9];
+    k[1..].copy_from_slice(&id.to_key());
     k
 }
 
-fn chunk_key(id: QueueId, n: u32) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..8].copy_from_slice(&id.to_key());
-    k[8..].copy_from_slice(&n.to_be_bytes());
+fn active_key(id: QueueId) -> [u8; 9] {
+    let mut k = [ACTIVE; 9];
+    k[1..].copy_from_slice(&id.to_key());
     k
+}
+
+fn due_key(time: i64, id: QueueId) -> [u8; 17] {
+    let mut k = [DUE; 17];
+    k[1..9].copy_from_slice(&(time.max(0) as u64).to_be_bytes());
+    k[9..].copy_from_slice(&id.to_key());
+    k
+}
+
+fn chunk_key(id: QueueId, n: u32) -> [u8; 13] {
+    let mut k = [BODY; 13];
+    k[1..9].copy_from_slice(&id.to_key());
+    k[9..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// Adds the due-index move to `batch` and updates `msg.due`.
+fn move_due(batch: &mut sled::Batch, msg: &mut QueuedMessage, when: Option<i64>) {
+    if msg.due == when {
+        return;
+    }
+    if let Some(old) = msg.due {
+        batch.remove(&due_key(old, msg.id)[..]);
+    }
+    if let Some(t) = when {
+        batch.insert(&due_key(t, msg.id)[..], &[][..]);
+    }
+    msg.due = when;
+}
+
+fn put_record(batch: &mut sled::Batch, msg: &QueuedMessage) {
+    batch.insert(&msg_key(msg.id)[..], record::encode(msg));
 }
 
 /// The open spool.
 pub struct Spool {
     dir: PathBuf,
     store: Store,
-    msgs: sled::Tree,
-    bodies: sled::Tree,
-    due: sled::Tree,
-    active: sled::Tree,
+    tree: sled::Tree,
     ids: IdGenerator,
 }
 
@@ -110,18 +142,17 @@ impl Spool {
     /// `StoreError::Locked` if another process has it open.
     pub fn open(dir: &Path) -> Result<Spool, StoreError> {
         let store = Store::open(dir)?;
-        let msgs = store.tree("msg")?;
-        let newest = msgs
-            .last()?
-            .and_then(|(k, _)| QueueId::from_key(&k))
+        let tree = store.tree("queue")?;
+        let newest = tree
+            .scan_prefix([MSG])
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| QueueId::from_key(&k[1..]))
             .map(|id| id.0)
             .unwrap_or(0);
         Ok(Spool {
             dir: dir.to_path_buf(),
-            msgs,
-            bodies: store.tree("body")?,
-            due: store.tree("due")?,
-            active: store.tree("active")?,
+            tree,
             store,
             ids: IdGenerator::new(newest),
         })
@@ -155,12 +186,17 @@ impl Spool {
 
     /// Writes a new message (content, then record and due entry) without
     /// waiting for the commit. The message is due at once.
-    pub fn write_message(&self, new: NewMessage, content: &[u8]) -> Result<QueuedMessage, StoreError> {
+    pub fn write_message(
+        &self,
+        new: NewMessage,
+        content: &[u8],
+    ) -> Result<QueuedMessage, StoreError> {
         let id = new.id.unwrap_or_else(|| self.ids.next());
         let now = now_ms();
+        let mut batch = sled::Batch::default();
         let mut chunks = 0u32;
         for (n, chunk) in content.chunks(CHUNK_SIZE).enumerate() {
-            self.bodies.insert(chunk_key(id, n as u32), chunk)?;
+            batch.insert(&chunk_key(id, n as u32)[..], chunk);
             chunks += 1;
         }
         let mut msg = QueuedMessage {
@@ -179,14 +215,19 @@ impl Spool {
         for r in &mut msg.recipients {
             r.next_attempt = now;
         }
-        self.set_due(&mut msg, Some(now))?;
-        self.msgs.insert(id.to_key(), record::encode(&msg))?;
+        move_due(&mut batch, &mut msg, Some(now));
+        put_record(&mut batch, &msg);
+        self.tree.apply_batch(batch)?;
         Ok(msg)
     }
 
     /// Writes a new message and waits for its commit: when this returns
     /// `Ok`, the message survives a crash.
-    pub async fn enqueue(&self, new: NewMessage, content: &[u8]) -> Result<QueuedMessage, StoreError> {
+    pub async fn enqueue(
+        &self,
+        new: NewMessage,
+        content: &[u8],
+    ) -> Result<QueuedMessage, StoreError> {
         let msg = self.write_message(new, content)?;
         if let Err(e) = self.commit().await {
             // Nothing half-stored is left behind for a message we refuse.
@@ -198,7 +239,7 @@ impl Spool {
 
     /// Reads a message record.
     pub fn get(&self, id: QueueId) -> Result<Option<QueuedMessage>, StoreError> {
-        match self.msgs.get(id.to_key())? {
+        match self.tree.get(msg_key(id))? {
             Some(bytes) => record::decode(&bytes)
                 .map(Some)
                 .map_err(|e| StoreError::Io(format!("{id}: {e}"))),
@@ -206,9 +247,12 @@ impl Spool {
         }
     }
 
-    /// Writes a changed record.
-    pub fn put(&self, msg: &QueuedMessage) -> Result<(), StoreError> {
-        self.msgs.insert(msg.id.to_key(), record::encode(msg))?;
+    /// Writes a changed record, moving its due-index entry to `when`.
+    fn update(&self, msg: &mut QueuedMessage, when: Option<i64>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        move_due(&mut batch, msg, when);
+        put_record(&mut batch, msg);
+        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
@@ -216,60 +260,52 @@ impl Spool {
     pub fn content(&self, msg: &QueuedMessage) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::with_capacity(msg.size as usize);
         for n in 0..msg.chunks {
-            match self.bodies.get(chunk_key(msg.id, n))? {
+            match self.tree.get(chunk_key(msg.id, n))? {
                 Some(c) => out.extend_from_slice(&c),
-                None => return Err(StoreError::Io(format!("{}: content chunk {n} is missing", msg.id))),
+                None => {
+                    return Err(StoreError::Io(format!(
+                        "{}: content chunk {n} is missing",
+                        msg.id
+                    )));
+                }
             }
         }
         Ok(out)
     }
 
-    /// Removes a message entirely: record first, so a crash leaves at most
-    /// unreferenced index entries and chunks, which are skipped and swept.
+    /// Removes a message entirely, in one batch.
     pub fn remove(&self, msg: &QueuedMessage) -> Result<(), StoreError> {
-        self.msgs.remove(msg.id.to_key())?;
+        let mut batch = sled::Batch::default();
+        batch.remove(&msg_key(msg.id)[..]);
         if let Some(t) = msg.due {
-            self.due.remove(due_key(t, msg.id))?;
+            batch.remove(&due_key(t, msg.id)[..]);
         }
-        self.active.remove(msg.id.to_key())?;
+        batch.remove(&active_key(msg.id)[..]);
         for n in 0..msg.chunks {
-            self.bodies.remove(chunk_key(msg.id, n))?;
+            batch.remove(&chunk_key(msg.id, n)[..]);
         }
+        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
-    /// Moves the message's due-index entry to `when` (or out of the index).
-    /// The caller writes the record afterwards with `put`.
-    pub fn set_due(&self, msg: &mut QueuedMessage, when: Option<i64>) -> Result<(), StoreError> {
-        if msg.due == when {
-            return Ok(());
-        }
-        if let Some(t) = when {
-            self.due.insert(due_key(t, msg.id), &[])?;
-        }
-        if let Some(old) = msg.due {
-            self.due.remove(due_key(old, msg.id))?;
-        }
-        msg.due = when;
-        Ok(())
-    }
-
-    /// Up to `limit` ids due at or before `now`, earliest first. Stale
-    /// index entries (whose record says otherwise) are removed on the way.
+    /// Up to `limit` messages due at or before `now`, earliest first.
     pub fn take_due(&self, now: i64, limit: usize) -> Result<Vec<QueuedMessage>, StoreError> {
         let mut out = Vec::new();
+        let start = [DUE];
         let end = due_key(now, QueueId(u64::MAX));
-        for item in self.due.range(..=end.as_slice()) {
+        for item in self.tree.range(&start[..]..=&end[..]) {
             let (key, _) = item?;
-            let time = i64::from_be_bytes(key[..8].try_into().unwrap_or([0; 8]));
-            let Some(id) = QueueId::from_key(&key[8..]) else {
-                self.due.remove(&key)?;
+            let time = i64::from_be_bytes(key[1..9].try_into().unwrap_or([0; 8]));
+            let Some(id) = QueueId::from_key(&key[9..]) else {
                 continue;
             };
             match self.get(id)? {
                 Some(msg) if msg.due == Some(time) => out.push(msg),
+                // Batches keep records and entries in step, so this is a
+                // leftover of an older format or a bug: drop it loudly.
                 _ => {
-                    self.due.remove(&key)?;
+                    tracing::warn!(queue_id = %id, "removing a due entry without a matching record");
+                    self.tree.remove(&key)?;
                     continue;
                 }
             }
@@ -283,34 +319,41 @@ impl Spool {
     /// Time of the earliest due entry.
     pub fn next_due_time(&self) -> Result<Option<i64>, StoreError> {
         Ok(self
-            .due
-            .first()?
-            .map(|(k, _)| i64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]))))
+            .tree
+            .scan_prefix([DUE])
+            .next()
+            .transpose()?
+            .map(|(k, _)| i64::from_be_bytes(k[1..9].try_into().unwrap_or([0; 8]))))
     }
 
     /// Marks a message as handed to delivery: into `active`, out of `due`.
     pub fn mark_active(&self, msg: &mut QueuedMessage) -> Result<(), StoreError> {
-        self.active.insert(msg.id.to_key(), &[])?;
-        self.set_due(msg, None)?;
-        self.put(msg)
+        let mut batch = sled::Batch::default();
+        batch.insert(&active_key(msg.id)[..], &[][..]);
+        move_due(&mut batch, msg, None);
+        put_record(&mut batch, msg);
+        self.tree.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Ends a message's delivery round: writes its record with its next due
-    /// time (none when held), then leaves `active`.
+    /// time (none when held) and takes it out of `active`.
     pub fn finish_active(&self, msg: &mut QueuedMessage) -> Result<(), StoreError> {
         let when = if msg.held { None } else { msg.next_due() };
-        self.set_due(msg, when)?;
-        self.put(msg)?;
-        self.active.remove(msg.id.to_key())?;
+        let mut batch = sled::Batch::default();
+        move_due(&mut batch, msg, when);
+        put_record(&mut batch, msg);
+        batch.remove(&active_key(msg.id)[..]);
+        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
     /// Ids left in `active` by a previous run (a crash or a stop mid-delivery).
     pub fn active_ids(&self) -> Result<Vec<QueueId>, StoreError> {
         let mut ids = Vec::new();
-        for item in self.active.iter() {
+        for item in self.tree.scan_prefix([ACTIVE]) {
             let (k, _) = item?;
-            if let Some(id) = QueueId::from_key(&k) {
+            if let Some(id) = QueueId::from_key(&k[1..]) {
                 ids.push(id);
             }
         }
@@ -319,7 +362,7 @@ impl Spool {
 
     /// Whether the message is in the in-flight set.
     pub fn is_active(&self, id: QueueId) -> Result<bool, StoreError> {
-        Ok(self.active.contains_key(id.to_key())?)
+        Ok(self.tree.contains_key(active_key(id))?)
     }
 
     /// Puts messages left in `active` by a previous run back in the due
@@ -328,15 +371,14 @@ impl Spool {
         let ids = self.active_ids()?;
         let now = now_ms();
         for id in &ids {
-            match self.get(*id)? {
-                Some(mut msg) => {
-                    let when = if msg.held { None } else { Some(now) };
-                    self.set_due(&mut msg, when)?;
-                    self.put(&msg)?;
-                }
-                None => {}
+            let mut batch = sled::Batch::default();
+            if let Some(mut msg) = self.get(*id)? {
+                let when = if msg.held { None } else { Some(now) };
+                move_due(&mut batch, &mut msg, when);
+                put_record(&mut batch, &msg);
             }
-            self.active.remove(id.to_key())?;
+            batch.remove(&active_key(*id)[..]);
+            self.tree.apply_batch(batch)?;
         }
         Ok(ids.len())
     }
@@ -344,20 +386,20 @@ impl Spool {
     /// Every message record in id (arrival) order. Unreadable records are
     /// reported as errors in the stream, not skipped silently.
     pub fn messages(&self) -> impl Iterator<Item = Result<QueuedMessage, StoreError>> + '_ {
-        self.msgs.iter().map(|item| {
+        self.tree.scan_prefix([MSG]).map(|item| {
             let (_, v) = item?;
             record::decode(&v).map_err(|e| StoreError::Io(e.to_string()))
         })
     }
 
-    /// Number of messages in the queue.
+    /// Number of messages in the queue (a scan of the records).
     pub fn len(&self) -> usize {
-        self.msgs.len()
+        self.tree.scan_prefix([MSG]).count()
     }
 
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
-        self.msgs.is_empty()
+        self.tree.scan_prefix([MSG]).next().is_none()
     }
 
     /// Which queue a message is in, for `mailq`.
@@ -374,50 +416,55 @@ impl Spool {
     /// Keeps a message from delivery. When it is in flight, only the flag
     /// is set; the end of the round leaves it out of the due index.
     pub fn hold(&self, id: QueueId) -> Result<bool, StoreError> {
-        let Some(mut msg) = self.get(id)? else { return Ok(false) };
+        let Some(mut msg) = self.get(id)? else {
+            return Ok(false);
+        };
         msg.held = true;
-        if !self.is_active(id)? {
-            self.set_due(&mut msg, None)?;
-        }
-        self.put(&msg)?;
+        let when = if self.is_active(id)? { msg.due } else { None };
+        self.update(&mut msg, when)?;
         Ok(true)
     }
 
     /// Releases a held message; it is due at once.
     pub fn release(&self, id: QueueId) -> Result<bool, StoreError> {
-        let Some(mut msg) = self.get(id)? else { return Ok(false) };
+        let Some(mut msg) = self.get(id)? else {
+            return Ok(false);
+        };
         if !msg.held {
             return Ok(true);
         }
         msg.held = false;
-        let now = now_ms();
-        for r in msg.recipients.iter_mut().filter(|r| !r.state.is_final()) {
-            r.next_attempt = now;
-        }
-        if !self.is_active(id)? {
-            self.set_due(&mut msg, Some(now))?;
-        }
-        self.put(&msg)?;
+        self.make_due_now(&mut msg)?;
         Ok(true)
     }
 
     /// Makes a deferred message due now. Held messages stay held.
     pub fn requeue(&self, id: QueueId) -> Result<bool, StoreError> {
-        let Some(mut msg) = self.get(id)? else { return Ok(false) };
+        let Some(mut msg) = self.get(id)? else {
+            return Ok(false);
+        };
+        self.make_due_now(&mut msg)?;
+        Ok(true)
+    }
+
+    fn make_due_now(&self, msg: &mut QueuedMessage) -> Result<(), StoreError> {
         let now = now_ms();
         for r in msg.recipients.iter_mut().filter(|r| !r.state.is_final()) {
             r.next_attempt = now;
         }
-        if !msg.held && !self.is_active(id)? {
-            self.set_due(&mut msg, Some(now))?;
-        }
-        self.put(&msg)?;
-        Ok(true)
+        let when = if msg.held || self.is_active(msg.id)? {
+            msg.due
+        } else {
+            Some(now)
+        };
+        self.update(msg, when)
     }
 
     /// Removes a message without a bounce.
     pub fn delete(&self, id: QueueId) -> Result<bool, StoreError> {
-        let Some(msg) = self.get(id)? else { return Ok(false) };
+        let Some(msg) = self.get(id)? else {
+            return Ok(false);
+        };
         self.remove(&msg)?;
         Ok(true)
     }
@@ -431,7 +478,10 @@ mod tests {
         NewMessage {
             id: None,
             sender: "alice@example.test".into(),
-            recipients: rcpts.iter().map(|r| Recipient::new(r.to_string(), None)).collect(),
+            recipients: rcpts
+                .iter()
+                .map(|r| Recipient::new(r.to_string(), None))
+                .collect(),
             client: "test".into(),
             listener: "test".into(),
             message_id: None,
@@ -442,8 +492,12 @@ mod tests {
     fn message_round_trips_with_large_content() {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path()).expect("open");
-        let content: Vec<u8> = (0..(3 * CHUNK_SIZE + 17)).map(|i| (i % 251) as u8).collect();
-        let msg = spool.write_message(new_message(&["bob@example.test"]), &content).expect("write");
+        let content: Vec<u8> = (0..(3 * CHUNK_SIZE + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let msg = spool
+            .write_message(new_message(&["bob@example.test"]), &content)
+            .expect("write");
         spool.store().commit_blocking().expect("commit");
         assert_eq!(msg.chunks, 4);
         let back = spool.get(msg.id).expect("get").expect("present");
@@ -458,11 +512,16 @@ mod tests {
     fn hold_release_and_requeue_move_the_due_entry() {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path()).expect("open");
-        let msg = spool.write_message(new_message(&["x@remote.test"]), b"x").expect("write");
+        let msg = spool
+            .write_message(new_message(&["x@remote.test"]), b"x")
+            .expect("write");
         assert!(spool.hold(msg.id).expect("hold"));
         assert!(spool.take_due(i64::MAX, 10).expect("due").is_empty());
         assert!(spool.requeue(msg.id).expect("requeue"));
-        assert!(spool.take_due(i64::MAX, 10).expect("due").is_empty(), "held stays held");
+        assert!(
+            spool.take_due(i64::MAX, 10).expect("due").is_empty(),
+            "held stays held"
+        );
         assert!(spool.release(msg.id).expect("release"));
         assert_eq!(spool.take_due(i64::MAX, 10).expect("due").len(), 1);
     }
@@ -472,7 +531,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = {
             let spool = Spool::open(dir.path()).expect("open");
-            let mut msg = spool.write_message(new_message(&["x@remote.test"]), b"x").expect("write");
+            let mut msg = spool
+                .write_message(new_message(&["x@remote.test"]), b"x")
+                .expect("write");
             spool.mark_active(&mut msg).expect("active");
             spool.store().commit_blocking().expect("commit");
             assert!(spool.take_due(i64::MAX, 10).expect("due").is_empty());

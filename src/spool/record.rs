@@ -130,10 +130,14 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// Decodes a record written by `encode`.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => bincode::serde::decode_from_slice(rest, bincode::config::standard())
-            .map(|(v, _)| v)
-            .map_err(|e| DecodeError(e.to_string())),
-        Some((v, _)) => Err(DecodeError(format!("record format version {v} is not known"))),
+        Some((&RECORD_VERSION, rest)) => {
+            bincode::serde::decode_from_slice(rest, bincode::config::standard())
+                .map(|(v, _)| v)
+                .map_err(|e| DecodeError(e.to_string()))
+        }
+        Some((v, _)) => Err(DecodeError(format!(
+            "record format version {v} is not known"
+        ))),
         None => Err(DecodeError("empty record".into())),
     }
 }

@@ -110,7 +110,10 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
                     StoreError::Locked(spool.to_path_buf())
                 }
                 other => StoreError::from(other),
@@ -154,7 +157,11 @@ impl Store {
     pub async fn commit(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         {
-            let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if p.stopping {
                 return Err(StoreError::Io("the spool is shutting down".into()));
             }
@@ -169,7 +176,11 @@ impl Store {
     pub fn commit_blocking(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         {
-            let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             p.waiters.push(tx);
         }
         self.shared.wake.notify_one();
@@ -186,11 +197,20 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         {
-            let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             p.stopping = true;
         }
         self.shared.wake.notify_one();
-        if let Some(handle) = self.committer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(handle) = self
+            .committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             let _ = handle.join();
         }
     }
@@ -214,13 +234,21 @@ fn commit_loop(db: sled::Db, data_file: File, shared: Arc<Shared>, stats: Arc<Co
             tracing::error!(error = %e, "spool commit failed");
         }
         stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.waiters.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .waiters
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         for w in batch {
             let _ = w.send(result.clone());
         }
         if stopping {
             // Answer anyone who slipped in, then stop.
-            let late = std::mem::take(&mut shared.pending.lock().unwrap_or_else(|e| e.into_inner()).waiters);
+            let late = std::mem::take(
+                &mut shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .waiters,
+            );
             for w in late {
                 let _ = w.send(Err(StoreError::Io("the spool is shutting down".into())));
             }

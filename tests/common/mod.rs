@@ -80,7 +80,11 @@ impl TestServer {
     /// body of an `[smtp.inbound]` table (may be empty).
     pub fn start(smtp_inbound: &str) -> TestServer {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-        let cfg = format!("{}\n[smtp.inbound]\n{}\n", base_config(&dir.path().join("spool")), smtp_inbound);
+        let cfg = format!(
+            "{}\n[smtp.inbound]\n{}\n",
+            base_config(&dir.path().join("spool")),
+            smtp_inbound
+        );
         Self::start_in(dir, &cfg)
     }
 
@@ -119,12 +123,18 @@ impl TestServer {
                 Ok(l) => l,
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("petrel did not become ready; log:\n{}", log.lock().expect("lock").join("\n"));
+                    panic!(
+                        "petrel did not become ready; log:\n{}",
+                        log.lock().expect("lock").join("\n")
+                    );
                 }
             };
             if line.contains(" listening ") {
                 let name = field(&line, "listener").expect("listener field");
-                let addr = field(&line, "address").expect("address field").parse().expect("address");
+                let addr = field(&line, "address")
+                    .expect("address field")
+                    .parse()
+                    .expect("address");
                 addrs.insert(name, addr);
             }
             if line.contains(" ready") {
@@ -219,7 +229,11 @@ impl TestServer {
     /// Messages in a mailbox, read with `petrel mailbox NAME --json`.
     pub fn mailbox(&self, name: &str) -> Vec<serde_json::Value> {
         let out = self.cli(&["mailbox", name, "--json"]);
-        assert!(out.status.success(), "mailbox: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mailbox: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).expect("json line"))
@@ -229,7 +243,11 @@ impl TestServer {
     /// The content of one mailbox message.
     pub fn mailbox_message(&self, name: &str, uid: u64) -> Vec<u8> {
         let out = self.cli(&["mailbox", name, "--uid", &uid.to_string()]);
-        assert!(out.status.success(), "mailbox --uid: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mailbox --uid: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 
@@ -248,7 +266,11 @@ impl TestServer {
     /// `mailq --json` entries.
     pub fn mailq(&self) -> Vec<serde_json::Value> {
         let out = self.cli(&["mailq", "--json"]);
-        assert!(out.status.success(), "mailq: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "mailq: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).expect("json line"))
@@ -287,7 +309,9 @@ pub fn cli_with(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
 
 /// Runs a command with optional stdin and collects its output.
 pub fn run_cmd(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     let mut input = child.stdin.take().expect("stdin");
     let data = stdin.unwrap_or_default().to_vec();
@@ -318,7 +342,9 @@ impl Smtp {
     /// Connects and reads the greeting; returns the client and the greeting.
     pub fn connect(addr: SocketAddr) -> (Smtp, (u16, String)) {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         let reader = BufReader::new(stream.try_clone().expect("clone"));
         let mut s = Smtp { stream, reader };
         let g = s.reply();
