@@ -517,7 +517,7 @@ pub enum OutboundTls {
 
 /// A next-hop host: `[literal-or-name]:port` (brackets: no MX lookup) or
 /// `name:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NextHop {
     /// Host name or IP address text.
     pub host: String,

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::intake::{Envelope, Intake};
+use crate::intake::{Envelope, EnvelopeRcpt, Intake};
 use crate::mailbox::MailboxStore;
 use crate::queue_report;
 use crate::scheduler::{Admin, AdminOp};
@@ -277,10 +277,14 @@ pub async fn execute(
             let config = backend.config();
             let env = Envelope {
                 id: None,
+                smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
                 sender,
-                recipients,
+                recipients: recipients.into_iter().map(EnvelopeRcpt::plain).collect(),
                 client: "localhost".into(),
                 listener: "sendmail".into(),
+                envid: None,
+                ret: None,
+                body_8bit: !content.is_ascii(),
             };
             let intake = match backend {
                 Backend::Daemon(d) => d.smtp.intake.clone(),

@@ -2,9 +2,9 @@
 //! runs until SIGTERM/SIGINT, reloads on SIGHUP, and stops cleanly.
 //!
 //! Threads: the tokio multi-thread runtime runs sessions and the control
-//! socket on both cores; the scheduler and the mailbox actor each live on
-//! an actix Arbiter (a thread of their own); the spool's committer is a
-//! thread of its own.
+//! socket on both cores; the scheduler, the mailbox actor and the delivery
+//! pool (with its destination actors) each live on an actix Arbiter (a
+//! thread of their own); the spool's committer is a thread of its own.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, Protocol};
 use crate::control;
+use crate::delivery::DeliveryPool;
 use crate::intake::Intake;
 use crate::logging::LogControl;
 use crate::mailbox::{MailboxActor, MailboxStore};
@@ -105,12 +106,10 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
             MailboxActor::new(spool, mailboxes)
         })
     };
-    let waker = Scheduler::start(
-        &scheduler_arbiter.handle(),
-        spool.clone(),
-        config.clone(),
-        mailbox,
-    );
+    let delivery_arbiter = Arbiter::new();
+    let pool = DeliveryPool::new(config.clone()).map_err(|e| anyhow::anyhow!("dns.nameservers: {e}"))?;
+    let delivery = DeliveryPool::start_in_arbiter(&delivery_arbiter.handle(), move |_| pool);
+    let waker = Scheduler::start(&scheduler_arbiter.handle(), spool.clone(), config.clone(), mailbox, delivery);
 
     let smtp = Arc::new(SmtpShared {
         config: config.clone(),
@@ -213,6 +212,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&socket_path);
     mailbox_arbiter.stop();
+    delivery_arbiter.stop();
     scheduler_arbiter.stop();
     tracing::info!("stopped");
     Ok(())

@@ -264,7 +264,6 @@ fn valid_mailbox_name(name: &str) -> bool {
 mod tests {
     use crate::config::Config;
 
-    use super::*;
 
     fn config() -> Config {
         Config::parse(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::headers;
 use crate::scheduler::Waker;
-use crate::spool::{NewMessage, QueuedMessage, Recipient, Spool, StoreError};
+use crate::spool::{NewMessage, QueuedMessage, Recipient, Ret, Spool, StoreError};
 
 /// An envelope ready to be queued.
 #[derive(Debug, Clone)]
@@ -18,11 +18,41 @@ pub struct Envelope {
     /// Reverse path; empty for `<>`.
     pub sender: String,
     /// Accepted recipients, as the client gave them.
-    pub recipients: Vec<String>,
+    pub recipients: Vec<EnvelopeRcpt>,
     /// Client description for logs (`[127.0.0.1]`, `sendmail`).
     pub client: String,
     /// Listener name (`sendmail` for local submission).
     pub listener: String,
+    /// RFC 3461 ENVID.
+    pub envid: Option<String>,
+    /// RFC 3461 RET.
+    pub ret: Option<Ret>,
+    /// BODY=8BITMIME declared.
+    pub body_8bit: bool,
+    /// SMTPUTF8 declared.
+    pub smtputf8: bool,
+}
+
+/// One recipient as given by the client, with its DSN parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeRcpt {
+    /// The address.
+    pub address: String,
+    /// RFC 3461 NOTIFY bits; 0: default.
+    pub notify: u8,
+    /// RFC 3461 ORCPT, if the client gave one.
+    pub orcpt: Option<String>,
+}
+
+impl EnvelopeRcpt {
+    /// A recipient with default DSN parameters.
+    pub fn plain(address: impl Into<String>) -> EnvelopeRcpt {
+        EnvelopeRcpt {
+            address: address.into(),
+            notify: 0,
+            orcpt: None,
+        }
+    }
 }
 
 /// The front of the queue.
@@ -83,6 +113,10 @@ impl Intake {
             client: env.client,
             listener: env.listener,
             message_id: headers::first(content, "Message-ID"),
+            envid: env.envid,
+            ret: env.ret,
+            body_8bit: env.body_8bit,
+            smtputf8: env.smtputf8,
         }
     }
 
@@ -104,13 +138,14 @@ impl Intake {
 }
 
 /// Expands local aliases; keeps the original address as ORCPT where it
-/// changed; drops duplicate addresses, and second addresses of a mailbox
-/// already reached (one copy per mailbox, as local(8) does). Unknown local
-/// addresses stay as they are (delivery bounces them).
-pub fn expand_recipients(config: &Config, given: &[String]) -> Vec<Recipient> {
+/// changed (unless the client gave one); drops duplicate addresses, and
+/// second addresses of a mailbox already reached (one copy per mailbox, as
+/// local(8) does). Unknown local addresses stay as they are (delivery
+/// bounces them).
+pub fn expand_recipients(config: &Config, given: &[EnvelopeRcpt]) -> Vec<Recipient> {
     let mut out: Vec<Recipient> = Vec::new();
     let mut mailboxes = std::collections::HashSet::new();
-    let mut push = |out: &mut Vec<Recipient>, address: String, orcpt: Option<String>| {
+    let mut push = |out: &mut Vec<Recipient>, address: String, orcpt: Option<String>, notify: u8| {
         if out.iter().any(|r| r.address.eq_ignore_ascii_case(&address)) {
             return;
         }
@@ -120,23 +155,27 @@ pub fn expand_recipients(config: &Config, given: &[String]) -> Vec<Recipient> {
         {
             return;
         }
-        out.push(Recipient::new(address, orcpt));
+        let mut r = Recipient::new(address, orcpt);
+        r.notify = notify;
+        out.push(r);
     };
-    for addr in given {
-        let local = addr
-            .rsplit_once('@')
-            .is_some_and(|(_, d)| config.domains.is_local(d));
+    for rcpt in given {
+        let addr = &rcpt.address;
+        let local = addr.rsplit_once('@').is_some_and(|(_, d)| config.domains.is_local(d));
         let targets = if local {
             config.directory.expand(addr, &config.domains)
         } else {
             Vec::new()
         };
         if targets.is_empty() {
-            push(&mut out, addr.clone(), None);
+            push(&mut out, addr.clone(), rcpt.orcpt.clone(), rcpt.notify);
         }
         for t in targets {
-            let orcpt = (!t.eq_ignore_ascii_case(addr)).then(|| addr.clone());
-            push(&mut out, t, orcpt);
+            let orcpt = rcpt
+                .orcpt
+                .clone()
+                .or_else(|| (!t.eq_ignore_ascii_case(addr)).then(|| addr.clone()));
+            push(&mut out, t, orcpt, rcpt.notify);
         }
     }
     out

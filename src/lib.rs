@@ -18,3 +18,6 @@ pub mod scheduler;
 pub mod shutdown;
 pub mod smtp;
 pub mod spool;
+pub mod delivery;
+pub mod tls;
+pub mod dsn;

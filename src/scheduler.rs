@@ -15,10 +15,13 @@ use arc_swap::ArcSwap;
 use backon::BackoffBuilder;
 
 use crate::config::{Config, Queue};
+use crate::delivery::{self, DeliveryPool};
+use crate::dsn::{self, Action};
 use crate::mailbox::{Deliver, LocalTarget, MailboxActor};
 use crate::outcome::Outcome;
 use crate::router::{self, Destination};
-use crate::spool::{QueueId, QueuedMessage, RcptState, Spool, StoreError, now_ms};
+use crate::smtp::client::RcptSpec;
+use crate::spool::{NewMessage, QueueId, QueuedMessage, RcptState, Recipient, Spool, StoreError, notify, now_ms};
 
 /// How many due messages are taken from the index per pass.
 const BATCH: usize = 256;
@@ -115,6 +118,7 @@ pub struct Scheduler {
     spool: Arc<Spool>,
     config: Arc<ArcSwap<Config>>,
     mailbox: Addr<MailboxActor>,
+    delivery: Addr<DeliveryPool>,
     /// Messages handed out and not yet completed; mirrors the spool's
     /// `active` tree.
     in_flight: HashSet<QueueId>,
@@ -133,6 +137,7 @@ impl Scheduler {
         spool: Arc<Spool>,
         config: Arc<ArcSwap<Config>>,
         mailbox: Addr<MailboxActor>,
+        delivery: Addr<DeliveryPool>,
     ) -> Waker {
         let pending = Arc::new(AtomicBool::new(false));
         let wake_pending = pending.clone();
@@ -142,6 +147,7 @@ impl Scheduler {
                 spool,
                 config,
                 mailbox,
+                delivery,
                 in_flight: HashSet::new(),
                 timer: None,
                 stopping: false,
@@ -204,6 +210,7 @@ impl Scheduler {
         let now = now_ms();
         let mut outcomes = Vec::new();
         let mut locals = Vec::new();
+        let mut remotes: Vec<(router::NextHopPlan, Vec<RcptSpec>)> = Vec::new();
         for (i, r) in msg.recipients.iter().enumerate() {
             if r.state.is_final() || r.next_attempt > now {
                 continue;
@@ -216,62 +223,94 @@ impl Scheduler {
                 }),
                 Destination::Unknown => outcomes.push((
                     i,
-                    Outcome::PermFail(format!("5.1.1 <{}>: unknown user in a local domain", r.address)),
+                    Outcome::perm("5.1.1", format!("<{}>: unknown user in a local domain", r.address)),
                 )),
-                Destination::Remote(domain) => outcomes.push((
-                    i,
-                    Outcome::TempFail(format!(
-                        "4.4.0 delivery to remote domain {domain} is not available in this version of petrel"
-                    )),
-                )),
+                Destination::Remote(domain) => {
+                    let plan = router::next_hop(&config, &domain);
+                    let spec = RcptSpec {
+                        index: i,
+                        address: r.address.clone(),
+                        notify: r.notify,
+                        orcpt: r.orcpt.clone(),
+                    };
+                    match remotes.iter_mut().find(|(p, _)| *p == plan) {
+                        Some((_, list)) => list.push(spec),
+                        None => remotes.push((plan, vec![spec])),
+                    }
+                }
             }
         }
         let id = msg.id;
-        let mailbox = self.mailbox.clone();
-        let content = if locals.is_empty() {
+        let content = if locals.is_empty() && remotes.is_empty() {
             None
         } else {
             match self.spool.content(&msg) {
                 Ok(c) => Some(Arc::new(c)),
                 Err(e) => {
-                    outcomes.extend(
-                        locals
-                            .drain(..)
-                            .map(|t| (t.rcpt, Outcome::TempFail(format!("4.3.0 {e}")))),
-                    );
+                    let fail = |i| (i, Outcome::temp("4.3.0", e.to_string()));
+                    outcomes.extend(locals.drain(..).map(|t| fail(t.rcpt)));
+                    outcomes.extend(remotes.drain(..).flat_map(|(_, l)| l.into_iter().map(|r| fail(r.index))));
                     None
                 }
             }
         };
-        let deliver = content.map(|content| Deliver {
-            queue_id: id,
-            sender: msg.sender.clone(),
-            message_id: msg.message_id.clone(),
-            content,
-            targets: locals,
-        });
-        let work = async move {
-            if let Some(d) = deliver {
-                let rcpts: Vec<usize> = d.targets.iter().map(|t| t.rcpt).collect();
-                match mailbox.send(d).await {
-                    Ok(results) => outcomes.extend(results),
-                    Err(_) => outcomes.extend(rcpts.into_iter().map(|r| {
-                        (
-                            r,
-                            Outcome::TempFail("4.3.0 the mailbox service is not running".into()),
-                        )
-                    })),
-                }
+        let mut jobs = Vec::new();
+        if let Some(content) = &content {
+            if !locals.is_empty() {
+                let rcpts: Vec<usize> = locals.iter().map(|t| t.rcpt).collect();
+                let d = Deliver {
+                    queue_id: id,
+                    sender: msg.sender.clone(),
+                    message_id: msg.message_id.clone(),
+                    content: content.clone(),
+                    targets: locals,
+                };
+                let mailbox = self.mailbox.clone();
+                jobs.push(Box::pin(async move {
+                    match mailbox.send(d).await {
+                        Ok(results) => results,
+                        Err(_) => rcpts
+                            .into_iter()
+                            .map(|r| (r, Outcome::temp("4.3.0", "the mailbox service is not running")))
+                            .collect(),
+                    }
+                }) as std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(usize, Outcome)>>>>);
             }
-            outcomes
+            for (plan, rcpts) in remotes {
+                let job = delivery::Send {
+                    queue_id: id,
+                    plan,
+                    sender: msg.sender.clone(),
+                    envid: msg.envid.clone(),
+                    ret: msg.ret,
+                    body_8bit: msg.body_8bit,
+                    smtputf8: msg.smtputf8,
+                    rcpts,
+                    content: content.clone(),
+                };
+                let indexes: Vec<usize> = job.rcpts.iter().map(|r| r.index).collect();
+                let pool = self.delivery.clone();
+                jobs.push(Box::pin(async move {
+                    match pool.send(job).await {
+                        Ok(results) => results,
+                        Err(_) => indexes
+                            .into_iter()
+                            .map(|r| (r, Outcome::temp("4.3.0", "the delivery service is not running")))
+                            .collect(),
+                    }
+                }));
+            }
+        }
+        let work = async move {
+            for r in futures_join_all(jobs).await {
+                outcomes.extend(r);
+            }
+            (outcomes, content)
         };
-        ctx.spawn(
-            work.into_actor(self)
-                .map(move |outcomes, act, ctx| act.complete(id, outcomes, ctx)),
-        );
+        ctx.spawn(work.into_actor(self).map(move |(outcomes, content), act, ctx| act.complete(id, outcomes, content, ctx)));
     }
 
-    fn complete(&mut self, id: QueueId, outcomes: Vec<(usize, Outcome)>, ctx: &mut Context<Self>) {
+    fn complete(&mut self, id: QueueId, outcomes: Vec<(usize, Outcome)>, content: Option<Arc<Vec<u8>>>, ctx: &mut Context<Self>) {
         self.in_flight.remove(&id);
         let mut msg = match self.spool.get(id) {
             Ok(Some(m)) => m,
@@ -281,36 +320,125 @@ impl Scheduler {
                 return;
             }
         };
-        let queue = self.config.load().queue.clone();
+        let config = self.config.load_full();
+        let queue = &config.queue;
         let now = now_ms();
+        let mut reports: Vec<(Action, Vec<usize>)> = vec![(Action::Failed, vec![]), (Action::Delayed, vec![]), (Action::Delivered, vec![]), (Action::Relayed, vec![])];
         for (i, outcome) in outcomes {
-            let Some(r) = msg.recipients.get_mut(i) else {
-                continue;
-            };
-            apply_outcome(&queue, msg.id, msg.arrival, now, r, outcome);
+            let Some(r) = msg.recipients.get_mut(i) else { continue };
+            let delivered_remote = matches!(&outcome, Outcome::Delivered(d) if d.remote_mta.is_some());
+            if let Some(action) = apply_outcome(queue, msg.id, msg.arrival, now, r, outcome) {
+                let action = if action == Action::Delivered && delivered_remote { Action::Relayed } else { action };
+                if let Some((_, list)) = reports.iter_mut().find(|(a, _)| *a == action) {
+                    list.push(i);
+                }
+            }
+        }
+        // One delay notice per message (RFC 3464 §2.3.3 leaves the count to us).
+        let delayed: Vec<usize> = msg
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == RcptState::Deferred && notify::wants(r.notify, notify::DELAY))
+            .map(|(i, _)| i)
+            .collect();
+        if !msg.warned && now - msg.arrival >= queue.warn_after.as_millis() as i64 && !delayed.is_empty() {
+            msg.warned = true;
+            reports[1].1 = delayed;
+        }
+        if !msg.sender.is_empty() {
+            for (action, list) in &reports {
+                if list.is_empty() {
+                    continue;
+                }
+                let until = (*action == Action::Delayed).then(|| msg.arrival + queue.lifetime.as_millis() as i64);
+                self.notify_sender(&config, &msg, list, *action, content.as_deref(), now, until);
+            }
         }
         let result = if msg.is_done() {
-            self.spool
-                .remove(&msg)
-                .map(|_| tracing::info!(queue_id = %id, "removed"))
+            self.spool.remove(&msg).map(|_| tracing::info!(queue_id = %id, "removed"))
         } else {
             self.spool.finish_active(&mut msg)
         };
         if let Err(e) = result {
             tracing::error!(queue_id = %id, error = %e, "cannot record delivery results");
         }
+        // Make the results durable soon, so a crash repeats little.
+        let spool = self.spool.clone();
+        ctx.spawn(
+            async move {
+                let _ = spool.commit().await;
+            }
+            .into_actor(self),
+        );
         self.pump(ctx);
+    }
+
+    /// Queues a delivery status notification to the message's sender.
+    #[allow(clippy::too_many_arguments)]
+    fn notify_sender(&self, config: &Config, msg: &QueuedMessage, rcpts: &[usize], action: Action, content: Option<&Vec<u8>>, now: i64, until: Option<i64>) {
+        let entries: Vec<&Recipient> = rcpts.iter().filter_map(|i| msg.recipients.get(*i)).collect();
+        let wanted = match action {
+            Action::Failed => notify::FAILURE,
+            Action::Delayed => notify::DELAY,
+            Action::Delivered | Action::Relayed => notify::SUCCESS,
+        };
+        let entries: Vec<&Recipient> = entries.into_iter().filter(|r| notify::wants(r.notify, wanted)).collect();
+        if entries.is_empty() {
+            return;
+        }
+        let original = match content {
+            Some(c) => c.to_vec(),
+            None => self.spool.content(msg).unwrap_or_default(),
+        };
+        let report = dsn::compose(&config.server.hostname, msg, &entries, action, &original, now, until);
+        let mut rcpt = Recipient::new(msg.sender.clone(), None);
+        rcpt.notify = notify::NEVER;
+        let new = NewMessage {
+            id: None,
+            sender: String::new(),
+            recipients: vec![rcpt],
+            client: "petrel".into(),
+            listener: "dsn".into(),
+            message_id: crate::headers::first(&report, "Message-ID"),
+            envid: None,
+            ret: None,
+            body_8bit: !report.is_ascii(),
+            smtputf8: !msg.sender.is_ascii(),
+        };
+        match self.spool.write_message(new, &report) {
+            Ok(dsn_msg) => tracing::info!(
+                queue_id = %msg.id,
+                dsn_queue_id = %dsn_msg.id,
+                action = action_name(action),
+                to = %format!("<{}>", msg.sender),
+                "sender notified"
+            ),
+            Err(e) => tracing::error!(queue_id = %msg.id, error = %e, "cannot queue the delivery status notification"),
+        }
     }
 }
 
-/// The RFC 3463 status code at the start of a reason, or `default`.
-fn dsn_of<'a>(reason: &'a str, default: &'a str) -> &'a str {
-    let first = reason.split_whitespace().next().unwrap_or("");
-    let looks_like = first.split('.').count() == 3
-        && first
-            .split('.')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    if looks_like { first } else { default }
+fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Failed => "failed",
+        Action::Delayed => "delayed",
+        Action::Delivered => "delivered",
+        Action::Relayed => "relayed",
+    }
+}
+
+/// Runs futures concurrently on the actor's thread and collects their
+/// outputs in order.
+async fn futures_join_all<T: 'static>(futs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T>>>>) -> Vec<T> {
+    let mut set = Vec::with_capacity(futs.len());
+    let handles: Vec<_> = futs.into_iter().map(actix::spawn).collect();
+    for h in handles {
+        if let Ok(v) = h.await {
+            set.push(v);
+        }
+    }
+    set
 }
 
 /// The next retry interval after `attempts` failed attempts: exponential
@@ -326,37 +454,42 @@ pub fn retry_delay(queue: &Queue, attempts: u32) -> Duration {
         .unwrap_or(queue.retry_max)
 }
 
-fn apply_outcome(
-    queue: &Queue,
-    id: QueueId,
-    arrival: i64,
-    now: i64,
-    r: &mut crate::spool::Recipient,
-    outcome: Outcome,
-) {
+/// Applies one outcome to a recipient and logs it. Returns the report the
+/// sender may get: `Failed` for a bounce or expiry, `Delivered` for a
+/// success.
+fn apply_outcome(queue: &Queue, id: QueueId, arrival: i64, now: i64, r: &mut Recipient, outcome: Outcome) -> Option<Action> {
     r.attempts += 1;
     let delay = format!("{:.2}", (now - arrival).max(0) as f64 / 1000.0);
+    let detail = outcome.detail().clone();
+    let relay = detail.remote_mta.clone().unwrap_or_else(|| "local".into());
+    r.status = Some(detail.status.clone());
+    r.remote_mta = detail.remote_mta.clone();
+    r.diagnostic = detail.smtp_reply.clone();
     match outcome {
-        Outcome::Delivered(detail) => {
+        Outcome::Delivered(_) => {
             r.state = RcptState::Delivered;
             r.last_error = None;
-            tracing::info!(queue_id = %id, to = %r.address, relay = %detail, delay = %delay, dsn = %"2.0.0", status = %"sent", "delivery");
+            tracing::info!(queue_id = %id, to = %r.address, relay = %relay, delay = %delay, dsn = %detail.status, status = %"sent", reason = %detail.text, "delivery");
+            Some(Action::Delivered)
         }
-        Outcome::PermFail(reason) => {
+        Outcome::PermFail(_) => {
             r.state = RcptState::Bounced;
-            tracing::info!(queue_id = %id, to = %r.address, relay = %"none", delay = %delay, dsn = %dsn_of(&reason, "5.0.0"), status = %"bounced", reason = %reason, "delivery");
-            r.last_error = Some(reason);
+            r.last_error = Some(detail.text.clone());
+            tracing::info!(queue_id = %id, to = %r.address, relay = %relay, delay = %delay, dsn = %detail.status, status = %"bounced", reason = %detail.text, "delivery");
+            Some(Action::Failed)
         }
-        Outcome::TempFail(reason) => {
+        Outcome::TempFail(_) => {
+            r.last_error = Some(detail.text.clone());
             if now - arrival >= queue.lifetime.as_millis() as i64 {
                 r.state = RcptState::Bounced;
-                tracing::info!(queue_id = %id, to = %r.address, relay = %"none", delay = %delay, dsn = %"4.4.7", status = %"expired", reason = %reason, "delivery");
+                tracing::info!(queue_id = %id, to = %r.address, relay = %relay, delay = %delay, dsn = %detail.status, status = %"expired", reason = %detail.text, "delivery");
+                Some(Action::Failed)
             } else {
                 r.state = RcptState::Deferred;
                 r.next_attempt = now + retry_delay(queue, r.attempts).as_millis() as i64;
-                tracing::info!(queue_id = %id, to = %r.address, relay = %"none", delay = %delay, dsn = %dsn_of(&reason, "4.0.0"), status = %"deferred", reason = %reason, "delivery");
+                tracing::info!(queue_id = %id, to = %r.address, relay = %relay, delay = %delay, dsn = %detail.status, status = %"deferred", reason = %detail.text, "delivery");
+                None
             }
-            r.last_error = Some(reason);
         }
     }
 }
@@ -423,9 +556,4 @@ mod tests {
         assert_eq!(d, vec![300, 600, 1200, 2400, 3600, 3600]);
     }
 
-    #[test]
-    fn dsn_codes_are_read_from_reasons() {
-        assert_eq!(dsn_of("5.1.1 <x@y>: unknown", "5.0.0"), "5.1.1");
-        assert_eq!(dsn_of("connection refused", "4.0.0"), "4.0.0");
-    }
 }

@@ -119,7 +119,7 @@ fn alias_group_reaches_every_member_and_keeps_remote_ones_queued() {
         rcpts[0]["delay_reason"]
             .as_str()
             .expect("reason")
-            .contains("not available")
+            .contains("Connection refused")
     );
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::outcome::Outcome;
+use crate::outcome::{Detail, Outcome};
 use crate::spool::{QueueId, Spool};
 pub use store::{MailMeta, MailboxStore};
 
@@ -92,7 +92,7 @@ impl Handler<Deliver> for MailboxActor {
                 }
                 Err(e) => outcomes.push((
                     t.rcpt,
-                    Outcome::TempFail(format!("4.3.0 mailbox {} cannot store: {e}", t.mailbox)),
+                    Outcome::temp("4.3.0", format!("mailbox {} cannot store: {e}", t.mailbox)),
                 )),
             }
         }
@@ -100,12 +100,14 @@ impl Handler<Deliver> for MailboxActor {
         Box::pin(async move {
             match spool.commit().await {
                 Ok(()) => {
-                    outcomes.extend(written.into_iter().map(|(r, d)| (r, Outcome::Delivered(d))))
+                    outcomes.extend(written.into_iter().map(|(r, d)| {
+                        (r, Outcome::Delivered(Detail::local("2.0.0", format!("delivered to {d}"))))
+                    }))
                 }
                 Err(e) => outcomes.extend(written.into_iter().map(|(r, _)| {
                     (
                         r,
-                        Outcome::TempFail(format!("4.3.0 mailbox commit failed: {e}")),
+                        Outcome::temp("4.3.0", format!("mailbox commit failed: {e}")),
                     )
                 })),
             }

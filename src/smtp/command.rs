@@ -3,6 +3,7 @@
 //! refused with the reply that names the problem, never guessed at.
 
 use super::reply::Reply;
+use crate::spool::{Ret, notify};
 
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +49,10 @@ pub struct MailFrom {
     pub body_8bit: bool,
     /// `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
+    /// `RET=` (RFC 3461 §4.3).
+    pub ret: Option<Ret>,
+    /// `ENVID=` (RFC 3461 §4.4), xtext decoded.
+    pub envid: Option<String>,
 }
 
 /// `RCPT TO` and its parameters.
@@ -55,6 +60,45 @@ pub struct MailFrom {
 pub struct RcptTo {
     /// Forward path.
     pub address: String,
+    /// `NOTIFY=` bits (RFC 3461 §4.1); 0 when absent.
+    pub notify: u8,
+    /// `ORCPT=rfc822;…` (RFC 3461 §4.2), xtext decoded.
+    pub orcpt: Option<String>,
+}
+
+/// Decodes RFC 3461 xtext (`+XX` hex escapes); `None` if malformed.
+pub fn xtext_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c if (b'!'..=b'~').contains(&c) && c != b'=' => {
+                out.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Encodes text as RFC 3461 xtext.
+pub fn xtext_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &c in s.as_bytes() {
+        if (b'!'..=b'~').contains(&c) && c != b'+' && c != b'=' {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("+{c:02X}"));
+        }
+    }
+    out
 }
 
 fn syntax(text: &str) -> Reply {
@@ -134,6 +178,8 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
         size: None,
         body_8bit: false,
         smtputf8: false,
+        ret: None,
+        envid: None,
     };
     for p in params.split(' ').filter(|p| !p.is_empty()) {
         let (k, val) = match p.split_once('=') {
@@ -151,6 +197,13 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             ("BODY", Some(b)) if b.eq_ignore_ascii_case("7BIT") => mail.body_8bit = false,
             ("BODY", _) => return Err(Reply::new(501, "5.5.4", "Bad BODY parameter")),
             ("SMTPUTF8", None) => mail.smtputf8 = true,
+            ("RET", Some(r)) if mail.ret.is_none() && r.eq_ignore_ascii_case("FULL") => mail.ret = Some(Ret::Full),
+            ("RET", Some(r)) if mail.ret.is_none() && r.eq_ignore_ascii_case("HDRS") => mail.ret = Some(Ret::Hdrs),
+            ("RET", _) => return Err(Reply::new(501, "5.5.4", "Bad RET parameter")),
+            ("ENVID", Some(e)) if mail.envid.is_none() && e.len() <= 100 => {
+                mail.envid = Some(xtext_decode(e).ok_or_else(|| Reply::new(501, "5.5.4", "Bad ENVID parameter"))?);
+            }
+            ("ENVID", _) => return Err(Reply::new(501, "5.5.4", "Bad ENVID parameter")),
             _ => return Err(Reply::new(555, "5.5.4", format!("Unsupported option: {p}"))),
         }
     }
@@ -167,10 +220,43 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
 fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
     let v = after_keyword(rest, "TO").ok_or_else(|| syntax("Syntax: RCPT TO:<address>"))?;
     let (address, params) = parse_path(v, false).map_err(|e| e.reply("recipient"))?;
-    if let Some(p) = params.split(' ').find(|p| !p.is_empty()) {
-        return Err(Reply::new(555, "5.5.4", format!("Unsupported option: {p}")));
+    let mut rcpt = RcptTo {
+        address,
+        notify: 0,
+        orcpt: None,
+    };
+    for p in params.split(' ').filter(|p| !p.is_empty()) {
+        let (k, val) = match p.split_once('=') {
+            Some((k, v)) => (k.to_ascii_uppercase(), Some(v)),
+            None => (p.to_ascii_uppercase(), None),
+        };
+        match (k.as_str(), val) {
+            ("NOTIFY", Some(list)) if rcpt.notify == 0 => {
+                for item in list.split(',') {
+                    rcpt.notify |= match item.to_ascii_uppercase().as_str() {
+                        "NEVER" => notify::NEVER,
+                        "SUCCESS" => notify::SUCCESS,
+                        "FAILURE" => notify::FAILURE,
+                        "DELAY" => notify::DELAY,
+                        _ => return Err(Reply::new(501, "5.5.4", "Bad NOTIFY parameter")),
+                    };
+                }
+                // RFC 3461 §4.1: NEVER stands alone.
+                if rcpt.notify & notify::NEVER != 0 && rcpt.notify != notify::NEVER {
+                    return Err(Reply::new(501, "5.5.4", "Bad NOTIFY parameter: NEVER with other values"));
+                }
+            }
+            ("ORCPT", Some(o)) if rcpt.orcpt.is_none() => {
+                let (kind, addr) = o.split_once(';').ok_or_else(|| Reply::new(501, "5.5.4", "Bad ORCPT parameter"))?;
+                if !kind.eq_ignore_ascii_case("rfc822") && !kind.eq_ignore_ascii_case("utf-8") {
+                    return Err(Reply::new(501, "5.5.4", "Bad ORCPT parameter: unknown address type"));
+                }
+                rcpt.orcpt = Some(xtext_decode(addr).ok_or_else(|| Reply::new(501, "5.5.4", "Bad ORCPT parameter"))?);
+            }
+            _ => return Err(Reply::new(555, "5.5.4", format!("Unsupported option: {p}"))),
+        }
     }
-    Ok(Command::Rcpt(RcptTo { address }))
+    Ok(Command::Rcpt(rcpt))
 }
 
 /// What is wrong with an address.
@@ -389,27 +475,57 @@ mod tests {
         assert_eq!(
             mail("RCPT TO:<@relay.test:user@Other.Test>"),
             Ok(Command::Rcpt(RcptTo {
-                address: "user@other.test".into()
+                address: "user@other.test".into(),
+                notify: 0,
+                orcpt: None,
             }))
         );
         assert_eq!(
             mail("RCPT TO:<\"user@other.test\"@example.test>"),
             Ok(Command::Rcpt(RcptTo {
-                address: "\"user@other.test\"@example.test".into()
+                address: "\"user@other.test\"@example.test".into(),
+                notify: 0,
+                orcpt: None,
             }))
         );
         assert_eq!(
             mail("RCPT TO:<user@[192.0.2.1]>"),
             Ok(Command::Rcpt(RcptTo {
-                address: "user@[192.0.2.1]".into()
+                address: "user@[192.0.2.1]".into(),
+                notify: 0,
+                orcpt: None,
             }))
         );
         assert_eq!(
             mail("RCPT TO:<user@example.test.>"),
             Ok(Command::Rcpt(RcptTo {
-                address: "user@example.test".into()
+                address: "user@example.test".into(),
+                notify: 0,
+                orcpt: None,
             }))
         );
+    }
+
+    #[test]
+    fn dsn_parameters_parse() {
+        match mail("MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ+2B314") {
+            Ok(Command::Mail(m)) => {
+                assert_eq!(m.ret, Some(Ret::Hdrs));
+                assert_eq!(m.envid.as_deref(), Some("QQ+314"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match mail("RCPT TO:<c@d.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;orig+2Bx@d.test") {
+            Ok(Command::Rcpt(r)) => {
+                assert_eq!(r.notify, notify::SUCCESS | notify::DELAY);
+                assert_eq!(r.orcpt.as_deref(), Some("orig+x@d.test"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(mail("RCPT TO:<c@d.test> NOTIFY=NEVER,SUCCESS").unwrap_err().code, 501);
+        assert_eq!(mail("RCPT TO:<c@d.test> NOTIFY=SOMETIMES").unwrap_err().code, 501);
+        assert_eq!(mail("MAIL FROM:<a@b.test> RET=ALL").unwrap_err().code, 501);
+        assert_eq!(xtext_encode("a+b=c d"), "a+2Bb+3Dc+20d");
     }
 
     #[test]

@@ -29,3 +29,4 @@ pub struct SmtpShared {
     /// Open sessions, in total and per client address.
     pub connections: server::ConnectionCount,
 }
+pub mod client;

@@ -16,7 +16,7 @@ use super::line::{Ending, Line, read_line};
 use super::reply::Reply;
 use crate::config::{Config, glob_match};
 use crate::headers;
-use crate::intake::Envelope;
+use crate::intake::{Envelope, EnvelopeRcpt};
 use crate::shutdown::Signal;
 use crate::spool::StoreError;
 
@@ -40,7 +40,7 @@ enum Flow {
 /// The transaction between MAIL and the end of DATA.
 struct Transaction {
     mail: MailFrom,
-    rcpts: Vec<String>,
+    rcpts: Vec<EnvelopeRcpt>,
     /// RCPT commands refused, to tell "no valid recipients" from "no RCPT".
     refused: usize,
 }
@@ -273,6 +273,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     "8BITMIME".into(),
                     "ENHANCEDSTATUSCODES".into(),
                     "SMTPUTF8".into(),
+                    "DSN".into(),
                 ];
                 self.send(Reply {
                     code: 250,
@@ -287,7 +288,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.send(Reply::new(250, "", self.config.server.hostname.clone()));
             }
             Command::Mail(mail) => self.mail(mail),
-            Command::Rcpt(rcpt) => self.rcpt(rcpt.address),
+            Command::Rcpt(rcpt) => self.rcpt(EnvelopeRcpt {
+                address: rcpt.address,
+                notify: rcpt.notify,
+                orcpt: rcpt.orcpt,
+            }),
             Command::Data => return self.data().await,
             Command::Rset => {
                 self.tx = None;
@@ -428,7 +433,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
-    fn rcpt(&mut self, address: String) {
+    fn rcpt(&mut self, rcpt: EnvelopeRcpt) {
+        let address = rcpt.address.clone();
         let Some(tx) = &self.tx else {
             return self.send(Reply::new(503, "5.5.1", "Error: need MAIL command"));
         };
@@ -439,13 +445,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "Non-ASCII recipient address needs SMTPUTF8 in MAIL FROM",
             ));
         }
-        if tx.rcpts.iter().any(|r| r.eq_ignore_ascii_case(&address)) {
+        if tx.rcpts.iter().any(|r| r.address.eq_ignore_ascii_case(&address)) {
             return self.send(Reply::new(250, "2.1.5", "Ok"));
         }
         match self.rcpt_policy(&address, tx.rcpts.len()) {
             Ok(()) => {
                 if let Some(tx) = &mut self.tx {
-                    tx.rcpts.push(address);
+                    tx.rcpts.push(rcpt);
                 }
                 self.send(Reply::new(250, "2.1.5", "Ok"));
             }
@@ -567,6 +573,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             recipients: tx.rcpts,
             client: self.client.clone(),
             listener: self.listener.clone(),
+            envid: tx.mail.envid,
+            ret: tx.mail.ret,
+            body_8bit: tx.mail.body_8bit,
+            smtputf8: tx.mail.smtputf8,
         };
         let reply = match self.shared.intake.accept(&self.config, env, &content).await {
             Ok(msg) => Reply::new(250, "2.0.0", format!("Ok: queued as {}", msg.id)),
@@ -592,7 +602,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             (true, true) => "UTF8SMTP",
         };
         let for_clause = match tx.rcpts.as_slice() {
-            [one] => format!("\r\n\tfor <{one}>"),
+            [one] => format!("\r\n\tfor <{}>", one.address),
             _ => String::new(),
         };
         format!(

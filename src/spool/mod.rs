@@ -19,7 +19,7 @@ pub mod store;
 use std::path::{Path, PathBuf};
 
 pub use id::{BadQueueId, QueueId};
-pub use record::{QueuedMessage, RcptState, Recipient};
+pub use record::{QueuedMessage, RcptState, Recipient, Ret, notify};
 pub use store::{CHUNK_SIZE, CommitStats, StoreError};
 
 use id::IdGenerator;
@@ -73,6 +73,14 @@ pub struct NewMessage {
     pub listener: String,
     /// Message-ID header, if any.
     pub message_id: Option<String>,
+    /// RFC 3461 ENVID.
+    pub envid: Option<String>,
+    /// RFC 3461 RET.
+    pub ret: Option<Ret>,
+    /// BODY=8BITMIME was declared.
+    pub body_8bit: bool,
+    /// SMTPUTF8 was declared.
+    pub smtputf8: bool,
 }
 
 /// Current Unix time in milliseconds.
@@ -209,6 +217,11 @@ impl Spool {
             message_id: new.message_id,
             recipients: new.recipients,
             held: false,
+            envid: new.envid,
+            ret: new.ret,
+            body_8bit: new.body_8bit,
+            smtputf8: new.smtputf8,
+            warned: false,
             due: None,
             chunks,
         };
@@ -485,6 +498,10 @@ mod tests {
             client: "test".into(),
             listener: "test".into(),
             message_id: None,
+            envid: None,
+            ret: None,
+            body_8bit: false,
+            smtputf8: false,
         }
     }
 

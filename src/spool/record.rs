@@ -38,6 +38,36 @@ impl RcptState {
     }
 }
 
+/// RFC 3461 NOTIFY as bits; 0 means the default (FAILURE and DELAY).
+pub mod notify {
+    /// NOTIFY=NEVER.
+    pub const NEVER: u8 = 1;
+    /// SUCCESS.
+    pub const SUCCESS: u8 = 2;
+    /// FAILURE.
+    pub const FAILURE: u8 = 4;
+    /// DELAY.
+    pub const DELAY: u8 = 8;
+
+    /// Whether a notice of this kind (one of the bits) is wanted.
+    pub fn wants(bits: u8, kind: u8) -> bool {
+        if bits == 0 {
+            kind == FAILURE || kind == DELAY
+        } else {
+            bits & NEVER == 0 && bits & kind != 0
+        }
+    }
+}
+
+/// RFC 3461 RET: what a failure report carries of the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ret {
+    /// The whole message.
+    Full,
+    /// Only its headers.
+    Hdrs,
+}
+
 /// One envelope recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
@@ -53,6 +83,14 @@ pub struct Recipient {
     pub next_attempt: i64,
     /// The last error, for `mailq` and bounces.
     pub last_error: Option<String>,
+    /// RFC 3461 NOTIFY bits (`notify::*`); 0: default.
+    pub notify: u8,
+    /// The host that gave the last answer (Remote-MTA).
+    pub remote_mta: Option<String>,
+    /// The last remote SMTP reply (Diagnostic-Code).
+    pub diagnostic: Option<String>,
+    /// The last RFC 3463 status.
+    pub status: Option<String>,
 }
 
 impl Recipient {
@@ -65,6 +103,10 @@ impl Recipient {
             attempts: 0,
             next_attempt: 0,
             last_error: None,
+            notify: 0,
+            remote_mta: None,
+            diagnostic: None,
+            status: None,
         }
     }
 }
@@ -90,6 +132,16 @@ pub struct QueuedMessage {
     pub recipients: Vec<Recipient>,
     /// Kept from delivery by the administrator.
     pub held: bool,
+    /// RFC 3461 ENVID, as received (xtext decoded).
+    pub envid: Option<String>,
+    /// RFC 3461 RET.
+    pub ret: Option<Ret>,
+    /// Whether the 8BITMIME body type was declared (RFC 6152).
+    pub body_8bit: bool,
+    /// Whether SMTPUTF8 was declared (RFC 6531).
+    pub smtputf8: bool,
+    /// Whether the delay notice was sent.
+    pub warned: bool,
     /// The time key under which the message sits in the due index, if any.
     pub due: Option<i64>,
     /// Number of content chunks in the body tree.
@@ -158,6 +210,11 @@ mod tests {
             message_id: Some("<x@y>".into()),
             recipients: vec![Recipient::new("c@d.test".into(), None)],
             held: false,
+            envid: None,
+            ret: None,
+            body_8bit: false,
+            smtputf8: false,
+            warned: false,
             due: Some(5),
             chunks: 1,
         };

@@ -3,6 +3,9 @@
 //! to it with raw SMTP or its own CLI. `TestServer` stops the daemon on drop.
 #![allow(dead_code)]
 
+pub mod dns;
+pub mod sink;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,10 +19,20 @@ pub fn petrel_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_petrel"))
 }
 
-/// The base configuration of tests; `{spool}` is replaced. Loopback only;
-/// `[dns]` points at a loopback address so the system resolver is never
-/// used.
-pub fn base_config(spool: &Path) -> String {
+/// A port that was free a moment ago (for peers bound later on other
+/// loopback addresses, or for "connection refused").
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The base configuration of tests. Loopback only; `[dns]` points at the
+/// test's own DNS server; remote hosts are reached on `outbound_port`.
+pub fn base_config(spool: &Path, dns: SocketAddr, outbound_port: u16, with_queue: bool) -> String {
+    let queue = if with_queue { "[queue]\nretry_initial = \"1s\"\nretry_max = \"2s\"\n" } else { "" };
     format!(
         r#"
 [server]
@@ -35,12 +48,12 @@ name = "mx"
 protocol = "smtp"
 bind = "127.0.0.1:0"
 
-[queue]
-retry_initial = "1s"
-retry_max = "2s"
+{queue}
+[smtp.outbound]
+port = {outbound_port}
 
 [dns]
-nameservers = ["127.0.0.1:9"]
+nameservers = ["{dns}"]
 
 [[users]]
 name = "alice"
@@ -63,6 +76,12 @@ members = ["alice@example.test", "bob@example.test", "dave@partner.test"]
     )
 }
 
+/// The standard test DNS server, started once per test process.
+pub fn standard_dns() -> SocketAddr {
+    static DNS: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+    *DNS.get_or_init(|| dns::TestDns::standard().addr)
+}
+
 /// A running daemon.
 pub struct TestServer {
     child: Option<Child>,
@@ -79,11 +98,19 @@ impl TestServer {
     /// Starts a daemon with the base configuration; `smtp_inbound` is the
     /// body of an `[smtp.inbound]` table (may be empty).
     pub fn start(smtp_inbound: &str) -> TestServer {
+        Self::start_with(smtp_inbound, "", free_port())
+    }
+
+    /// Starts a daemon whose remote peers are reached on `outbound_port`,
+    /// with `extra` TOML appended after the `[smtp.inbound]` table body
+    /// `smtp_inbound` (so `extra` must start with a table header).
+    pub fn start_with(smtp_inbound: &str, extra: &str, outbound_port: u16) -> TestServer {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let cfg = format!(
-            "{}\n[smtp.inbound]\n{}\n",
-            base_config(&dir.path().join("spool")),
-            smtp_inbound
+            "{}\n[smtp.inbound]\n{}\n{}\n",
+            base_config(&dir.path().join("spool"), standard_dns(), outbound_port, !extra.contains("[queue]")),
+            smtp_inbound,
+            extra
         );
         Self::start_in(dir, &cfg)
     }

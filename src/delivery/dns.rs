@@ -1,0 +1,154 @@
+//! DNS for outbound delivery (RFC 5321 §5.1): MX records by preference,
+//! implicit MX (A/AAAA of the domain itself), null MX (RFC 7505), and the
+//! addresses of each host. Answers are cached by hickory within their TTL.
+//! NXDOMAIN is permanent; SERVFAIL, REFUSED and timeouts are temporary.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+
+/// Why a name could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsError {
+    /// The domain does not exist (NXDOMAIN): bounce, `5.1.2`.
+    NoSuchDomain(String),
+    /// The domain says it accepts no mail (RFC 7505): bounce, `5.1.10`.
+    NullMx(String),
+    /// The domain exists but has no usable host: bounce, `5.4.4`.
+    NoHost(String),
+    /// A temporary failure: defer, `4.4.3`.
+    Temporary(String),
+}
+
+impl DnsError {
+    /// The DSN status and text of this failure.
+    pub fn reason(&self) -> String {
+        match self {
+            DnsError::NoSuchDomain(d) => format!("5.1.2 Host or domain name not found: {d}: NXDOMAIN"),
+            DnsError::NullMx(d) => format!("5.1.10 Domain {d} does not accept mail (null MX)"),
+            DnsError::NoHost(d) => format!("5.4.4 No mail host found for {d}"),
+            DnsError::Temporary(e) => format!("4.4.3 DNS lookup failed: {e}"),
+        }
+    }
+
+    /// Whether this failure is permanent.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, DnsError::Temporary(_))
+    }
+}
+
+/// One mail host with its MX preference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailHost {
+    /// Host name without the trailing dot.
+    pub name: String,
+    /// MX preference; lower is tried first.
+    pub preference: u16,
+}
+
+/// The resolver used by delivery.
+#[derive(Clone)]
+pub struct Dns {
+    resolver: Arc<TokioResolver>,
+}
+
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
+}
+
+fn classify(name: &str, e: &NetError) -> DnsError {
+    if e.is_nx_domain() {
+        DnsError::NoSuchDomain(name.to_string())
+    } else {
+        DnsError::Temporary(format!("{name}: {e}"))
+    }
+}
+
+impl Dns {
+    /// A resolver over `nameservers`, or the system's when empty.
+    pub fn new(nameservers: &[SocketAddr]) -> Result<Dns, String> {
+        let builder = if nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
+        } else {
+            let servers = nameservers
+                .iter()
+                .map(|ns| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = ns.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = ns.port();
+                    NameServerConfig::new(ns.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let mut builder = builder;
+        builder.options_mut().attempts = 2;
+        builder.options_mut().timeout = std::time::Duration::from_secs(5);
+        let resolver = builder.build().map_err(|e| format!("cannot start the resolver: {e}"))?;
+        Ok(Dns {
+            resolver: Arc::new(resolver),
+        })
+    }
+
+    /// The mail hosts of `domain` in preference order (equal preferences in
+    /// the order received). No MX records: the domain itself (implicit MX).
+    pub async fn mail_hosts(&self, domain: &str) -> Result<Vec<MailHost>, DnsError> {
+        match self.resolver.lookup(fqdn(domain), RecordType::MX).await {
+            Ok(lookup) => {
+                let mut hosts: Vec<MailHost> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some(MailHost {
+                            name: mx.exchange.to_string().trim_end_matches('.').to_ascii_lowercase(),
+                            preference: mx.preference,
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                if hosts.len() == 1 && hosts[0].name.is_empty() {
+                    return Err(DnsError::NullMx(domain.to_string()));
+                }
+                hosts.retain(|h| !h.name.is_empty());
+                if hosts.is_empty() {
+                    return Ok(vec![MailHost { name: domain.to_string(), preference: 0 }]);
+                }
+                hosts.sort_by_key(|h| h.preference);
+                Ok(hosts)
+            }
+            Err(e) if e.is_no_records_found() && !e.is_nx_domain() => {
+                Ok(vec![MailHost { name: domain.to_string(), preference: 0 }])
+            }
+            Err(e) => Err(classify(domain, &e)),
+        }
+    }
+
+    /// The addresses of a host (IPv4 first, then IPv6).
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        match self.resolver.lookup_ip(fqdn(host)).await {
+            Ok(ips) => {
+                let mut v: Vec<IpAddr> = ips.iter().collect();
+                v.sort_by_key(|ip| ip.is_ipv6());
+                if v.is_empty() {
+                    Err(DnsError::NoHost(host.to_string()))
+                } else {
+                    Ok(v)
+                }
+            }
+            Err(e) if e.is_no_records_found() && !e.is_nx_domain() => Err(DnsError::NoHost(host.to_string())),
+            Err(e) => Err(classify(host, &e)),
+        }
+    }
+}

@@ -1,0 +1,547 @@
+//! The outbound SMTP client (RFC 5321, 2920 pipelining, 3207 STARTTLS,
+//! 3461 DSN, 6152 8BITMIME, 6531 SMTPUTF8). One `Client` is one connection;
+//! it can carry several transactions (RSET between). Results are per
+//! recipient; a broken connection is reported so the caller can retry the
+//! transaction elsewhere.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::command::xtext_encode;
+use crate::config::OutboundTls;
+use crate::outcome::{Detail, Outcome};
+use crate::spool::{Ret, notify};
+
+/// Time allowed to connect (RFC 5321 §4.5.3.2 leaves it to us).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Greeting and command replies (RFC 5321 §4.5.3.2.1–5: 5 minutes).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// After the final dot (RFC 5321 §4.5.3.2.6: 10 minutes).
+const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Plain or TLS connection; `Closed` only while the socket is moved into
+/// the TLS handshake.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Closed,
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// An I/O error as people read it: without Rust's "(os error N)".
+fn io_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// A reply from the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Code.
+    pub code: u16,
+    /// Text lines joined by spaces (codes stripped).
+    pub text: String,
+}
+
+impl Reply {
+    /// `250 2.0.0 Ok`, as in a Diagnostic-Code.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.code, self.text)
+    }
+
+    /// The enhanced status code in the text, or one from the code class.
+    pub fn status(&self) -> String {
+        let first = self.text.split_whitespace().next().unwrap_or("");
+        let parts: Vec<&str> = first.split('.').collect();
+        if parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+            first.to_string()
+        } else {
+            format!("{}.0.0", self.code / 100)
+        }
+    }
+}
+
+/// What the peer offered in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// RFC 2920.
+    pub pipelining: bool,
+    /// RFC 1870, with the limit if given.
+    pub size: Option<u64>,
+    /// RFC 6152.
+    pub eightbitmime: bool,
+    /// RFC 6531.
+    pub smtputf8: bool,
+    /// RFC 3461.
+    pub dsn: bool,
+    /// RFC 3207.
+    pub starttls: bool,
+}
+
+impl Extensions {
+    fn parse(reply: &Reply, lines: &[String]) -> Extensions {
+        let _ = reply;
+        let mut e = Extensions::default();
+        for l in lines.iter().skip(1) {
+            let mut words = l.split_whitespace();
+            let kw = words.next().unwrap_or("").to_ascii_uppercase();
+            match kw.as_str() {
+                "PIPELINING" => e.pipelining = true,
+                "SIZE" => e.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "8BITMIME" => e.eightbitmime = true,
+                "SMTPUTF8" => e.smtputf8 = true,
+                "DSN" => e.dsn = true,
+                "STARTTLS" => e.starttls = true,
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
+/// Why a connection could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Try the next host: connect failure, timeout, 4xx/5xx greeting.
+    NextHost(String),
+    /// Do not try other hosts of this destination now: required TLS is
+    /// missing or failed (defer).
+    Policy(String),
+}
+
+impl ConnectError {
+    /// The reason text.
+    pub fn reason(&self) -> &str {
+        match self {
+            ConnectError::NextHost(s) | ConnectError::Policy(s) => s,
+        }
+    }
+}
+
+/// One recipient of a transaction.
+#[derive(Debug, Clone)]
+pub struct RcptSpec {
+    /// Index in the queue record.
+    pub index: usize,
+    /// Address.
+    pub address: String,
+    /// NOTIFY bits.
+    pub notify: u8,
+    /// ORCPT.
+    pub orcpt: Option<String>,
+}
+
+/// One transaction to carry.
+#[derive(Debug, Clone)]
+pub struct Transaction<'a> {
+    /// Envelope sender.
+    pub sender: &'a str,
+    /// ENVID.
+    pub envid: Option<&'a str>,
+    /// RET.
+    pub ret: Option<Ret>,
+    /// Needs 8BITMIME.
+    pub body_8bit: bool,
+    /// Needs SMTPUTF8.
+    pub smtputf8: bool,
+    /// Recipients.
+    pub rcpts: &'a [RcptSpec],
+    /// Content as queued (CRLF lines, not dot-stuffed).
+    pub content: &'a [u8],
+}
+
+/// An open SMTP connection to a peer.
+pub struct Client {
+    io: BufReader<Io>,
+    /// `name[ip]:port`, for logs and Remote-MTA.
+    pub peer: String,
+    /// The peer's host name, for Remote-MTA.
+    pub peer_name: String,
+    /// What the peer offered.
+    pub ext: Extensions,
+    /// Whether the connection is encrypted.
+    pub tls: bool,
+    /// A transaction was carried: RSET before the next.
+    used: bool,
+}
+
+impl Client {
+    /// Connects, reads the greeting, says EHLO (HELO if refused), and
+    /// upgrades with STARTTLS as the policy says.
+    pub async fn connect(addr: SocketAddr, host: &str, helo: &str, policy: OutboundTls) -> Result<Client, ConnectError> {
+        let peer = format!("{host}[{}]:{}", addr.ip(), addr.port());
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ConnectError::NextHost(format!("connect to {peer}: {}", io_text(&e)))),
+            Err(_) => return Err(ConnectError::NextHost(format!("connect to {peer}: timed out"))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let mut c = Client {
+            io: BufReader::new(Io::Plain(tcp)),
+            peer: peer.clone(),
+            peer_name: host.to_string(),
+            ext: Extensions::default(),
+            tls: false,
+            used: false,
+        };
+        let greet = c
+            .read_reply(REPLY_TIMEOUT)
+            .await
+            .map_err(|e| ConnectError::NextHost(format!("{peer}: {}", io_text(&e))))?;
+        if greet.0.code != 220 {
+            return Err(ConnectError::NextHost(format!("host {peer} refused to talk to me: {}", greet.0.line())));
+        }
+        c.hello(helo).await?;
+        if c.ext.starttls && policy != OutboundTls::Off {
+            match c.starttls(host, policy).await {
+                Ok(()) => c.hello(helo).await?,
+                Err(e) if policy == OutboundTls::Required => return Err(e),
+                Err(e) => {
+                    // Opportunistic: a failed handshake leaves the connection
+                    // unusable; try again without TLS.
+                    tracing::info!(peer = %peer, error = %e.reason(), "STARTTLS failed; retrying in plain text");
+                    let mut plain = Box::pin(Client::connect(addr, host, helo, OutboundTls::Off)).await?;
+                    plain.tls = false;
+                    return Ok(plain);
+                }
+            }
+        } else if policy == OutboundTls::Required {
+            let _ = c.quit().await;
+            return Err(ConnectError::Policy(format!(
+                "TLS is required, but host {peer} does not offer STARTTLS"
+            )));
+        }
+        Ok(c)
+    }
+
+    async fn hello(&mut self, helo: &str) -> Result<(), ConnectError> {
+        let peer = self.peer.clone();
+        let fail = |e: std::io::Error| ConnectError::NextHost(format!("{peer}: {e}"));
+        self.write(format!("EHLO {helo}\r\n").as_bytes()).await.map_err(&fail)?;
+        let (reply, lines) = self.read_reply(REPLY_TIMEOUT).await.map_err(&fail)?;
+        if reply.code == 250 {
+            self.ext = Extensions::parse(&reply, &lines);
+            return Ok(());
+        }
+        self.write(format!("HELO {helo}\r\n").as_bytes()).await.map_err(&fail)?;
+        let (reply, _) = self.read_reply(REPLY_TIMEOUT).await.map_err(&fail)?;
+        if reply.code != 250 {
+            return Err(ConnectError::NextHost(format!("host {peer} refused HELO: {}", reply.line())));
+        }
+        self.ext = Extensions::default();
+        Ok(())
+    }
+
+    async fn starttls(&mut self, host: &str, policy: OutboundTls) -> Result<(), ConnectError> {
+        let peer = self.peer.clone();
+        let fail = |e: String| ConnectError::Policy(format!("STARTTLS with {peer}: {e}"));
+        self.write(b"STARTTLS\r\n").await.map_err(|e| fail(e.to_string()))?;
+        let (reply, _) = self.read_reply(REPLY_TIMEOUT).await.map_err(|e| fail(e.to_string()))?;
+        if reply.code != 220 {
+            return Err(fail(reply.line()));
+        }
+        if !self.io.buffer().is_empty() {
+            return Err(fail("the server sent data before the TLS handshake".into()));
+        }
+        let config = match policy {
+            OutboundTls::Required => crate::tls::verifying_client(),
+            _ => crate::tls::opportunistic_client(),
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| fail(format!("bad server name {host}: {e}")))?;
+        let io = std::mem::replace(&mut self.io, BufReader::new(Io::Closed));
+        let Io::Plain(tcp) = io.into_inner() else {
+            return Err(fail("already encrypted".into()));
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+        let tls = tokio::time::timeout(REPLY_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| fail("handshake timed out".into()))?
+            .map_err(|e| fail(e.to_string()))?;
+        self.io = BufReader::new(Io::Tls(Box::new(tls)));
+        self.tls = true;
+        Ok(())
+    }
+
+    async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.io.get_mut().write_all(data).await?;
+        self.io.get_mut().flush().await
+    }
+
+    /// Reads one reply: the reply and its raw text lines.
+    async fn read_reply(&mut self, wait: Duration) -> std::io::Result<(Reply, Vec<String>)> {
+        let mut lines = Vec::new();
+        let code;
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(wait, AsyncReadExt::take(&mut self.io, 4096).read_line(&mut line))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out waiting for a reply"))??;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "lost connection"));
+            }
+            let l = line.trim_end();
+            let c: u16 = l.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            if !(200..=599).contains(&c) {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply line {l:?}")));
+            }
+            lines.push(l.get(4..).unwrap_or("").to_string());
+            if l.as_bytes().get(3) != Some(&b'-') {
+                code = c;
+                break;
+            }
+        }
+        let text = lines.join(" ");
+        Ok((Reply { code, text }, lines))
+    }
+
+    fn detail(&self, reply: &Reply, stage: &str) -> Detail {
+        Detail {
+            status: reply.status(),
+            text: format!("host {} said: {} (in reply to {stage})", self.peer, reply.line()),
+            remote_mta: Some(self.peer_name.clone()),
+            smtp_reply: Some(reply.line()),
+        }
+    }
+
+    fn result(&self, reply: &Reply, stage: &str) -> Outcome {
+        let d = self.detail(reply, stage);
+        match reply.code {
+            200..=299 => Outcome::Delivered(d),
+            400..=499 => Outcome::TempFail(d),
+            _ => Outcome::PermFail(d),
+        }
+    }
+
+    /// Carries one transaction. `Err` means the connection broke before any
+    /// result was final; the caller may retry on another connection.
+    pub async fn send(&mut self, t: &Transaction<'_>) -> Result<Vec<(usize, Outcome)>, String> {
+        let all = |o: Outcome| t.rcpts.iter().map(|r| (r.index, o.clone())).collect::<Vec<_>>();
+        if t.smtputf8 && !self.ext.smtputf8 {
+            return Ok(all(Outcome::perm(
+                "5.6.7",
+                format!("host {} does not support SMTPUTF8, which the message needs", self.peer),
+            )));
+        }
+        if t.body_8bit && !self.ext.eightbitmime {
+            return Ok(all(Outcome::perm(
+                "5.6.3",
+                format!("host {} does not support 8BITMIME, which the message needs", self.peer),
+            )));
+        }
+        if let Some(limit) = self.ext.size
+            && limit > 0
+            && t.content.len() as u64 > limit
+        {
+            return Ok(all(Outcome::perm(
+                "5.3.4",
+                format!("message size {} exceeds the limit {limit} of host {}", t.content.len(), self.peer),
+            )));
+        }
+        let peer = self.peer.clone();
+        let io_err = |e: std::io::Error| format!("lost connection with {peer}: {}", io_text(&e));
+        let mut cmds: Vec<(String, &str)> = Vec::new();
+        if self.used {
+            cmds.push(("RSET\r\n".into(), "RSET"));
+        }
+        let mut mail = format!("MAIL FROM:<{}>", t.sender);
+        if self.ext.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", t.content.len()));
+        }
+        if t.body_8bit {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if t.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        if self.ext.dsn {
+            match t.ret {
+                Some(Ret::Full) => mail.push_str(" RET=FULL"),
+                Some(Ret::Hdrs) => mail.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(e) = t.envid {
+                mail.push_str(&format!(" ENVID={}", xtext_encode(e)));
+            }
+        }
+        cmds.push((format!("{mail}\r\n"), "MAIL FROM"));
+        for r in t.rcpts {
+            let mut rcpt = format!("RCPT TO:<{}>", r.address);
+            if self.ext.dsn {
+                if r.notify != 0 {
+                    let mut words = Vec::new();
+                    for (bit, w) in [(notify::NEVER, "NEVER"), (notify::SUCCESS, "SUCCESS"), (notify::FAILURE, "FAILURE"), (notify::DELAY, "DELAY")] {
+                        if r.notify & bit != 0 {
+                            words.push(w);
+                        }
+                    }
+                    rcpt.push_str(&format!(" NOTIFY={}", words.join(",")));
+                }
+                if let Some(o) = &r.orcpt {
+                    rcpt.push_str(&format!(" ORCPT=rfc822;{}", xtext_encode(o)));
+                }
+            }
+            cmds.push((format!("{rcpt}\r\n"), "RCPT TO"));
+        }
+        cmds.push(("DATA\r\n".into(), "DATA"));
+        self.used = true;
+
+        // With PIPELINING, everything up to DATA goes in one write
+        // (RFC 2920 §3.1); otherwise one command at a time.
+        let mut replies = Vec::with_capacity(cmds.len());
+        if self.ext.pipelining {
+            let batch: String = cmds.iter().map(|(c, _)| c.as_str()).collect();
+            self.write(batch.as_bytes()).await.map_err(io_err)?;
+            for _ in &cmds {
+                replies.push(self.read_reply(REPLY_TIMEOUT).await.map_err(io_err)?.0);
+            }
+        } else {
+            for (i, (c, _)) in cmds.iter().enumerate() {
+                self.write(c.as_bytes()).await.map_err(io_err)?;
+                let r = self.read_reply(REPLY_TIMEOUT).await.map_err(io_err)?.0;
+                let stop = r.code >= 400 && (cmds[i].1 == "MAIL FROM" || cmds[i].1 == "RSET");
+                replies.push(r);
+                if stop {
+                    break;
+                }
+            }
+        }
+        let mut idx = 0;
+        if self.used && cmds[0].1 == "RSET" {
+            let r = &replies[0];
+            if r.code != 250 {
+                return Err(format!("host {} refused RSET: {}", self.peer, r.line()));
+            }
+            idx = 1;
+        }
+        let mail_reply = replies[idx].clone();
+        if mail_reply.code != 250 {
+            if self.ext.pipelining {
+                // RCPT and DATA replies were read; they are errors too.
+            }
+            return Ok(all(self.result(&mail_reply, "MAIL FROM command")));
+        }
+        let mut out = Vec::with_capacity(t.rcpts.len());
+        let mut accepted = Vec::new();
+        for (k, r) in t.rcpts.iter().enumerate() {
+            let reply = match replies.get(idx + 1 + k) {
+                Some(x) => x.clone(),
+                None => return Err("missing RCPT reply".into()),
+            };
+            if reply.code == 250 || reply.code == 251 {
+                accepted.push(r.index);
+            } else {
+                out.push((r.index, self.result(&reply, "RCPT TO command")));
+            }
+        }
+        let data_reply = match replies.get(idx + 1 + t.rcpts.len()) {
+            Some(r) => r.clone(),
+            None => return Ok(out),
+        };
+        if accepted.is_empty() {
+            // DATA must have failed (no valid recipients); nothing to send.
+            return Ok(out);
+        }
+        if data_reply.code != 354 {
+            let o = self.result(&data_reply, "DATA command");
+            out.extend(accepted.iter().map(|i| (*i, o.clone())));
+            return Ok(out);
+        }
+        let mut body = Vec::with_capacity(t.content.len() + t.content.len() / 50 + 5);
+        dot_stuff(t.content, &mut body);
+        body.extend_from_slice(b".\r\n");
+        self.write(&body).await.map_err(io_err)?;
+        let end = self.read_reply(DATA_END_TIMEOUT).await.map_err(io_err)?.0;
+        let o = self.result(&end, "end of DATA command");
+        out.extend(accepted.iter().map(|i| (*i, o.clone())));
+        Ok(out)
+    }
+
+    /// Says QUIT and closes.
+    pub async fn quit(mut self) -> std::io::Result<()> {
+        self.write(b"QUIT\r\n").await?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.read_reply(REPLY_TIMEOUT)).await;
+        self.io.get_mut().shutdown().await
+    }
+}
+
+/// Dot-stuffs CRLF content (RFC 5321 §4.5.2) and makes sure it ends in CRLF.
+pub fn dot_stuff(content: &[u8], out: &mut Vec<u8>) {
+    let mut at_line_start = true;
+    for &b in content {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !content.is_empty() && !content.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing_doubles_leading_dots() {
+        let mut out = Vec::new();
+        dot_stuff(b".a\r\nb.\r\n.\r\n..c", &mut out);
+        assert_eq!(out, b"..a\r\nb.\r\n..\r\n...c\r\n");
+    }
+
+    #[test]
+    fn status_comes_from_the_reply_or_its_class() {
+        let r = Reply { code: 550, text: "5.1.1 no such user".into() };
+        assert_eq!(r.status(), "5.1.1");
+        let r = Reply { code: 451, text: "try later".into() };
+        assert_eq!(r.status(), "4.0.0");
+    }
+}

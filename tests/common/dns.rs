@@ -1,0 +1,113 @@
+//! A real DNS server for tests: hickory-server on 127.0.0.1 (UDP and TCP,
+//! same port) serving in-memory zones built from the records a test names.
+//! Names under zones it does not serve get REFUSED (a temporary failure
+//! for petrel); unknown names inside a served zone get NXDOMAIN.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::Server;
+use hickory_server::proto::rr::rdata::{A, MX, NS, SOA};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+
+/// One record of a test zone.
+#[derive(Clone, Debug)]
+pub enum Rec {
+    /// `name MX preference exchange` (exchange "." is a null MX).
+    Mx(&'static str, u16, &'static str),
+    /// `name A address`.
+    A(&'static str, Ipv4Addr),
+}
+
+/// A running test DNS server; it lives until the test process ends.
+pub struct TestDns {
+    /// Where it listens (UDP and TCP).
+    pub addr: SocketAddr,
+}
+
+fn name(s: &str) -> Name {
+    let fq = if s.ends_with('.') { s.to_string() } else { format!("{s}.") };
+    Name::from_str(&fq).expect("name")
+}
+
+impl TestDns {
+    /// Serves `zones` (origin, records) on a free loopback port.
+    pub fn start(zones: Vec<(&'static str, Vec<Rec>)>) -> TestDns {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let mut catalog = Catalog::new();
+                for (origin, records) in zones {
+                    let origin_name = name(origin);
+                    let mut zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
+                        origin_name.clone(),
+                        ZoneType::Primary,
+                        AxfrPolicy::Deny,
+                    );
+                    let soa = SOA::new(name(&format!("ns.{origin}")), name(&format!("hostmaster.{origin}")), 1, 3600, 600, 86400, 60);
+                    zone.upsert_mut(Record::from_rdata(origin_name.clone(), 60, RData::SOA(soa)), 1);
+                    zone.upsert_mut(Record::from_rdata(origin_name.clone(), 60, RData::NS(NS(name(&format!("ns.{origin}"))))), 1);
+                    for r in records {
+                        let rec = match r {
+                            Rec::Mx(n, pref, exch) => {
+                                let ex = if exch == "." { Name::root() } else { name(exch) };
+                                Record::from_rdata(name(n), 60, RData::MX(MX::new(pref, ex)))
+                            }
+                            Rec::A(n, ip) => Record::from_rdata(name(n), 60, RData::A(A(ip))),
+                        };
+                        assert!(zone.upsert_mut(rec, 1), "record not added");
+                    }
+                    catalog.upsert(LowerName::from(origin_name), vec![Arc::new(zone)]);
+                }
+                let mut server = Server::new(catalog);
+                // Bind UDP on a free port, then TCP on the same port.
+                let (udp, tcp) = loop {
+                    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+                    let port = udp.local_addr().expect("addr").port();
+                    if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                        break (udp, tcp);
+                    }
+                };
+                let addr = udp.local_addr().expect("addr");
+                server.register_socket(udp);
+                server.register_listener(tcp, Duration::from_secs(5), 4096);
+                tx.send(addr).expect("send addr");
+                let _ = server.block_until_done().await;
+            });
+        });
+        TestDns {
+            addr: rx.recv_timeout(Duration::from_secs(10)).expect("dns server started"),
+        }
+    }
+
+    /// The zones every test gets: see `tests/common/mod.rs`.
+    pub fn standard() -> TestDns {
+        TestDns::start(vec![
+            (
+                "partner.test",
+                vec![
+                    Rec::Mx("partner.test", 10, "mx1.partner.test"),
+                    Rec::Mx("partner.test", 20, "mx2.partner.test"),
+                    Rec::A("mx1.partner.test", Ipv4Addr::new(127, 0, 0, 2)),
+                    Rec::A("mx2.partner.test", Ipv4Addr::new(127, 0, 0, 3)),
+                ],
+            ),
+            ("nullmx.test", vec![Rec::Mx("nullmx.test", 0, ".")]),
+            ("nomx.test", vec![Rec::A("nomx.test", Ipv4Addr::new(127, 0, 0, 4))]),
+            ("gone.test", vec![]),
+            (
+                "tls.test",
+                vec![Rec::Mx("tls.test", 10, "mx.tls.test"), Rec::A("mx.tls.test", Ipv4Addr::new(127, 0, 0, 5))],
+            ),
+            (
+                "internet.test",
+                vec![Rec::Mx("internet.test", 10, "mx.internet.test"), Rec::A("mx.internet.test", Ipv4Addr::new(127, 0, 0, 6))],
+            ),
+        ])
+    }
+}
