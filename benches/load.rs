@@ -70,7 +70,9 @@ addresses = ["alice@example.test"]
         });
         let mut addr = None;
         loop {
-            let line = rx.recv_timeout(Duration::from_secs(30)).expect("petrel did not become ready");
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("petrel did not become ready");
             if let Some(a) = line.split(" address=").nth(1) {
                 addr = a.split_whitespace().next().and_then(|a| a.parse().ok());
             }
@@ -103,9 +105,20 @@ addresses = ["alice@example.test"]
     fn usage(&self) -> (f64, u64) {
         let pid = self.child.id();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = fields
+            .get(11)
+            .and_then(|u| u.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(0.0);
         let hz = 100.0;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let hwm = status
@@ -120,7 +133,9 @@ addresses = ["alice@example.test"]
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -153,7 +168,8 @@ fn session(addr: SocketAddr, count: usize, body: &[u8], deadline: Instant) -> Ve
         if Instant::now() > deadline {
             break;
         }
-        w.write_all(b"MAIL FROM:<load@partner.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n").expect("write");
+        w.write_all(b"MAIL FROM:<load@partner.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
+            .expect("write");
         assert_eq!(reply(&mut r), 250);
         assert_eq!(reply(&mut r), 250);
         assert_eq!(reply(&mut r), 354);
@@ -176,7 +192,8 @@ struct RunResult {
 }
 
 fn body_of(size: usize) -> Vec<u8> {
-    let mut b = b"Subject: load\r\nFrom: load@partner.test\r\nTo: alice@example.test\r\n\r\n".to_vec();
+    let mut b =
+        b"Subject: load\r\nFrom: load@partner.test\r\nTo: alice@example.test\r\n\r\n".to_vec();
     let line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n";
     while b.len() + line.len() <= size {
         b.extend_from_slice(line);
@@ -198,7 +215,10 @@ fn run(sessions: usize, size: usize, messages: usize) -> RunResult {
             std::thread::spawn(move || session(addr, per, &body, deadline))
         })
         .collect();
-    let mut lat: Vec<u64> = threads.into_iter().flat_map(|t| t.join().expect("session")).collect();
+    let mut lat: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("session"))
+        .collect();
     let inject_time = start.elapsed();
     while daemon.queue_len() != 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -207,7 +227,12 @@ fn run(sessions: usize, size: usize, messages: usize) -> RunResult {
     let (cpu_ms, rss_kib) = daemon.usage();
     lat.sort_unstable();
     let sent = lat.len();
-    let pct = |p: f64| lat.get(((sent as f64 * p) as usize).min(sent.saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        lat.get(((sent as f64 * p) as usize).min(sent.saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     RunResult {
         inject: sent as f64 / inject_time.as_secs_f64(),
         e2e: sent as f64 / e2e_time.as_secs_f64(),
@@ -224,14 +249,30 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let scenarios: Vec<(usize, usize, usize, usize)> = if args.len() >= 3 {
         let n = |i: usize| args[i].parse::<usize>().expect("number");
-        vec![(n(0), n(1), n(2), args.get(3).map(|r| r.parse().expect("runs")).unwrap_or(3))]
+        vec![(
+            n(0),
+            n(1),
+            n(2),
+            args.get(3).map(|r| r.parse().expect("runs")).unwrap_or(3),
+        )]
     } else {
-        vec![(1, 1024, 2000, 3), (16, 1024, 10000, 3), (64, 1024, 10000, 3), (16, 4096, 10000, 3), (16, 65536, 3000, 3)]
+        vec![
+            (1, 1024, 2000, 3),
+            (16, 1024, 10000, 3),
+            (64, 1024, 10000, 3),
+            (16, 4096, 10000, 3),
+            (16, 65536, 3000, 3),
+        ]
     };
-    println!("| sessions | size | messages | inject msg/s | end-to-end msg/s (min–max) | 250 latency p50 / p99 ms | CPU ms/msg | peak RSS MiB |");
+    println!(
+        "| sessions | size | messages | inject msg/s | end-to-end msg/s (min–max) | 250 latency p50 / p99 ms | CPU ms/msg | peak RSS MiB |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for (sessions, size, messages, runs) in scenarios {
         let results: Vec<RunResult> = (0..runs).map(|_| run(sessions, size, messages)).collect();

@@ -86,7 +86,8 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
             p.display()
         ),
         Err(e) => {
-            return Err(e).with_context(|| format!("cannot open the spool {}", spool_dir.display()));
+            return Err(e)
+                .with_context(|| format!("cannot open the spool {}", spool_dir.display()));
         }
     };
     let recovered = spool
@@ -107,9 +108,16 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         })
     };
     let delivery_arbiter = Arbiter::new();
-    let pool = DeliveryPool::new(config.clone()).map_err(|e| anyhow::anyhow!("dns.nameservers: {e}"))?;
+    let pool =
+        DeliveryPool::new(config.clone()).map_err(|e| anyhow::anyhow!("dns.nameservers: {e}"))?;
     let delivery = DeliveryPool::start_in_arbiter(&delivery_arbiter.handle(), move |_| pool);
-    let waker = Scheduler::start(&scheduler_arbiter.handle(), spool.clone(), config.clone(), mailbox, delivery);
+    let waker = Scheduler::start(
+        &scheduler_arbiter.handle(),
+        spool.clone(),
+        config.clone(),
+        mailbox,
+        delivery,
+    );
 
     let smtp = Arc::new(SmtpShared {
         config: config.clone(),

@@ -264,7 +264,6 @@ fn valid_mailbox_name(name: &str) -> bool {
 mod tests {
     use crate::config::Config;
 
-
     fn config() -> Config {
         Config::parse(
             r#"

@@ -44,7 +44,15 @@ fn rfc2822(ms: i64) -> String {
 
 /// Composes the report for `entries` (all of one action) about `msg`,
 /// addressed to its sender. `content` is the original message.
-pub fn compose(hostname: &str, msg: &QueuedMessage, entries: &[&Recipient], action: Action, content: &[u8], now_ms: i64, will_retry_until: Option<i64>) -> Vec<u8> {
+pub fn compose(
+    hostname: &str,
+    msg: &QueuedMessage,
+    entries: &[&Recipient],
+    action: Action,
+    content: &[u8],
+    now_ms: i64,
+    will_retry_until: Option<i64>,
+) -> Vec<u8> {
     let boundary = format!("{}.{}/{hostname}", msg.id, now_ms);
     let (subject, intro) = match action {
         Action::Failed => (
@@ -114,7 +122,12 @@ pub fn compose(hostname: &str, msg: &QueuedMessage, entries: &[&Recipient], acti
             Action::Delayed => "4.0.0".into(),
             _ => "2.0.0".into(),
         });
-        let _ = write!(out, "\r\nFinal-Recipient: {}; {}\r\n", address_type(&r.address), r.address);
+        let _ = write!(
+            out,
+            "\r\nFinal-Recipient: {}; {}\r\n",
+            address_type(&r.address),
+            r.address
+        );
         if let Some(o) = &r.orcpt {
             let _ = write!(out, "Original-Recipient: {}; {}\r\n", address_type(o), o);
         }
@@ -202,9 +215,20 @@ mod tests {
     fn failure_report_parses_back_field_by_field() {
         let msg = message(Some(Ret::Full));
         let original = b"Subject: hello\r\nMessage-ID: <m@x>\r\n\r\nbody text\r\n";
-        let dsn = compose("mx.example.test", &msg, &[&msg.recipients[0]], Action::Failed, original, 1_700_000_100_000, None);
+        let dsn = compose(
+            "mx.example.test",
+            &msg,
+            &[&msg.recipients[0]],
+            Action::Failed,
+            original,
+            1_700_000_100_000,
+            None,
+        );
         let parsed = MessageParser::default().parse(&dsn).expect("parses");
-        assert_eq!(parsed.subject(), Some("Undelivered Mail Returned to Sender"));
+        assert_eq!(
+            parsed.subject(),
+            Some("Undelivered Mail Returned to Sender")
+        );
         let ct = parsed.content_type().expect("content type");
         assert_eq!(ct.ctype(), "multipart");
         assert_eq!(ct.subtype(), Some("report"));
@@ -212,7 +236,10 @@ mod tests {
         let parts = &parsed.parts;
         let status = parts
             .iter()
-            .find(|p| p.content_type().is_some_and(|c| c.subtype() == Some("delivery-status")))
+            .find(|p| {
+                p.content_type()
+                    .is_some_and(|c| c.subtype() == Some("delivery-status"))
+            })
             .expect("delivery-status part");
         let text = String::from_utf8_lossy(status.contents());
         for line in [
@@ -227,14 +254,25 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing in {text}");
         }
-        assert!(String::from_utf8_lossy(&dsn).contains("body text"), "RET=FULL returns the body");
+        assert!(
+            String::from_utf8_lossy(&dsn).contains("body text"),
+            "RET=FULL returns the body"
+        );
     }
 
     #[test]
     fn without_ret_full_only_headers_return() {
         let msg = message(None);
         let original = b"Subject: hello\r\n\r\nsecret body\r\n";
-        let dsn = compose("mx.example.test", &msg, &[&msg.recipients[0]], Action::Failed, original, 1, None);
+        let dsn = compose(
+            "mx.example.test",
+            &msg,
+            &[&msg.recipients[0]],
+            Action::Failed,
+            original,
+            1,
+            None,
+        );
         let text = String::from_utf8_lossy(&dsn);
         assert!(text.contains("text/rfc822-headers"));
         assert!(text.contains("Subject: hello"));

@@ -145,23 +145,26 @@ impl Intake {
 pub fn expand_recipients(config: &Config, given: &[EnvelopeRcpt]) -> Vec<Recipient> {
     let mut out: Vec<Recipient> = Vec::new();
     let mut mailboxes = std::collections::HashSet::new();
-    let mut push = |out: &mut Vec<Recipient>, address: String, orcpt: Option<String>, notify: u8| {
-        if out.iter().any(|r| r.address.eq_ignore_ascii_case(&address)) {
-            return;
-        }
-        let canonical = config.domains.canonical(&address);
-        if let Some(m) = config.directory.mailbox_for(&canonical)
-            && !mailboxes.insert(m.to_string())
-        {
-            return;
-        }
-        let mut r = Recipient::new(address, orcpt);
-        r.notify = notify;
-        out.push(r);
-    };
+    let mut push =
+        |out: &mut Vec<Recipient>, address: String, orcpt: Option<String>, notify: u8| {
+            if out.iter().any(|r| r.address.eq_ignore_ascii_case(&address)) {
+                return;
+            }
+            let canonical = config.domains.canonical(&address);
+            if let Some(m) = config.directory.mailbox_for(&canonical)
+                && !mailboxes.insert(m.to_string())
+            {
+                return;
+            }
+            let mut r = Recipient::new(address, orcpt);
+            r.notify = notify;
+            out.push(r);
+        };
     for rcpt in given {
         let addr = &rcpt.address;
-        let local = addr.rsplit_once('@').is_some_and(|(_, d)| config.domains.is_local(d));
+        let local = addr
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| config.domains.is_local(d));
         let targets = if local {
             config.directory.expand(addr, &config.domains)
         } else {

@@ -44,10 +44,14 @@ impl NextHopPlan {
 /// The next hop for a remote domain.
 pub fn next_hop(config: &Config, domain: &str) -> NextHopPlan {
     let d = domain.trim_end_matches('.').to_ascii_lowercase();
-    let route = config.outbound.routes.iter().find(|r| match r.domain.strip_prefix("*.") {
-        Some(suffix) => d.ends_with(&format!(".{suffix}")),
-        None => r.domain == d,
-    });
+    let route = config
+        .outbound
+        .routes
+        .iter()
+        .find(|r| match r.domain.strip_prefix("*.") {
+            Some(suffix) => d.ends_with(&format!(".{suffix}")),
+            None => r.domain == d,
+        });
     if let Some(r) = route {
         return NextHopPlan::Host(r.host.clone());
     }

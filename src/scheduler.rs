@@ -21,7 +21,9 @@ use crate::mailbox::{Deliver, LocalTarget, MailboxActor};
 use crate::outcome::Outcome;
 use crate::router::{self, Destination};
 use crate::smtp::client::RcptSpec;
-use crate::spool::{NewMessage, QueueId, QueuedMessage, RcptState, Recipient, Spool, StoreError, notify, now_ms};
+use crate::spool::{
+    NewMessage, QueueId, QueuedMessage, RcptState, Recipient, Spool, StoreError, notify, now_ms,
+};
 
 /// How many due messages are taken from the index per pass.
 const BATCH: usize = 256;
@@ -223,7 +225,10 @@ impl Scheduler {
                 }),
                 Destination::Unknown => outcomes.push((
                     i,
-                    Outcome::perm("5.1.1", format!("<{}>: unknown user in a local domain", r.address)),
+                    Outcome::perm(
+                        "5.1.1",
+                        format!("<{}>: unknown user in a local domain", r.address),
+                    ),
                 )),
                 Destination::Remote(domain) => {
                     let plan = router::next_hop(&config, &domain);
@@ -249,7 +254,11 @@ impl Scheduler {
                 Err(e) => {
                     let fail = |i| (i, Outcome::temp("4.3.0", e.to_string()));
                     outcomes.extend(locals.drain(..).map(|t| fail(t.rcpt)));
-                    outcomes.extend(remotes.drain(..).flat_map(|(_, l)| l.into_iter().map(|r| fail(r.index))));
+                    outcomes.extend(
+                        remotes
+                            .drain(..)
+                            .flat_map(|(_, l)| l.into_iter().map(|r| fail(r.index))),
+                    );
                     None
                 }
             }
@@ -271,10 +280,18 @@ impl Scheduler {
                         Ok(results) => results,
                         Err(_) => rcpts
                             .into_iter()
-                            .map(|r| (r, Outcome::temp("4.3.0", "the mailbox service is not running")))
+                            .map(|r| {
+                                (
+                                    r,
+                                    Outcome::temp("4.3.0", "the mailbox service is not running"),
+                                )
+                            })
                             .collect(),
                     }
-                }) as std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(usize, Outcome)>>>>);
+                })
+                    as std::pin::Pin<
+                        Box<dyn std::future::Future<Output = Vec<(usize, Outcome)>>>,
+                    >);
             }
             for (plan, rcpts) in remotes {
                 let job = delivery::Send {
@@ -295,7 +312,12 @@ impl Scheduler {
                         Ok(results) => results,
                         Err(_) => indexes
                             .into_iter()
-                            .map(|r| (r, Outcome::temp("4.3.0", "the delivery service is not running")))
+                            .map(|r| {
+                                (
+                                    r,
+                                    Outcome::temp("4.3.0", "the delivery service is not running"),
+                                )
+                            })
                             .collect(),
                     }
                 }));
@@ -307,10 +329,19 @@ impl Scheduler {
             }
             (outcomes, content)
         };
-        ctx.spawn(work.into_actor(self).map(move |(outcomes, content), act, ctx| act.complete(id, outcomes, content, ctx)));
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |(outcomes, content), act, ctx| act.complete(id, outcomes, content, ctx)),
+        );
     }
 
-    fn complete(&mut self, id: QueueId, outcomes: Vec<(usize, Outcome)>, content: Option<Arc<Vec<u8>>>, ctx: &mut Context<Self>) {
+    fn complete(
+        &mut self,
+        id: QueueId,
+        outcomes: Vec<(usize, Outcome)>,
+        content: Option<Arc<Vec<u8>>>,
+        ctx: &mut Context<Self>,
+    ) {
         self.in_flight.remove(&id);
         let mut msg = match self.spool.get(id) {
             Ok(Some(m)) => m,
@@ -323,12 +354,24 @@ impl Scheduler {
         let config = self.config.load_full();
         let queue = &config.queue;
         let now = now_ms();
-        let mut reports: Vec<(Action, Vec<usize>)> = vec![(Action::Failed, vec![]), (Action::Delayed, vec![]), (Action::Delivered, vec![]), (Action::Relayed, vec![])];
+        let mut reports: Vec<(Action, Vec<usize>)> = vec![
+            (Action::Failed, vec![]),
+            (Action::Delayed, vec![]),
+            (Action::Delivered, vec![]),
+            (Action::Relayed, vec![]),
+        ];
         for (i, outcome) in outcomes {
-            let Some(r) = msg.recipients.get_mut(i) else { continue };
-            let delivered_remote = matches!(&outcome, Outcome::Delivered(d) if d.remote_mta.is_some());
+            let Some(r) = msg.recipients.get_mut(i) else {
+                continue;
+            };
+            let delivered_remote =
+                matches!(&outcome, Outcome::Delivered(d) if d.remote_mta.is_some());
             if let Some(action) = apply_outcome(queue, msg.id, msg.arrival, now, r, outcome) {
-                let action = if action == Action::Delivered && delivered_remote { Action::Relayed } else { action };
+                let action = if action == Action::Delivered && delivered_remote {
+                    Action::Relayed
+                } else {
+                    action
+                };
                 if let Some((_, list)) = reports.iter_mut().find(|(a, _)| *a == action) {
                     list.push(i);
                 }
@@ -339,10 +382,15 @@ impl Scheduler {
             .recipients
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.state == RcptState::Deferred && notify::wants(r.notify, notify::DELAY))
+            .filter(|(_, r)| {
+                r.state == RcptState::Deferred && notify::wants(r.notify, notify::DELAY)
+            })
             .map(|(i, _)| i)
             .collect();
-        if !msg.warned && now - msg.arrival >= queue.warn_after.as_millis() as i64 && !delayed.is_empty() {
+        if !msg.warned
+            && now - msg.arrival >= queue.warn_after.as_millis() as i64
+            && !delayed.is_empty()
+        {
             msg.warned = true;
             reports[1].1 = delayed;
         }
@@ -351,12 +399,15 @@ impl Scheduler {
                 if list.is_empty() {
                     continue;
                 }
-                let until = (*action == Action::Delayed).then(|| msg.arrival + queue.lifetime.as_millis() as i64);
+                let until = (*action == Action::Delayed)
+                    .then(|| msg.arrival + queue.lifetime.as_millis() as i64);
                 self.notify_sender(&config, &msg, list, *action, content.as_deref(), now, until);
             }
         }
         let result = if msg.is_done() {
-            self.spool.remove(&msg).map(|_| tracing::info!(queue_id = %id, "removed"))
+            self.spool
+                .remove(&msg)
+                .map(|_| tracing::info!(queue_id = %id, "removed"))
         } else {
             self.spool.finish_active(&mut msg)
         };
@@ -376,14 +427,29 @@ impl Scheduler {
 
     /// Queues a delivery status notification to the message's sender.
     #[allow(clippy::too_many_arguments)]
-    fn notify_sender(&self, config: &Config, msg: &QueuedMessage, rcpts: &[usize], action: Action, content: Option<&Vec<u8>>, now: i64, until: Option<i64>) {
-        let entries: Vec<&Recipient> = rcpts.iter().filter_map(|i| msg.recipients.get(*i)).collect();
+    fn notify_sender(
+        &self,
+        config: &Config,
+        msg: &QueuedMessage,
+        rcpts: &[usize],
+        action: Action,
+        content: Option<&Vec<u8>>,
+        now: i64,
+        until: Option<i64>,
+    ) {
+        let entries: Vec<&Recipient> = rcpts
+            .iter()
+            .filter_map(|i| msg.recipients.get(*i))
+            .collect();
         let wanted = match action {
             Action::Failed => notify::FAILURE,
             Action::Delayed => notify::DELAY,
             Action::Delivered | Action::Relayed => notify::SUCCESS,
         };
-        let entries: Vec<&Recipient> = entries.into_iter().filter(|r| notify::wants(r.notify, wanted)).collect();
+        let entries: Vec<&Recipient> = entries
+            .into_iter()
+            .filter(|r| notify::wants(r.notify, wanted))
+            .collect();
         if entries.is_empty() {
             return;
         }
@@ -391,7 +457,15 @@ impl Scheduler {
             Some(c) => c.to_vec(),
             None => self.spool.content(msg).unwrap_or_default(),
         };
-        let report = dsn::compose(&config.server.hostname, msg, &entries, action, &original, now, until);
+        let report = dsn::compose(
+            &config.server.hostname,
+            msg,
+            &entries,
+            action,
+            &original,
+            now,
+            until,
+        );
         let mut rcpt = Recipient::new(msg.sender.clone(), None);
         rcpt.notify = notify::NEVER;
         let new = NewMessage {
@@ -414,7 +488,9 @@ impl Scheduler {
                 to = %format!("<{}>", msg.sender),
                 "sender notified"
             ),
-            Err(e) => tracing::error!(queue_id = %msg.id, error = %e, "cannot queue the delivery status notification"),
+            Err(e) => {
+                tracing::error!(queue_id = %msg.id, error = %e, "cannot queue the delivery status notification")
+            }
         }
     }
 }
@@ -430,7 +506,9 @@ fn action_name(a: Action) -> &'static str {
 
 /// Runs futures concurrently on the actor's thread and collects their
 /// outputs in order.
-async fn futures_join_all<T: 'static>(futs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T>>>>) -> Vec<T> {
+async fn futures_join_all<T: 'static>(
+    futs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T>>>>,
+) -> Vec<T> {
     let mut set = Vec::with_capacity(futs.len());
     let handles: Vec<_> = futs.into_iter().map(actix::spawn).collect();
     for h in handles {
@@ -457,7 +535,14 @@ pub fn retry_delay(queue: &Queue, attempts: u32) -> Duration {
 /// Applies one outcome to a recipient and logs it. Returns the report the
 /// sender may get: `Failed` for a bounce or expiry, `Delivered` for a
 /// success.
-fn apply_outcome(queue: &Queue, id: QueueId, arrival: i64, now: i64, r: &mut Recipient, outcome: Outcome) -> Option<Action> {
+fn apply_outcome(
+    queue: &Queue,
+    id: QueueId,
+    arrival: i64,
+    now: i64,
+    r: &mut Recipient,
+    outcome: Outcome,
+) -> Option<Action> {
     r.attempts += 1;
     let delay = format!("{:.2}", (now - arrival).max(0) as f64 / 1000.0);
     let detail = outcome.detail().clone();
@@ -555,5 +640,4 @@ mod tests {
             .collect();
         assert_eq!(d, vec![300, 600, 1200, 2400, 3600, 3600]);
     }
-
 }

@@ -10,7 +10,8 @@ use common::{TestServer, petrel_bin, run_cmd};
 #[test]
 fn python_smtplib_interop() {
     let server = TestServer::start("relay_from = []");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/smtp_interop.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/smtp_interop.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script)
         .arg("--port")

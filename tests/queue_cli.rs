@@ -11,7 +11,11 @@ use common::{Smtp, TestServer, cli_with, petrel_bin, queued_id, run_cmd};
 /// A daemon whose retries are far apart, so deferred mail stays deferred
 /// while a test looks at it.
 fn slow_retry_server() -> TestServer {
-    TestServer::start_with("", "[queue]\nretry_initial = \"1h\"\nretry_max = \"2h\"", common::free_port())
+    TestServer::start_with(
+        "",
+        "[queue]\nretry_initial = \"1h\"\nretry_max = \"2h\"",
+        common::free_port(),
+    )
 }
 
 fn queue_remote(server: &TestServer, n: usize) -> Vec<String> {
@@ -49,7 +53,10 @@ fn mailq_lists_deferred_mail_in_text_and_json() {
         "{text}"
     );
     assert!(text.contains(&ids[0]) && text.contains(&ids[1]), "{text}");
-    assert!(text.contains("(connect to mx2.partner.test[127.0.0.3]:"), "{text}");
+    assert!(
+        text.contains("(connect to mx2.partner.test[127.0.0.3]:"),
+        "{text}"
+    );
     assert!(text.contains(": Connection refused)\n"), "{text}");
     assert!(text.trim_end().ends_with("in 2 Requests."), "{text}");
     let json = server.mailq();
@@ -132,7 +139,10 @@ fn show_and_status_describe_the_queue() {
         text.contains("recipient: <dave@partner.test> state=deferred attempts=1"),
         "{text}"
     );
-    assert!(text.contains("last_error: connect to mx2.partner.test[127.0.0.3]:"), "{text}");
+    assert!(
+        text.contains("last_error: connect to mx2.partner.test[127.0.0.3]:"),
+        "{text}"
+    );
     assert!(text.contains("Message-ID: <q0@test>"), "{text}");
 
     let out = server.cli(&["status", "--json"]);

@@ -29,7 +29,9 @@ impl DnsError {
     /// The DSN status and text of this failure.
     pub fn reason(&self) -> String {
         match self {
-            DnsError::NoSuchDomain(d) => format!("5.1.2 Host or domain name not found: {d}: NXDOMAIN"),
+            DnsError::NoSuchDomain(d) => {
+                format!("5.1.2 Host or domain name not found: {d}: NXDOMAIN")
+            }
             DnsError::NullMx(d) => format!("5.1.10 Domain {d} does not accept mail (null MX)"),
             DnsError::NoHost(d) => format!("5.4.4 No mail host found for {d}"),
             DnsError::Temporary(e) => format!("4.4.3 DNS lookup failed: {e}"),
@@ -58,7 +60,11 @@ pub struct Dns {
 }
 
 fn fqdn(name: &str) -> String {
-    if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
 }
 
 fn classify(name: &str, e: &NetError) -> DnsError {
@@ -73,7 +79,8 @@ impl Dns {
     /// A resolver over `nameservers`, or the system's when empty.
     pub fn new(nameservers: &[SocketAddr]) -> Result<Dns, String> {
         let builder = if nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
+            TokioResolver::builder_tokio()
+                .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
         } else {
             let servers = nameservers
                 .iter()
@@ -93,7 +100,9 @@ impl Dns {
         let mut builder = builder;
         builder.options_mut().attempts = 2;
         builder.options_mut().timeout = std::time::Duration::from_secs(5);
-        let resolver = builder.build().map_err(|e| format!("cannot start the resolver: {e}"))?;
+        let resolver = builder
+            .build()
+            .map_err(|e| format!("cannot start the resolver: {e}"))?;
         Ok(Dns {
             resolver: Arc::new(resolver),
         })
@@ -109,7 +118,11 @@ impl Dns {
                     .iter()
                     .filter_map(|r| match &r.data {
                         RData::MX(mx) => Some(MailHost {
-                            name: mx.exchange.to_string().trim_end_matches('.').to_ascii_lowercase(),
+                            name: mx
+                                .exchange
+                                .to_string()
+                                .trim_end_matches('.')
+                                .to_ascii_lowercase(),
                             preference: mx.preference,
                         }),
                         _ => None,
@@ -120,14 +133,18 @@ impl Dns {
                 }
                 hosts.retain(|h| !h.name.is_empty());
                 if hosts.is_empty() {
-                    return Ok(vec![MailHost { name: domain.to_string(), preference: 0 }]);
+                    return Ok(vec![MailHost {
+                        name: domain.to_string(),
+                        preference: 0,
+                    }]);
                 }
                 hosts.sort_by_key(|h| h.preference);
                 Ok(hosts)
             }
-            Err(e) if e.is_no_records_found() && !e.is_nx_domain() => {
-                Ok(vec![MailHost { name: domain.to_string(), preference: 0 }])
-            }
+            Err(e) if e.is_no_records_found() && !e.is_nx_domain() => Ok(vec![MailHost {
+                name: domain.to_string(),
+                preference: 0,
+            }]),
             Err(e) => Err(classify(domain, &e)),
         }
     }
@@ -147,7 +164,9 @@ impl Dns {
                     Ok(v)
                 }
             }
-            Err(e) if e.is_no_records_found() && !e.is_nx_domain() => Err(DnsError::NoHost(host.to_string())),
+            Err(e) if e.is_no_records_found() && !e.is_nx_domain() => {
+                Err(DnsError::NoHost(host.to_string()))
+            }
             Err(e) => Err(classify(host, &e)),
         }
     }

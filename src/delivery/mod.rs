@@ -92,7 +92,9 @@ impl Actor for DeliveryPool {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         // Forget retired destination actors now and then.
-        ctx.run_interval(IDLE_ACTOR, |act, _| act.destinations.retain(|_, a| a.connected()));
+        ctx.run_interval(IDLE_ACTOR, |act, _| {
+            act.destinations.retain(|_, a| a.connected())
+        });
     }
 }
 
@@ -104,7 +106,8 @@ impl Handler<Send> for DeliveryPool {
         let addr = match self.destinations.get(&key) {
             Some(a) if a.connected() => a.clone(),
             _ => {
-                let a = DestinationActor::new(key.clone(), msg.plan.clone(), self.shared.clone()).start();
+                let a = DestinationActor::new(key.clone(), msg.plan.clone(), self.shared.clone())
+                    .start();
                 self.destinations.insert(key, a.clone());
                 a
             }
@@ -115,7 +118,12 @@ impl Handler<Send> for DeliveryPool {
                 Ok(r) => r,
                 Err(_) => rcpts
                     .into_iter()
-                    .map(|i| (i, Outcome::temp("4.3.0", "the delivery agent stopped; will retry")))
+                    .map(|i| {
+                        (
+                            i,
+                            Outcome::temp("4.3.0", "the delivery agent stopped; will retry"),
+                        )
+                    })
                     .collect(),
             }
         })
@@ -161,10 +169,17 @@ impl DestinationActor {
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let limit = self.shared.config.load().queue.destination_concurrency;
         while self.active < limit {
-            let Some((job, reply)) = self.queue.pop_front() else { break };
+            let Some((job, reply)) = self.queue.pop_front() else {
+                break;
+            };
             if let Some((until, outcome)) = &self.down_until {
                 if Instant::now() < *until {
-                    let _ = reply.send(job.rcpts.iter().map(|r| (r.index, outcome.clone())).collect());
+                    let _ = reply.send(
+                        job.rcpts
+                            .iter()
+                            .map(|r| (r.index, outcome.clone()))
+                            .collect(),
+                    );
                     continue;
                 }
                 self.down_until = None;
@@ -206,15 +221,20 @@ impl DestinationActor {
 
     fn tidy(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
-        let (keep, close): (Vec<Idle>, Vec<Idle>) =
-            std::mem::take(&mut self.idle).into_iter().partition(|i| now.duration_since(i.since) < IDLE_CONNECTION);
+        let (keep, close): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut self.idle)
+            .into_iter()
+            .partition(|i| now.duration_since(i.since) < IDLE_CONNECTION);
         self.idle = keep;
         for i in close {
             tokio::spawn(async move {
                 let _ = i.client.quit().await;
             });
         }
-        if self.queue.is_empty() && self.active == 0 && self.idle.is_empty() && now.duration_since(self.last_busy) > IDLE_ACTOR {
+        if self.queue.is_empty()
+            && self.active == 0
+            && self.idle.is_empty()
+            && now.duration_since(self.last_busy) > IDLE_ACTOR
+        {
             ctx.stop();
         }
     }
@@ -241,7 +261,12 @@ impl Handler<Send> for DestinationActor {
             rx.await.unwrap_or_else(|_| {
                 rcpts
                     .into_iter()
-                    .map(|i| (i, Outcome::temp("4.3.0", "the delivery agent stopped; will retry")))
+                    .map(|i| {
+                        (
+                            i,
+                            Outcome::temp("4.3.0", "the delivery agent stopped; will retry"),
+                        )
+                    })
                     .collect()
             })
         })
@@ -258,7 +283,12 @@ async fn run_transaction(
     job: Send,
     _permit: OwnedSemaphorePermit,
 ) -> (Vec<(usize, Outcome)>, Option<Client>, Option<Outcome>) {
-    let all = |o: Outcome| job.rcpts.iter().map(|r| (r.index, o.clone())).collect::<Vec<_>>();
+    let all = |o: Outcome| {
+        job.rcpts
+            .iter()
+            .map(|r| (r.index, o.clone()))
+            .collect::<Vec<_>>()
+    };
     let t = Transaction {
         sender: &job.sender,
         envid: job.envid.as_deref(),
@@ -314,7 +344,10 @@ async fn connect(shared: &Shared, plan: &NextHopPlan) -> Result<Client, Outcome>
     let hosts = if mx {
         shared.dns.mail_hosts(&name).await.map_err(dns_outcome)?
     } else {
-        vec![dns::MailHost { name: name.clone(), preference: 0 }]
+        vec![dns::MailHost {
+            name: name.clone(),
+            preference: 0,
+        }]
     };
     let mut last = Outcome::temp("4.4.1", format!("no host of {name} answered"));
     for host in hosts {
@@ -329,7 +362,10 @@ async fn connect(shared: &Shared, plan: &NextHopPlan) -> Result<Client, Outcome>
                 continue;
             }
         };
-        let addrs: Vec<SocketAddr> = addrs.into_iter().map(|ip| SocketAddr::new(ip, port)).collect();
+        let addrs: Vec<SocketAddr> = addrs
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
         match try_host(&addrs, &host.name, &helo, policy).await {
             Ok(c) => return Ok(c),
             Err(o) => last = o,
@@ -338,7 +374,12 @@ async fn connect(shared: &Shared, plan: &NextHopPlan) -> Result<Client, Outcome>
     Err(last)
 }
 
-async fn try_host(addrs: &[SocketAddr], name: &str, helo: &str, policy: OutboundTls) -> Result<Client, Outcome> {
+async fn try_host(
+    addrs: &[SocketAddr],
+    name: &str,
+    helo: &str,
+    policy: OutboundTls,
+) -> Result<Client, Outcome> {
     let mut last = Outcome::temp("4.4.1", format!("no address for {name}"));
     for a in addrs {
         match Client::connect(*a, name, helo, policy).await {

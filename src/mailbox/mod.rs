@@ -99,11 +99,12 @@ impl Handler<Deliver> for MailboxActor {
         let spool = self.spool.clone();
         Box::pin(async move {
             match spool.commit().await {
-                Ok(()) => {
-                    outcomes.extend(written.into_iter().map(|(r, d)| {
-                        (r, Outcome::Delivered(Detail::local("2.0.0", format!("delivered to {d}"))))
-                    }))
-                }
+                Ok(()) => outcomes.extend(written.into_iter().map(|(r, d)| {
+                    (
+                        r,
+                        Outcome::Delivered(Detail::local("2.0.0", format!("delivered to {d}"))),
+                    )
+                })),
                 Err(e) => outcomes.extend(written.into_iter().map(|(r, _)| {
                     (
                         r,

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+};
 use tokio::net::TcpStream;
 
 use super::command::xtext_encode;
@@ -38,7 +40,11 @@ fn closed() -> std::io::Error {
 }
 
 impl AsyncRead for Io {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -48,7 +54,11 @@ impl AsyncRead for Io {
 }
 
 impl AsyncWrite for Io {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -99,7 +109,11 @@ impl Reply {
     pub fn status(&self) -> String {
         let first = self.text.split_whitespace().next().unwrap_or("");
         let parts: Vec<&str> = first.split('.').collect();
-        if parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+        if parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
             first.to_string()
         } else {
             format!("{}.0.0", self.code / 100)
@@ -214,12 +228,26 @@ pub struct Client {
 impl Client {
     /// Connects, reads the greeting, says EHLO (HELO if refused), and
     /// upgrades with STARTTLS as the policy says.
-    pub async fn connect(addr: SocketAddr, host: &str, helo: &str, policy: OutboundTls) -> Result<Client, ConnectError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        host: &str,
+        helo: &str,
+        policy: OutboundTls,
+    ) -> Result<Client, ConnectError> {
         let peer = format!("{host}[{}]:{}", addr.ip(), addr.port());
         let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(ConnectError::NextHost(format!("connect to {peer}: {}", io_text(&e)))),
-            Err(_) => return Err(ConnectError::NextHost(format!("connect to {peer}: timed out"))),
+            Ok(Err(e)) => {
+                return Err(ConnectError::NextHost(format!(
+                    "connect to {peer}: {}",
+                    io_text(&e)
+                )));
+            }
+            Err(_) => {
+                return Err(ConnectError::NextHost(format!(
+                    "connect to {peer}: timed out"
+                )));
+            }
         };
         let _ = tcp.set_nodelay(true);
         let mut c = Client {
@@ -235,7 +263,10 @@ impl Client {
             .await
             .map_err(|e| ConnectError::NextHost(format!("{peer}: {}", io_text(&e))))?;
         if greet.0.code != 220 {
-            return Err(ConnectError::NextHost(format!("host {peer} refused to talk to me: {}", greet.0.line())));
+            return Err(ConnectError::NextHost(format!(
+                "host {peer} refused to talk to me: {}",
+                greet.0.line()
+            )));
         }
         c.hello(helo).await?;
         if c.ext.starttls && policy != OutboundTls::Off {
@@ -246,7 +277,8 @@ impl Client {
                     // Opportunistic: a failed handshake leaves the connection
                     // unusable; try again without TLS.
                     tracing::info!(peer = %peer, error = %e.reason(), "STARTTLS failed; retrying in plain text");
-                    let mut plain = Box::pin(Client::connect(addr, host, helo, OutboundTls::Off)).await?;
+                    let mut plain =
+                        Box::pin(Client::connect(addr, host, helo, OutboundTls::Off)).await?;
                     plain.tls = false;
                     return Ok(plain);
                 }
@@ -263,16 +295,23 @@ impl Client {
     async fn hello(&mut self, helo: &str) -> Result<(), ConnectError> {
         let peer = self.peer.clone();
         let fail = |e: std::io::Error| ConnectError::NextHost(format!("{peer}: {e}"));
-        self.write(format!("EHLO {helo}\r\n").as_bytes()).await.map_err(&fail)?;
+        self.write(format!("EHLO {helo}\r\n").as_bytes())
+            .await
+            .map_err(&fail)?;
         let (reply, lines) = self.read_reply(REPLY_TIMEOUT).await.map_err(&fail)?;
         if reply.code == 250 {
             self.ext = Extensions::parse(&reply, &lines);
             return Ok(());
         }
-        self.write(format!("HELO {helo}\r\n").as_bytes()).await.map_err(&fail)?;
+        self.write(format!("HELO {helo}\r\n").as_bytes())
+            .await
+            .map_err(&fail)?;
         let (reply, _) = self.read_reply(REPLY_TIMEOUT).await.map_err(&fail)?;
         if reply.code != 250 {
-            return Err(ConnectError::NextHost(format!("host {peer} refused HELO: {}", reply.line())));
+            return Err(ConnectError::NextHost(format!(
+                "host {peer} refused HELO: {}",
+                reply.line()
+            )));
         }
         self.ext = Extensions::default();
         Ok(())
@@ -281,8 +320,13 @@ impl Client {
     async fn starttls(&mut self, host: &str, policy: OutboundTls) -> Result<(), ConnectError> {
         let peer = self.peer.clone();
         let fail = |e: String| ConnectError::Policy(format!("STARTTLS with {peer}: {e}"));
-        self.write(b"STARTTLS\r\n").await.map_err(|e| fail(e.to_string()))?;
-        let (reply, _) = self.read_reply(REPLY_TIMEOUT).await.map_err(|e| fail(e.to_string()))?;
+        self.write(b"STARTTLS\r\n")
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let (reply, _) = self
+            .read_reply(REPLY_TIMEOUT)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         if reply.code != 220 {
             return Err(fail(reply.line()));
         }
@@ -320,16 +364,30 @@ impl Client {
         let code;
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(wait, AsyncReadExt::take(&mut self.io, 4096).read_line(&mut line))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out waiting for a reply"))??;
+            let n = tokio::time::timeout(
+                wait,
+                AsyncReadExt::take(&mut self.io, 4096).read_line(&mut line),
+            )
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "timed out waiting for a reply",
+                )
+            })??;
             if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "lost connection"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "lost connection",
+                ));
             }
             let l = line.trim_end();
             let c: u16 = l.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
             if !(200..=599).contains(&c) {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad reply line {l:?}")));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bad reply line {l:?}"),
+                ));
             }
             lines.push(l.get(4..).unwrap_or("").to_string());
             if l.as_bytes().get(3) != Some(&b'-') {
@@ -344,7 +402,11 @@ impl Client {
     fn detail(&self, reply: &Reply, stage: &str) -> Detail {
         Detail {
             status: reply.status(),
-            text: format!("host {} said: {} (in reply to {stage})", self.peer, reply.line()),
+            text: format!(
+                "host {} said: {} (in reply to {stage})",
+                self.peer,
+                reply.line()
+            ),
             remote_mta: Some(self.peer_name.clone()),
             smtp_reply: Some(reply.line()),
         }
@@ -362,17 +424,28 @@ impl Client {
     /// Carries one transaction. `Err` means the connection broke before any
     /// result was final; the caller may retry on another connection.
     pub async fn send(&mut self, t: &Transaction<'_>) -> Result<Vec<(usize, Outcome)>, String> {
-        let all = |o: Outcome| t.rcpts.iter().map(|r| (r.index, o.clone())).collect::<Vec<_>>();
+        let all = |o: Outcome| {
+            t.rcpts
+                .iter()
+                .map(|r| (r.index, o.clone()))
+                .collect::<Vec<_>>()
+        };
         if t.smtputf8 && !self.ext.smtputf8 {
             return Ok(all(Outcome::perm(
                 "5.6.7",
-                format!("host {} does not support SMTPUTF8, which the message needs", self.peer),
+                format!(
+                    "host {} does not support SMTPUTF8, which the message needs",
+                    self.peer
+                ),
             )));
         }
         if t.body_8bit && !self.ext.eightbitmime {
             return Ok(all(Outcome::perm(
                 "5.6.3",
-                format!("host {} does not support 8BITMIME, which the message needs", self.peer),
+                format!(
+                    "host {} does not support 8BITMIME, which the message needs",
+                    self.peer
+                ),
             )));
         }
         if let Some(limit) = self.ext.size
@@ -381,7 +454,11 @@ impl Client {
         {
             return Ok(all(Outcome::perm(
                 "5.3.4",
-                format!("message size {} exceeds the limit {limit} of host {}", t.content.len(), self.peer),
+                format!(
+                    "message size {} exceeds the limit {limit} of host {}",
+                    t.content.len(),
+                    self.peer
+                ),
             )));
         }
         let peer = self.peer.clone();
@@ -416,7 +493,12 @@ impl Client {
             if self.ext.dsn {
                 if r.notify != 0 {
                     let mut words = Vec::new();
-                    for (bit, w) in [(notify::NEVER, "NEVER"), (notify::SUCCESS, "SUCCESS"), (notify::FAILURE, "FAILURE"), (notify::DELAY, "DELAY")] {
+                    for (bit, w) in [
+                        (notify::NEVER, "NEVER"),
+                        (notify::SUCCESS, "SUCCESS"),
+                        (notify::FAILURE, "FAILURE"),
+                        (notify::DELAY, "DELAY"),
+                    ] {
                         if r.notify & bit != 0 {
                             words.push(w);
                         }
@@ -539,9 +621,15 @@ mod tests {
 
     #[test]
     fn status_comes_from_the_reply_or_its_class() {
-        let r = Reply { code: 550, text: "5.1.1 no such user".into() };
+        let r = Reply {
+            code: 550,
+            text: "5.1.1 no such user".into(),
+        };
         assert_eq!(r.status(), "5.1.1");
-        let r = Reply { code: 451, text: "try later".into() };
+        let r = Reply {
+            code: 451,
+            text: "try later".into(),
+        };
         assert_eq!(r.status(), "4.0.0");
     }
 }

@@ -197,11 +197,18 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
             ("BODY", Some(b)) if b.eq_ignore_ascii_case("7BIT") => mail.body_8bit = false,
             ("BODY", _) => return Err(Reply::new(501, "5.5.4", "Bad BODY parameter")),
             ("SMTPUTF8", None) => mail.smtputf8 = true,
-            ("RET", Some(r)) if mail.ret.is_none() && r.eq_ignore_ascii_case("FULL") => mail.ret = Some(Ret::Full),
-            ("RET", Some(r)) if mail.ret.is_none() && r.eq_ignore_ascii_case("HDRS") => mail.ret = Some(Ret::Hdrs),
+            ("RET", Some(r)) if mail.ret.is_none() && r.eq_ignore_ascii_case("FULL") => {
+                mail.ret = Some(Ret::Full)
+            }
+            ("RET", Some(r)) if mail.ret.is_none() && r.eq_ignore_ascii_case("HDRS") => {
+                mail.ret = Some(Ret::Hdrs)
+            }
             ("RET", _) => return Err(Reply::new(501, "5.5.4", "Bad RET parameter")),
             ("ENVID", Some(e)) if mail.envid.is_none() && e.len() <= 100 => {
-                mail.envid = Some(xtext_decode(e).ok_or_else(|| Reply::new(501, "5.5.4", "Bad ENVID parameter"))?);
+                mail.envid = Some(
+                    xtext_decode(e)
+                        .ok_or_else(|| Reply::new(501, "5.5.4", "Bad ENVID parameter"))?,
+                );
             }
             ("ENVID", _) => return Err(Reply::new(501, "5.5.4", "Bad ENVID parameter")),
             _ => return Err(Reply::new(555, "5.5.4", format!("Unsupported option: {p}"))),
@@ -243,15 +250,28 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
                 }
                 // RFC 3461 §4.1: NEVER stands alone.
                 if rcpt.notify & notify::NEVER != 0 && rcpt.notify != notify::NEVER {
-                    return Err(Reply::new(501, "5.5.4", "Bad NOTIFY parameter: NEVER with other values"));
+                    return Err(Reply::new(
+                        501,
+                        "5.5.4",
+                        "Bad NOTIFY parameter: NEVER with other values",
+                    ));
                 }
             }
             ("ORCPT", Some(o)) if rcpt.orcpt.is_none() => {
-                let (kind, addr) = o.split_once(';').ok_or_else(|| Reply::new(501, "5.5.4", "Bad ORCPT parameter"))?;
+                let (kind, addr) = o
+                    .split_once(';')
+                    .ok_or_else(|| Reply::new(501, "5.5.4", "Bad ORCPT parameter"))?;
                 if !kind.eq_ignore_ascii_case("rfc822") && !kind.eq_ignore_ascii_case("utf-8") {
-                    return Err(Reply::new(501, "5.5.4", "Bad ORCPT parameter: unknown address type"));
+                    return Err(Reply::new(
+                        501,
+                        "5.5.4",
+                        "Bad ORCPT parameter: unknown address type",
+                    ));
                 }
-                rcpt.orcpt = Some(xtext_decode(addr).ok_or_else(|| Reply::new(501, "5.5.4", "Bad ORCPT parameter"))?);
+                rcpt.orcpt = Some(
+                    xtext_decode(addr)
+                        .ok_or_else(|| Reply::new(501, "5.5.4", "Bad ORCPT parameter"))?,
+                );
             }
             _ => return Err(Reply::new(555, "5.5.4", format!("Unsupported option: {p}"))),
         }
@@ -522,8 +542,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(mail("RCPT TO:<c@d.test> NOTIFY=NEVER,SUCCESS").unwrap_err().code, 501);
-        assert_eq!(mail("RCPT TO:<c@d.test> NOTIFY=SOMETIMES").unwrap_err().code, 501);
+        assert_eq!(
+            mail("RCPT TO:<c@d.test> NOTIFY=NEVER,SUCCESS")
+                .unwrap_err()
+                .code,
+            501
+        );
+        assert_eq!(
+            mail("RCPT TO:<c@d.test> NOTIFY=SOMETIMES")
+                .unwrap_err()
+                .code,
+            501
+        );
         assert_eq!(mail("MAIL FROM:<a@b.test> RET=ALL").unwrap_err().code, 501);
         assert_eq!(xtext_encode("a+b=c d"), "a+2Bb+3Dc+20d");
     }

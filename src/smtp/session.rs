@@ -445,7 +445,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "Non-ASCII recipient address needs SMTPUTF8 in MAIL FROM",
             ));
         }
-        if tx.rcpts.iter().any(|r| r.address.eq_ignore_ascii_case(&address)) {
+        if tx
+            .rcpts
+            .iter()
+            .any(|r| r.address.eq_ignore_ascii_case(&address))
+        {
             return self.send(Reply::new(250, "2.1.5", "Ok"));
         }
         match self.rcpt_policy(&address, tx.rcpts.len()) {

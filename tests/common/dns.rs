@@ -30,7 +30,11 @@ pub struct TestDns {
 }
 
 fn name(s: &str) -> Name {
-    let fq = if s.ends_with('.') { s.to_string() } else { format!("{s}.") };
+    let fq = if s.ends_with('.') {
+        s.to_string()
+    } else {
+        format!("{s}.")
+    };
     Name::from_str(&fq).expect("name")
 }
 
@@ -39,23 +43,48 @@ impl TestDns {
     pub fn start(zones: Vec<(&'static str, Vec<Rec>)>) -> TestDns {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let mut catalog = Catalog::new();
                 for (origin, records) in zones {
                     let origin_name = name(origin);
-                    let mut zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::empty(
-                        origin_name.clone(),
-                        ZoneType::Primary,
-                        AxfrPolicy::Deny,
+                    let mut zone = InMemoryZoneHandler::<
+                        hickory_server::net::runtime::TokioRuntimeProvider,
+                    >::empty(
+                        origin_name.clone(), ZoneType::Primary, AxfrPolicy::Deny
                     );
-                    let soa = SOA::new(name(&format!("ns.{origin}")), name(&format!("hostmaster.{origin}")), 1, 3600, 600, 86400, 60);
-                    zone.upsert_mut(Record::from_rdata(origin_name.clone(), 60, RData::SOA(soa)), 1);
-                    zone.upsert_mut(Record::from_rdata(origin_name.clone(), 60, RData::NS(NS(name(&format!("ns.{origin}"))))), 1);
+                    let soa = SOA::new(
+                        name(&format!("ns.{origin}")),
+                        name(&format!("hostmaster.{origin}")),
+                        1,
+                        3600,
+                        600,
+                        86400,
+                        60,
+                    );
+                    zone.upsert_mut(
+                        Record::from_rdata(origin_name.clone(), 60, RData::SOA(soa)),
+                        1,
+                    );
+                    zone.upsert_mut(
+                        Record::from_rdata(
+                            origin_name.clone(),
+                            60,
+                            RData::NS(NS(name(&format!("ns.{origin}")))),
+                        ),
+                        1,
+                    );
                     for r in records {
                         let rec = match r {
                             Rec::Mx(n, pref, exch) => {
-                                let ex = if exch == "." { Name::root() } else { name(exch) };
+                                let ex = if exch == "." {
+                                    Name::root()
+                                } else {
+                                    name(exch)
+                                };
                                 Record::from_rdata(name(n), 60, RData::MX(MX::new(pref, ex)))
                             }
                             Rec::A(n, ip) => Record::from_rdata(name(n), 60, RData::A(A(ip))),
@@ -67,7 +96,9 @@ impl TestDns {
                 let mut server = Server::new(catalog);
                 // Bind UDP on a free port, then TCP on the same port.
                 let (udp, tcp) = loop {
-                    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+                    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                        .await
+                        .expect("udp");
                     let port = udp.local_addr().expect("addr").port();
                     if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
                         break (udp, tcp);
@@ -81,7 +112,9 @@ impl TestDns {
             });
         });
         TestDns {
-            addr: rx.recv_timeout(Duration::from_secs(10)).expect("dns server started"),
+            addr: rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("dns server started"),
         }
     }
 
@@ -98,15 +131,24 @@ impl TestDns {
                 ],
             ),
             ("nullmx.test", vec![Rec::Mx("nullmx.test", 0, ".")]),
-            ("nomx.test", vec![Rec::A("nomx.test", Ipv4Addr::new(127, 0, 0, 4))]),
+            (
+                "nomx.test",
+                vec![Rec::A("nomx.test", Ipv4Addr::new(127, 0, 0, 4))],
+            ),
             ("gone.test", vec![]),
             (
                 "tls.test",
-                vec![Rec::Mx("tls.test", 10, "mx.tls.test"), Rec::A("mx.tls.test", Ipv4Addr::new(127, 0, 0, 5))],
+                vec![
+                    Rec::Mx("tls.test", 10, "mx.tls.test"),
+                    Rec::A("mx.tls.test", Ipv4Addr::new(127, 0, 0, 5)),
+                ],
             ),
             (
                 "internet.test",
-                vec![Rec::Mx("internet.test", 10, "mx.internet.test"), Rec::A("mx.internet.test", Ipv4Addr::new(127, 0, 0, 6))],
+                vec![
+                    Rec::Mx("internet.test", 10, "mx.internet.test"),
+                    Rec::A("mx.internet.test", Ipv4Addr::new(127, 0, 0, 6)),
+                ],
             ),
         ])
     }

@@ -31,8 +31,23 @@ pub fn free_port() -> u16 {
 
 /// The base configuration of tests. Loopback only; `[dns]` points at the
 /// test's own DNS server; remote hosts are reached on `outbound_port`.
-pub fn base_config(spool: &Path, dns: SocketAddr, outbound_port: u16, with_queue: bool) -> String {
-    let queue = if with_queue { "[queue]\nretry_initial = \"1s\"\nretry_max = \"2s\"\n" } else { "" };
+pub fn base_config(
+    spool: &Path,
+    dns: SocketAddr,
+    outbound_port: u16,
+    with_queue: bool,
+    with_outbound: bool,
+) -> String {
+    let queue = if with_queue {
+        "[queue]\nretry_initial = \"1s\"\nretry_max = \"2s\"\n"
+    } else {
+        ""
+    };
+    let outbound = if with_outbound {
+        format!("[smtp.outbound]\nport = {outbound_port}\n")
+    } else {
+        String::new()
+    };
     format!(
         r#"
 [server]
@@ -49,9 +64,7 @@ protocol = "smtp"
 bind = "127.0.0.1:0"
 
 {queue}
-[smtp.outbound]
-port = {outbound_port}
-
+{outbound}
 [dns]
 nameservers = ["{dns}"]
 
@@ -108,7 +121,13 @@ impl TestServer {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let cfg = format!(
             "{}\n[smtp.inbound]\n{}\n{}\n",
-            base_config(&dir.path().join("spool"), standard_dns(), outbound_port, !extra.contains("[queue]")),
+            base_config(
+                &dir.path().join("spool"),
+                standard_dns(),
+                outbound_port,
+                !extra.contains("[queue]"),
+                !extra.contains("[smtp.outbound]")
+            ),
             smtp_inbound,
             extra
         );

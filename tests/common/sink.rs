@@ -52,14 +52,18 @@ impl Sink {
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(Mutex::new(0));
         let tls = opts.starttls.then(|| {
-            let cert = rcgen::generate_simple_self_signed(vec!["mx.tls.test".to_string()]).expect("cert");
-            let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
-            let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.cert.der().clone()], key)
-                .expect("server config");
+            let cert =
+                rcgen::generate_simple_self_signed(vec!["mx.tls.test".to_string()]).expect("cert");
+            let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+                .expect("key");
+            let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .expect("server config");
             Arc::new(cfg)
         });
         {
@@ -76,7 +80,11 @@ impl Sink {
                 }
             });
         }
-        Sink { addr, received, connections }
+        Sink {
+            addr,
+            received,
+            connections,
+        }
     }
 
     /// Messages received so far.
@@ -102,7 +110,12 @@ impl Sink {
     }
 }
 
-fn serve(tcp: TcpStream, received: Arc<Mutex<Vec<Received>>>, opts: SinkOptions, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<()> {
+fn serve(
+    tcp: TcpStream,
+    received: Arc<Mutex<Vec<Received>>>,
+    opts: SinkOptions,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut stream: Box<dyn Stream> = Box::new(tcp.try_clone()?);
     let mut under_tls = false;
@@ -124,7 +137,13 @@ fn serve(tcp: TcpStream, received: Arc<Mutex<Vec<Received>>>, opts: SinkOptions,
         let upper = cmd.to_ascii_uppercase();
         let w = reader.get_mut();
         if upper.starts_with("EHLO") {
-            let mut ext = vec!["sink.test", "PIPELINING", "SIZE 10000000", "8BITMIME", "SMTPUTF8"];
+            let mut ext = vec![
+                "sink.test",
+                "PIPELINING",
+                "SIZE 10000000",
+                "8BITMIME",
+                "SMTPUTF8",
+            ];
             if tls.is_some() && !under_tls {
                 ext.push("STARTTLS");
             }
@@ -133,13 +152,16 @@ fn serve(tcp: TcpStream, received: Arc<Mutex<Vec<Received>>>, opts: SinkOptions,
             }
             let n = ext.len();
             for (i, e) in ext.iter().enumerate() {
-                w.write_all(format!("250{}{e}\r\n", if i + 1 == n { ' ' } else { '-' }).as_bytes())?;
+                w.write_all(
+                    format!("250{}{e}\r\n", if i + 1 == n { ' ' } else { '-' }).as_bytes(),
+                )?;
             }
         } else if upper.starts_with("HELO") {
             w.write_all(b"250 sink.test\r\n")?;
         } else if upper == "STARTTLS" && tls.is_some() && !under_tls {
             w.write_all(b"220 2.0.0 go ahead\r\n")?;
-            let conn = rustls::ServerConnection::new(tls.clone().expect("tls")).map_err(std::io::Error::other)?;
+            let conn = rustls::ServerConnection::new(tls.clone().expect("tls"))
+                .map_err(std::io::Error::other)?;
             let plain = tcp.try_clone()?;
             reader = BufReader::new(Box::new(rustls::StreamOwned::new(conn, plain)));
             under_tls = true;
@@ -150,7 +172,12 @@ fn serve(tcp: TcpStream, received: Arc<Mutex<Vec<Received>>>, opts: SinkOptions,
             w.write_all(b"250 2.1.0 ok\r\n")?;
         } else if upper.starts_with("RCPT TO:") {
             rcpt_lines.push(cmd.clone());
-            let addr = cmd[8..].split('>').next().unwrap_or("").trim_start_matches('<').to_string();
+            let addr = cmd[8..]
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .trim_start_matches('<')
+                .to_string();
             let local = addr.split('@').next().unwrap_or("").to_ascii_lowercase();
             if local.starts_with("defer") {
                 w.write_all(b"450 4.2.0 mailbox busy, try later\r\n")?;
@@ -175,7 +202,11 @@ fn serve(tcp: TcpStream, received: Arc<Mutex<Vec<Received>>>, opts: SinkOptions,
                 if l == b".\r\n" {
                     break;
                 }
-                let l = if l.starts_with(b"..") { &l[1..] } else { &l[..] };
+                let l = if l.starts_with(b"..") {
+                    &l[1..]
+                } else {
+                    &l[..]
+                };
                 data.extend_from_slice(l);
             }
             received.lock().expect("lock").push(Received {
@@ -185,7 +216,9 @@ fn serve(tcp: TcpStream, received: Arc<Mutex<Vec<Received>>>, opts: SinkOptions,
                 data,
                 tls: under_tls,
             });
-            reader.get_mut().write_all(b"250 2.0.0 queued at the sink\r\n")?;
+            reader
+                .get_mut()
+                .write_all(b"250 2.0.0 queued at the sink\r\n")?;
         } else if upper == "RSET" {
             mail.clear();
             rcpts.clear();
