@@ -83,6 +83,7 @@ impl Default for RawServer {
 struct RawDomains {
     primary: String,
     aliases: Vec<String>,
+    relay_domains: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,6 +309,9 @@ pub struct Domains {
     pub aliases: Vec<String>,
     /// Domain literals accepted as local (`"[192.0.2.10]"` in `aliases`).
     pub literals: Vec<IpAddr>,
+    /// Domains accepted from anyone but not delivered here: forwarded by
+    /// route, smarthost or MX (an edge gateway's organisation domains).
+    pub relay_domains: Vec<String>,
 }
 
 impl Domains {
@@ -321,6 +325,12 @@ impl Domains {
             }
             _ => address.to_string(),
         }
+    }
+
+    /// Whether mail for `domain` is accepted from anyone to be forwarded.
+    pub fn is_relay(&self, domain: &str) -> bool {
+        let d = domain.trim_end_matches('.');
+        self.relay_domains.iter().any(|r| d.eq_ignore_ascii_case(r))
     }
 
     /// Whether `domain` (any case, without brackets for names) is local.
@@ -832,10 +842,30 @@ impl Config {
                 );
             }
         }
+        let mut relay_domains = Vec::new();
+        for (i, r) in raw.domains.relay_domains.iter().enumerate() {
+            let r = r.trim().trim_end_matches('.').to_ascii_lowercase();
+            if !valid_domain(&r) {
+                c.error(
+                    format!("domains.relay_domains[{i}]"),
+                    format!("{r:?} is not a valid domain"),
+                );
+            } else if r == primary || aliases.contains(&r) {
+                c.error(
+                    format!("domains.relay_domains[{i}]"),
+                    format!(
+                        "{r:?} is also a local domain; a domain is either delivered here or relayed"
+                    ),
+                );
+            } else {
+                relay_domains.push(r);
+            }
+        }
         let domains = Domains {
             primary,
             aliases,
             literals,
+            relay_domains,
         };
 
         let mut listeners = Vec::new();
@@ -1210,6 +1240,8 @@ mod tests {
     #[test]
     fn shipped_configurations_are_valid() {
         Config::parse(DEFAULT_TOML).expect("config/petrel.toml");
+        Config::parse(include_str!("../config/edge.toml")).expect("config/edge.toml");
+        Config::parse(include_str!("../config/internal.toml")).expect("config/internal.toml");
     }
 
     #[test]

@@ -400,7 +400,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let (local_part, domain) = address.rsplit_once('@').unwrap_or((address, ""));
         let relay_denied = || Reply::new(554, "5.7.1", format!("<{address}>: Relay access denied"));
         if !cfg.domains.is_local(domain) {
-            return if self.relay_client() {
+            // Relay domains (an edge's organisation domains) are accepted
+            // from anyone, but never with routing characters.
+            let relay_domain =
+                cfg.domains.is_relay(domain) && !local_part.contains(['%', '!', '@']);
+            return if relay_domain || self.relay_client() {
                 Ok(())
             } else {
                 Err(relay_denied())
