@@ -1,15 +1,21 @@
 //! Load driver: starts the real daemon (release build) on loopback, drives
 //! it with concurrent pipelined SMTP sessions, and measures messages per
-//! second through the whole daemon — SMTP in, local mailbox out — with the
-//! time from end of DATA to `250`, CPU per message and peak RSS.
+//! second through the whole daemon, the time from end of DATA to `250`, CPU
+//! per message and peak RSS.
+//!
+//! Two modes: `local` (SMTP in, local mailbox out) and `relay` (SMTP in,
+//! SMTP out through a smarthost to a sink on loopback that counts what it
+//! gets; end to end means until the sink has every message).
 //!
 //! Run: `cargo bench --bench load` (all scenarios, 3 runs each, medians), or
-//! `cargo bench --bench load -- SESSIONS SIZE MESSAGES RUNS` for one.
+//! `cargo bench --bench load -- MODE SESSIONS SIZE MESSAGES RUNS` for one.
 //! Every run is bounded: it sends a fixed count and gives up after 300 s.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -22,16 +28,25 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start() -> Daemon {
+    fn start(smarthost: Option<SocketAddr>) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("petrel.toml");
+        let outbound = smarthost
+            .map(|a| {
+                format!(
+                    "[smtp.outbound]\nsmarthost = \"[{}]:{}\"\ntls = \"off\"\n",
+                    a.ip(),
+                    a.port()
+                )
+            })
+            .unwrap_or_default();
         std::fs::write(
             &config,
             format!(
                 r#"
 [server]
 hostname = "bench.example.test"
-spool = "{}"
+spool = "{spool}"
 [domains]
 primary = "example.test"
 [[listeners]]
@@ -40,6 +55,7 @@ protocol = "smtp"
 bind = "127.0.0.1:0"
 [smtp.inbound]
 max_connections_per_client = 1000
+{outbound}
 [dns]
 nameservers = ["127.0.0.1:9"]
 [log]
@@ -48,7 +64,7 @@ level = "info"
 name = "alice"
 addresses = ["alice@example.test"]
 "#,
-                dir.path().join("spool").display()
+                spool = dir.path().join("spool").display()
             ),
         )
         .expect("config");
@@ -81,10 +97,9 @@ addresses = ["alice@example.test"]
             }
         }
         std::thread::spawn(move || for _ in rx {});
-        let addr = addr.expect("listening line");
         Daemon {
             child,
-            addr,
+            addr: addr.expect("listening line"),
             config,
             _dir: dir,
         }
@@ -111,15 +126,13 @@ addresses = ["alice@example.test"]
             .unwrap_or("")
             .split_whitespace()
             .collect();
-        let ticks: f64 = fields
-            .get(11)
-            .and_then(|u| u.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            + fields
-                .get(12)
-                .and_then(|s| s.parse::<f64>().ok())
-                .unwrap_or(0.0);
-        let hz = 100.0;
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let ticks = field(11) + field(12);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let hwm = status
             .lines()
@@ -127,7 +140,8 @@ addresses = ["alice@example.test"]
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        (ticks * 1000.0 / hz, hwm)
+        // Linux reports CPU time in clock ticks of 1/100 s.
+        (ticks * 10.0, hwm)
     }
 }
 
@@ -137,6 +151,73 @@ impl Drop for Daemon {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// A minimal SMTP sink (like Postfix's smtp-sink): accepts everything,
+/// offers PIPELINING, counts messages.
+struct CountingSink {
+    addr: SocketAddr,
+    count: Arc<AtomicUsize>,
+}
+
+impl CountingSink {
+    fn start() -> CountingSink {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind sink");
+        let addr = listener.local_addr().expect("addr");
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let c = c.clone();
+                std::thread::spawn(move || sink_session(stream, c));
+            }
+        });
+        CountingSink { addr, count }
+    }
+}
+
+fn sink_session(stream: TcpStream, count: Arc<AtomicUsize>) {
+    let _ = stream.set_nodelay(true);
+    let Ok(out) = stream.try_clone() else { return };
+    let mut w = std::io::BufWriter::new(out);
+    let mut r = BufReader::with_capacity(64 * 1024, stream);
+    let _ = w.write_all(b"220 sink ESMTP\r\n");
+    let _ = w.flush();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let up = line.to_ascii_uppercase();
+        let reply: &[u8] = if up.starts_with(b"EHLO") {
+            b"250-sink\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+        } else if up.starts_with(b"DATA") {
+            let _ = w.write_all(b"354 go\r\n");
+            let _ = w.flush();
+            loop {
+                line.clear();
+                if r.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == b".\r\n" {
+                    break;
+                }
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+            b"250 2.0.0 ok\r\n"
+        } else if up.starts_with(b"QUIT") {
+            let _ = w.write_all(b"221 bye\r\n");
+            let _ = w.flush();
+            return;
+        } else {
+            b"250 ok\r\n"
+        };
+        let _ = w.write_all(reply);
+        if r.buffer().is_empty() {
+            let _ = w.flush();
+        }
     }
 }
 
@@ -155,7 +236,7 @@ fn reply(r: &mut BufReader<TcpStream>) -> u16 {
 
 /// One session sending `count` messages; returns per-message latencies
 /// from end of DATA to 250, in microseconds.
-fn session(addr: SocketAddr, count: usize, body: &[u8], deadline: Instant) -> Vec<u64> {
+fn session(addr: SocketAddr, count: usize, rcpt: &str, body: &[u8], deadline: Instant) -> Vec<u64> {
     let stream = TcpStream::connect(addr).expect("connect");
     stream.set_nodelay(true).expect("nodelay");
     let mut w = stream.try_clone().expect("clone");
@@ -163,13 +244,13 @@ fn session(addr: SocketAddr, count: usize, body: &[u8], deadline: Instant) -> Ve
     assert_eq!(reply(&mut r), 220);
     w.write_all(b"EHLO load.test\r\n").expect("write");
     assert_eq!(reply(&mut r), 250);
+    let envelope = format!("MAIL FROM:<load@example.test>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n");
     let mut lat = Vec::with_capacity(count);
     for _ in 0..count {
         if Instant::now() > deadline {
             break;
         }
-        w.write_all(b"MAIL FROM:<load@partner.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n")
-            .expect("write");
+        w.write_all(envelope.as_bytes()).expect("write");
         assert_eq!(reply(&mut r), 250);
         assert_eq!(reply(&mut r), 250);
         assert_eq!(reply(&mut r), 354);
@@ -193,7 +274,7 @@ struct RunResult {
 
 fn body_of(size: usize) -> Vec<u8> {
     let mut b =
-        b"Subject: load\r\nFrom: load@partner.test\r\nTo: alice@example.test\r\n\r\n".to_vec();
+        b"Subject: load\r\nFrom: load@example.test\r\nTo: someone@example.test\r\n\r\n".to_vec();
     let line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n";
     while b.len() + line.len() <= size {
         b.extend_from_slice(line);
@@ -202,8 +283,14 @@ fn body_of(size: usize) -> Vec<u8> {
     b
 }
 
-fn run(sessions: usize, size: usize, messages: usize) -> RunResult {
-    let daemon = Daemon::start();
+fn run(relay: bool, sessions: usize, size: usize, messages: usize) -> RunResult {
+    let sink = relay.then(CountingSink::start);
+    let daemon = Daemon::start(sink.as_ref().map(|s| s.addr));
+    let rcpt = if relay {
+        "someone@remote.test"
+    } else {
+        "alice@example.test"
+    };
     let body = body_of(size);
     let deadline = Instant::now() + LIMIT;
     let per = messages.div_ceil(sessions);
@@ -212,7 +299,7 @@ fn run(sessions: usize, size: usize, messages: usize) -> RunResult {
         .map(|_| {
             let body = body.clone();
             let addr = daemon.addr;
-            std::thread::spawn(move || session(addr, per, &body, deadline))
+            std::thread::spawn(move || session(addr, per, rcpt, &body, deadline))
         })
         .collect();
     let mut lat: Vec<u64> = threads
@@ -220,13 +307,22 @@ fn run(sessions: usize, size: usize, messages: usize) -> RunResult {
         .flat_map(|t| t.join().expect("session"))
         .collect();
     let inject_time = start.elapsed();
-    while daemon.queue_len() != 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    let sent = lat.len();
+    match &sink {
+        Some(s) => {
+            while s.count.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        None => {
+            while daemon.queue_len() != 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
     let e2e_time = start.elapsed();
     let (cpu_ms, rss_kib) = daemon.usage();
     lat.sort_unstable();
-    let sent = lat.len();
     let pct = |p: f64| {
         lat.get(((sent as f64 * p) as usize).min(sent.saturating_sub(1)))
             .copied()
@@ -253,29 +349,36 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let scenarios: Vec<(usize, usize, usize, usize)> = if args.len() >= 3 {
+    let scenarios: Vec<(bool, usize, usize, usize, usize)> = if args.len() >= 4 {
         let n = |i: usize| args[i].parse::<usize>().expect("number");
         vec![(
-            n(0),
+            args[0] == "relay",
             n(1),
             n(2),
-            args.get(3).map(|r| r.parse().expect("runs")).unwrap_or(3),
+            n(3),
+            args.get(4).map(|r| r.parse().expect("runs")).unwrap_or(3),
         )]
     } else {
         vec![
-            (1, 1024, 2000, 3),
-            (16, 1024, 10000, 3),
-            (64, 1024, 10000, 3),
-            (16, 4096, 10000, 3),
-            (16, 65536, 3000, 3),
+            (false, 1, 1024, 2000, 3),
+            (false, 16, 1024, 10000, 3),
+            (false, 64, 1024, 10000, 3),
+            (false, 16, 4096, 10000, 3),
+            (false, 16, 65536, 3000, 3),
+            (true, 1, 1024, 2000, 3),
+            (true, 20, 1024, 10000, 3),
+            (true, 1, 65536, 1000, 3),
+            (true, 20, 65536, 3000, 3),
         ]
     };
     println!(
-        "| sessions | size | messages | inject msg/s | end-to-end msg/s (min–max) | 250 latency p50 / p99 ms | CPU ms/msg | peak RSS MiB |"
+        "| mode | sessions | size | messages | inject msg/s | end-to-end msg/s (min–max) | 250 latency p50 / p99 ms | CPU ms/msg | peak RSS MiB |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (sessions, size, messages, runs) in scenarios {
-        let results: Vec<RunResult> = (0..runs).map(|_| run(sessions, size, messages)).collect();
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (relay, sessions, size, messages, runs) in scenarios {
+        let results: Vec<RunResult> = (0..runs)
+            .map(|_| run(relay, sessions, size, messages))
+            .collect();
         let (inject, _, _) = median(results.iter().map(|r| r.inject).collect());
         let (e2e, lo, hi) = median(results.iter().map(|r| r.e2e).collect());
         let (p50, _, _) = median(results.iter().map(|r| r.p50_ms).collect());
@@ -283,7 +386,8 @@ fn main() {
         let (cpu, _, _) = median(results.iter().map(|r| r.cpu_ms_per_msg).collect());
         let (rss, _, _) = median(results.iter().map(|r| r.rss_mib).collect());
         println!(
-            "| {sessions} | {size} | {messages} | {inject:.0} | {e2e:.0} ({lo:.0}–{hi:.0}) | {p50:.2} / {p99:.2} | {cpu:.3} | {rss:.0} |"
+            "| {} | {sessions} | {size} | {messages} | {inject:.0} | {e2e:.0} ({lo:.0}–{hi:.0}) | {p50:.2} / {p99:.2} | {cpu:.3} | {rss:.0} |",
+            if relay { "relay" } else { "local" }
         );
     }
 }
