@@ -922,12 +922,6 @@ impl Config {
                     TlsMode::None
                 }
             };
-            if tls != TlsMode::None {
-                c.error(
-                    format!("{key}.tls"),
-                    "TLS is not available in this version of petrel; use \"none\"",
-                );
-            }
             let auth = match l.auth.as_str() {
                 "off" => AuthMode::Off,
                 "optional" => AuthMode::Optional,
@@ -940,10 +934,10 @@ impl Config {
                     AuthMode::Off
                 }
             };
-            if auth != AuthMode::Off {
+            if auth != AuthMode::Off && !matches!(protocol, Protocol::Smtp | Protocol::Submission) {
                 c.error(
                     format!("{key}.auth"),
-                    "AUTH is not available in this version of petrel; use \"off\"",
+                    "only smtp and submission listeners take auth; the others always authenticate",
                 );
             }
             listeners.push(Listener {
@@ -1198,10 +1192,10 @@ fn key_at_line(text: &str, line: usize) -> String {
         if t.starts_with('[') {
             table = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
             key.clear();
-        } else if i + 1 == line {
-            if let Some((k, _)) = t.split_once('=') {
-                key = k.trim().to_string();
-            }
+        } else if i + 1 == line
+            && let Some((k, _)) = t.split_once('=')
+        {
+            key = k.trim().to_string();
         }
     }
     match (table.is_empty(), key.is_empty()) {

@@ -119,11 +119,27 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         delivery,
     );
 
+    let tls = {
+        let cfg = config.load();
+        if cfg
+            .listeners
+            .iter()
+            .any(|l| l.tls != crate::config::TlsMode::None)
+        {
+            Some(
+                crate::tls::server_config(&cfg.tls, &spool_dir, &cfg.server.hostname)
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            )
+        } else {
+            None
+        }
+    };
     let smtp = Arc::new(SmtpShared {
         config: config.clone(),
         intake: Intake::new(spool.clone(), Some(waker.clone())),
         debug,
         connections: server::ConnectionCount::default(),
+        tls,
     });
     let daemon = Arc::new(Daemon {
         config: config.clone(),
@@ -146,7 +162,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
             Protocol::Smtp | Protocol::Submission => {
                 tokio::spawn(server::serve(
                     tcp,
-                    l.name.clone(),
+                    l.clone(),
                     smtp.clone(),
                     shutdown.signal(),
                 ));

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod control;
 pub mod daemon;
 pub mod delivery;

@@ -7,10 +7,13 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
 
+/// Replaces the log filter; errors name what is wrong with the filter.
+type SetLevel = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
 /// Changes the log filter at run time.
 #[derive(Clone)]
 pub struct LogControl {
-    set: Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    set: Arc<SetLevel>,
 }
 
 impl LogControl {

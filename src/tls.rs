@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 /// The one crypto provider of the process.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -88,4 +90,71 @@ pub fn verifying_client() -> Arc<ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Arc::new(cfg)
+}
+
+/// The server configuration for STARTTLS, STLS and implicit TLS: the
+/// certificate chain and key from `[tls]`, or — when they are not set — a
+/// self-signed pair for `hostname`, made once in `<spool>/tls` (a warning
+/// says so; clients that verify will refuse it).
+pub fn server_config(
+    tls: &crate::config::Tls,
+    spool: &std::path::Path,
+    hostname: &str,
+) -> Result<Arc<ServerConfig>, String> {
+    let (cert_path, key_path) = match (&tls.cert, &tls.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let dir = spool.join("tls");
+            let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+            if !c.exists() || !k.exists() {
+                make_self_signed(&dir, &c, &k, hostname)?;
+                tracing::warn!(cert = %c.display(), "no [tls] cert and key configured: made a self-signed certificate; set tls.cert and tls.key for clients that verify");
+            }
+            (c, k)
+        }
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| format!("tls.cert: cannot read {}: {e}", cert_path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.cert: {}: {e}", cert_path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls.cert: {} holds no certificate",
+            cert_path.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| format!("tls.key: cannot read {}: {e}", key_path.display()))?;
+    let cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls.cert/tls.key: {e}"))?;
+    Ok(Arc::new(cfg))
+}
+
+fn make_self_signed(
+    dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    hostname: &str,
+) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let pair = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
+        .map_err(|e| format!("cannot make a certificate: {e}"))?;
+    let mut k = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(key)
+        .map_err(|e| format!("cannot write {}: {e}", key.display()))?;
+    k.write_all(pair.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| e.to_string())?;
+    std::fs::write(cert, pair.cert.pem())
+        .map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
+    Ok(())
 }

@@ -81,11 +81,7 @@ pub fn mailbox(config: &Config, name: String, uid: Option<u64>, json: bool) -> R
             }
             Item::Json(v) => {
                 if first {
-                    let _ = writeln!(
-                        out,
-                        "{:>8} {:>10} {:<12} {}",
-                        "UID", "SIZE", "QUEUE-ID", "MESSAGE-ID"
-                    );
+                    let _ = writeln!(out, "     UID       SIZE QUEUE-ID     MESSAGE-ID");
                     first = false;
                 }
                 let _ = writeln!(

@@ -130,6 +130,9 @@ impl Handler<Send> for DeliveryPool {
     }
 }
 
+/// Where a queued transaction's outcomes go.
+type Answer = oneshot::Sender<Vec<(usize, Outcome)>>;
+
 /// An idle connection kept for the next transaction.
 struct Idle {
     client: Client,
@@ -141,7 +144,7 @@ pub struct DestinationActor {
     key: String,
     plan: NextHopPlan,
     shared: Shared,
-    queue: VecDeque<(Send, oneshot::Sender<Vec<(usize, Outcome)>>)>,
+    queue: VecDeque<(Send, Answer)>,
     active: usize,
     idle: Vec<Idle>,
     /// Consecutive connection failures.
@@ -300,10 +303,10 @@ async fn run_transaction(
     };
     // A reused connection may have been closed by the peer meanwhile: on a
     // broken transaction, try once more on a fresh connection.
-    if let Some(mut c) = reused {
-        if let Ok(outcomes) = c.send(&t).await {
-            return (outcomes, Some(c), None);
-        }
+    if let Some(mut c) = reused
+        && let Ok(outcomes) = c.send(&t).await
+    {
+        return (outcomes, Some(c), None);
     }
     let mut client = match connect(&shared, &plan).await {
         Ok(c) => c,

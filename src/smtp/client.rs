@@ -5,18 +5,15 @@
 //! transaction elsewhere.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
-};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::command::xtext_encode;
 use crate::config::OutboundTls;
+use crate::conn::Conn;
 use crate::outcome::{Detail, Outcome};
 use crate::spool::{Ret, notify};
 
@@ -26,60 +23,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 /// After the final dot (RFC 5321 §4.5.3.2.6: 10 minutes).
 const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Plain or TLS connection; `Closed` only while the socket is moved into
-/// the TLS handshake.
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    Closed,
-}
-
-fn closed() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed")
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Io::Closed => Poll::Ready(Err(closed())),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Io::Closed => Poll::Ready(Err(closed())),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_flush(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Io::Closed => Poll::Ready(Err(closed())),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Io::Closed => Poll::Ready(Ok(())),
-        }
-    }
-}
 
 /// An I/O error as people read it: without Rust's "(os error N)".
 fn io_text(e: &std::io::Error) -> String {
@@ -212,7 +155,7 @@ pub struct Transaction<'a> {
 
 /// An open SMTP connection to a peer.
 pub struct Client {
-    io: BufReader<Io>,
+    io: BufReader<Conn>,
     /// `name[ip]:port`, for logs and Remote-MTA.
     pub peer: String,
     /// The peer's host name, for Remote-MTA.
@@ -251,7 +194,7 @@ impl Client {
         };
         let _ = tcp.set_nodelay(true);
         let mut c = Client {
-            io: BufReader::new(Io::Plain(tcp)),
+            io: BufReader::new(Conn::Plain(tcp)),
             peer: peer.clone(),
             peer_name: host.to_string(),
             ext: Extensions::default(),
@@ -339,8 +282,7 @@ impl Client {
         };
         let name = rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| fail(format!("bad server name {host}: {e}")))?;
-        let io = std::mem::replace(&mut self.io, BufReader::new(Io::Closed));
-        let Io::Plain(tcp) = io.into_inner() else {
+        let Some(tcp) = self.io.get_mut().take_plain() else {
             return Err(fail("already encrypted".into()));
         };
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
@@ -348,7 +290,7 @@ impl Client {
             .await
             .map_err(|_| fail("handshake timed out".into()))?
             .map_err(|e| fail(e.to_string()))?;
-        self.io = BufReader::new(Io::Tls(Box::new(tls)));
+        self.io = BufReader::new(Conn::ClientTls(Box::new(tls)));
         self.tls = true;
         Ok(())
     }

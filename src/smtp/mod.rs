@@ -28,5 +28,7 @@ pub struct SmtpShared {
     pub debug: Arc<AtomicU8>,
     /// Open sessions, in total and per client address.
     pub connections: server::ConnectionCount,
+    /// Server TLS configuration, when any listener uses TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 pub mod client;

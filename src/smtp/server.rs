@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 
 use super::SmtpShared;
 use super::session::Session;
-use crate::config::canonical_ip;
+use crate::config::{Listener, TlsMode, canonical_ip};
+use crate::conn::Conn;
 use crate::shutdown::Signal;
 
 /// Counts open sessions in total and per client address. A `Slot` holds
@@ -64,10 +65,11 @@ impl Drop for Slot {
 /// Accepts connections on `listener` until the stop begins.
 pub async fn serve(
     listener: TcpListener,
-    name: String,
+    spec: Listener,
     shared: Arc<SmtpShared>,
     mut signal: Signal,
 ) {
+    let name = spec.name.clone();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -91,17 +93,37 @@ pub async fn serve(
             config.inbound.max_connections_per_client,
         );
         let shared = shared.clone();
-        let name = name.clone();
+        let spec = spec.clone();
         let task_signal = signal.clone();
         tokio::spawn(async move {
-            match slot {
-                Some(_slot) => {
-                    Session::new(stream, shared, name, peer, task_signal)
-                        .run()
-                        .await
+            let Some(_slot) = slot else {
+                return refuse_busy(stream, peer).await;
+            };
+            let conn = if spec.tls == TlsMode::Implicit {
+                // Port 465 style (RFC 8314): TLS from the first byte.
+                let Some(cfg) = shared.tls.clone() else {
+                    return;
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => Conn::ServerTls(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        tracing::info!(client = %format!("[{}]", peer.ip()), error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
                 }
-                None => refuse_busy(stream, peer).await,
-            }
+            } else {
+                Conn::Plain(stream)
+            };
+            Session::new(conn, shared, spec, peer, task_signal)
+                .run()
+                .await
         });
     }
 }

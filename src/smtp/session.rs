@@ -8,13 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use tokio::io::{AsyncWriteExt, BufReader};
 
 use super::SmtpShared;
 use super::command::{self, Command, MailFrom};
 use super::line::{Ending, Line, read_line};
 use super::reply::Reply;
-use crate::config::{Config, glob_match};
+use crate::config::{AuthMode, Config, Listener, Protocol, TlsMode, glob_match};
+use crate::conn::Conn;
 use crate::headers;
 use crate::intake::{Envelope, EnvelopeRcpt};
 use crate::shutdown::Signal;
@@ -30,6 +33,11 @@ const COMMAND_DISCARD: usize = 64 * 1024;
 const TEXT_DISCARD: usize = 16 * 1024 * 1024;
 /// RFC 5321 §6.3: a message that has crossed this many hosts is looping.
 const MAX_HOPS: usize = 50;
+/// Failed AUTH attempts after which the session is closed; each failure
+/// waits one second more than the last before its reply.
+const MAX_AUTH_FAILURES: u32 = 3;
+/// Time allowed for a TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How a session ended.
 enum Flow {
@@ -46,12 +54,12 @@ struct Transaction {
 }
 
 /// One client connection.
-pub struct Session<S> {
-    stream: BufReader<S>,
+pub struct Session {
+    stream: BufReader<Conn>,
     out: Vec<u8>,
     shared: Arc<SmtpShared>,
     config: Arc<Config>,
-    listener: String,
+    listener: Listener,
     peer: SocketAddr,
     /// `[ip]`, used in logs and `Received:`.
     client: String,
@@ -60,17 +68,21 @@ pub struct Session<S> {
     tx: Option<Transaction>,
     errors: u32,
     signal: Signal,
+    /// The login name after a successful AUTH.
+    user: Option<String>,
+    auth_failures: u32,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    /// A session over an accepted connection.
+impl Session {
+    /// A session over an accepted connection (already TLS for implicit-TLS
+    /// listeners).
     pub fn new(
-        stream: S,
+        stream: Conn,
         shared: Arc<SmtpShared>,
-        listener: String,
+        listener: Listener,
         peer: SocketAddr,
         signal: Signal,
-    ) -> Session<S> {
+    ) -> Session {
         let config = shared.config.load_full();
         Session {
             stream: BufReader::with_capacity(16 * 1024, stream),
@@ -85,7 +97,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             tx: None,
             errors: 0,
             signal,
+            user: None,
+            auth_failures: 0,
         }
+    }
+
+    fn tls_active(&self) -> bool {
+        self.stream.get_ref().is_tls()
+    }
+
+    /// Whether AUTH may be offered and used now (RFC 4954 §4: not before
+    /// TLS unless plaintext authentication is allowed).
+    fn auth_allowed(&self) -> bool {
+        self.listener.auth != AuthMode::Off
+            && (self.tls_active() || self.config.inbound.allow_plaintext_auth)
     }
 
     fn debug(&self) -> u8 {
@@ -95,7 +120,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Runs the session to its end.
     pub async fn run(mut self) {
         if self.debug() >= 1 {
-            tracing::info!(client = %self.client, listener = %self.listener, "connect");
+            tracing::info!(client = %self.client, listener = %self.listener.name, "connect");
         }
         if let Some(refusal) = self.connection_refusal() {
             self.reject("connect", &refusal);
@@ -122,7 +147,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let _ = self.flush().await;
         let _ = self.stream.get_mut().shutdown().await;
         if self.debug() >= 1 {
-            tracing::info!(client = %self.client, listener = %self.listener, "disconnect");
+            tracing::info!(client = %self.client, listener = %self.listener.name, "disconnect");
         }
     }
 
@@ -221,7 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(Flow::Close);
         }
         if self.debug() >= 2 {
-            tracing::info!(client = %self.client, "C: {}", String::from_utf8_lossy(&line.bytes));
+            tracing::info!(client = %self.client, "C: {}", masked(&line.bytes));
         }
         let reply = if line.too_long {
             Some(Reply::new(500, "5.5.2", "Error: line too long"))
@@ -275,6 +300,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     "SMTPUTF8".into(),
                     "DSN".into(),
                 ];
+                let mut lines = lines;
+                if self.listener.tls == TlsMode::Starttls
+                    && !self.tls_active()
+                    && self.shared.tls.is_some()
+                {
+                    lines.push("STARTTLS".into());
+                }
+                if self.auth_allowed() && self.user.is_none() {
+                    lines.push("AUTH PLAIN LOGIN".into());
+                }
                 self.send(Reply {
                     code: 250,
                     status: "",
@@ -313,14 +348,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "2.0.0",
                 "Cannot VRFY user, but will accept message and attempt delivery",
             )),
-            Command::Expn | Command::NotImplemented(_) | Command::Starttls => {
+            Command::Starttls => return self.starttls().await,
+            Command::Expn | Command::NotImplemented(_) => {
                 self.send(Reply::new(502, "5.5.1", "Error: command not implemented"))
             }
-            Command::Auth(_) => self.send(Reply::new(
-                503,
-                "5.5.1",
-                "Error: authentication not enabled",
-            )),
+            Command::Auth(arg) => return self.auth(&arg).await,
         }
         Ok(Flow::Continue)
     }
@@ -331,6 +363,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if self.tx.is_some() {
             return self.send(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
+        }
+        if self.listener.auth == AuthMode::Required && self.user.is_none() {
+            let r = Reply::new(530, "5.7.0", "Authentication required");
+            self.reject("MAIL", &r);
+            return self.send(r);
+        }
+        if self.listener.protocol == Protocol::Submission
+            && let Some(user) = &self.user
+        {
+            let owned = self.config.directory.user(user).is_some_and(|u| {
+                u.addresses
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(&mail.address))
+            });
+            if !owned {
+                let r = Reply::new(
+                    553,
+                    "5.7.1",
+                    format!(
+                        "<{}>: Sender address rejected: not owned by user {user}",
+                        mail.address
+                    ),
+                );
+                self.reject("MAIL", &r);
+                return self.send(r);
+            }
         }
         if !self.esmtp && (mail.size.is_some() || mail.body_8bit || mail.smtputf8) {
             return self.send(Reply::new(555, "5.5.4", "Error: parameters need EHLO"));
@@ -369,6 +427,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn relay_client(&self) -> bool {
+        if self.user.is_some() {
+            return true;
+        }
         let ip = self.peer.ip();
         self.config
             .inbound
@@ -573,6 +634,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let id = self.shared.intake.new_id();
         let mut content = self.received_header(&tx, id).into_bytes();
+        if self.listener.protocol == Protocol::Submission {
+            // RFC 6409 §8.2, §8.3: a submission server may add these.
+            if headers::first(&body, "Date").is_none() {
+                content.extend_from_slice(
+                    format!("Date: {}\r\n", chrono::Local::now().to_rfc2822()).as_bytes(),
+                );
+            }
+            if headers::first(&body, "Message-ID").is_none() {
+                content.extend_from_slice(
+                    format!("Message-ID: <{id}@{}>\r\n", self.config.server.hostname).as_bytes(),
+                );
+            }
+        }
         content.extend_from_slice(&body);
         drop(body);
         let env = Envelope {
@@ -580,7 +654,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             sender: tx.mail.address,
             recipients: tx.rcpts,
             client: self.client.clone(),
-            listener: self.listener.clone(),
+            listener: self.listener.name.clone(),
             envid: tx.mail.envid,
             ret: tx.mail.ret,
             body_8bit: tx.mail.body_8bit,
@@ -604,10 +678,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The trace header (RFC 5321 §4.4).
     fn received_header(&self, tx: &Transaction, id: crate::spool::QueueId) -> String {
         let helo = self.helo.as_deref().unwrap_or("unknown");
-        let with = match (self.esmtp, tx.mail.smtputf8) {
-            (false, _) => "SMTP",
-            (true, false) => "ESMTP",
-            (true, true) => "UTF8SMTP",
+        // RFC 3848 / RFC 6531 protocol names.
+        let with = match (
+            self.esmtp,
+            tx.mail.smtputf8,
+            self.tls_active(),
+            self.user.is_some(),
+        ) {
+            (false, ..) => "SMTP".to_string(),
+            (true, utf8, tls, auth) => format!(
+                "{}ESMTP{}{}",
+                if utf8 { "UTF8" } else { "" },
+                if tls { "S" } else { "" },
+                if auth { "A" } else { "" }
+            ),
         };
         let for_clause = match tx.rcpts.as_slice() {
             [one] => format!("\r\n\tfor <{}>", one.address),
@@ -619,5 +703,255 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             host = self.config.server.hostname,
             date = chrono::Local::now().to_rfc2822(),
         )
+    }
+}
+
+/// A command line for the trace, with AUTH secrets masked.
+fn masked(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let mut words = text.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(verb), Some(mech)) if verb.eq_ignore_ascii_case("AUTH") => {
+            format!("{verb} {mech} ****")
+        }
+        _ => text.into_owned(),
+    }
+}
+
+impl Session {
+    /// RFC 3207: upgrade to TLS. Anything the client pipelined after
+    /// STARTTLS is discarded, never executed inside TLS (CVE-2011-0411), and
+    /// the session starts over (no HELO, no transaction).
+    async fn starttls(&mut self) -> std::io::Result<Flow> {
+        let offered = self.listener.tls == TlsMode::Starttls && self.shared.tls.is_some();
+        if !offered {
+            self.send(Reply::new(502, "5.5.1", "Error: command not implemented"));
+            return Ok(Flow::Continue);
+        }
+        if self.tls_active() {
+            self.send(Reply::new(554, "5.5.1", "Error: TLS already active"));
+            return Ok(Flow::Continue);
+        }
+        let pipelined = self.stream.buffer().len();
+        self.send(Reply::new(220, "2.0.0", "Ready to start TLS"));
+        self.flush().await?;
+        if pipelined > 0 {
+            tracing::info!(client = %self.client, octets = pipelined, "discarded input pipelined after STARTTLS");
+        }
+        let Some(acceptor) = self.shared.tls.clone().map(tokio_rustls::TlsAcceptor::from) else {
+            return Ok(Flow::Close);
+        };
+        let Some(tcp) = self.stream.get_mut().take_plain() else {
+            return Ok(Flow::Close);
+        };
+        // A new reader drops whatever was buffered.
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                self.stream = BufReader::with_capacity(16 * 1024, Conn::ServerTls(Box::new(tls)));
+                self.helo = None;
+                self.esmtp = false;
+                self.tx = None;
+                if self.debug() >= 1 {
+                    tracing::info!(client = %self.client, tls = %self.stream.get_ref().tls_summary().unwrap_or_default(), "TLS established");
+                }
+                Ok(Flow::Continue)
+            }
+            Ok(Err(e)) => {
+                tracing::info!(client = %self.client, error = %e, "TLS handshake failed");
+                self.stream = BufReader::new(Conn::Closed);
+                Ok(Flow::Close)
+            }
+            Err(_) => {
+                tracing::info!(client = %self.client, "TLS handshake timed out");
+                self.stream = BufReader::new(Conn::Closed);
+                Ok(Flow::Close)
+            }
+        }
+    }
+
+    /// Reads one SASL response line; `None` when the client cancelled with
+    /// `*` (RFC 4954 §4) or the line was unusable.
+    async fn sasl_line(&mut self, challenge: &str) -> std::io::Result<Result<Vec<u8>, Reply>> {
+        self.send(Reply {
+            code: 334,
+            status: "",
+            lines: vec![challenge.to_string()],
+        });
+        let wait = self.config.inbound.command_timeout;
+        let line = match self.next_line(COMMAND_LIMIT, COMMAND_DISCARD, wait).await? {
+            Some(l) => l,
+            None => return Ok(Err(Reply::new(421, "4.3.2", "Service shutting down"))),
+        };
+        if self.debug() >= 2 {
+            tracing::info!(client = %self.client, "C: ****");
+        }
+        if line.ending != Ending::Crlf || line.too_long || line.bare_cr {
+            return Ok(Err(Reply::new(
+                501,
+                "5.5.2",
+                "Error: malformed authentication response",
+            )));
+        }
+        if line.bytes == b"*" {
+            return Ok(Err(Reply::new(501, "5.7.0", "Authentication aborted")));
+        }
+        Ok(BASE64
+            .decode(&line.bytes)
+            .map_err(|_| Reply::new(501, "5.5.2", "Error: cannot decode the response (base64)")))
+    }
+
+    /// RFC 4954 AUTH with PLAIN (RFC 4616) or LOGIN.
+    async fn auth(&mut self, arg: &str) -> std::io::Result<Flow> {
+        if self.listener.auth == AuthMode::Off {
+            self.send(Reply::new(
+                503,
+                "5.5.1",
+                "Error: authentication not enabled",
+            ));
+            return Ok(Flow::Continue);
+        }
+        if !self.auth_allowed() {
+            self.send(Reply::new(
+                530,
+                "5.7.0",
+                "Must issue a STARTTLS command first",
+            ));
+            return Ok(Flow::Continue);
+        }
+        if self.helo.is_none() || !self.esmtp {
+            self.send(Reply::new(503, "5.5.1", "Error: send EHLO first"));
+            return Ok(Flow::Continue);
+        }
+        if self.user.is_some() {
+            self.send(Reply::new(503, "5.5.1", "Error: already authenticated"));
+            return Ok(Flow::Continue);
+        }
+        if self.tx.is_some() {
+            self.send(Reply::new(
+                503,
+                "5.5.1",
+                "Error: AUTH not permitted during a mail transaction",
+            ));
+            return Ok(Flow::Continue);
+        }
+        let mut words = arg.split_whitespace();
+        let mech = words.next().unwrap_or("").to_ascii_uppercase();
+        let initial = words.next();
+        if words.next().is_some() {
+            self.send(Reply::new(
+                501,
+                "5.5.4",
+                "Syntax: AUTH mechanism [initial-response]",
+            ));
+            return Ok(Flow::Continue);
+        }
+        let decode = |s: &str| {
+            if s == "=" {
+                Ok(Vec::new())
+            } else {
+                BASE64.decode(s).map_err(|_| {
+                    Reply::new(501, "5.5.2", "Error: cannot decode the response (base64)")
+                })
+            }
+        };
+        let credentials: Result<(String, String), Reply> = match mech.as_str() {
+            "PLAIN" => {
+                let raw = match initial {
+                    Some(i) => decode(i),
+                    None => self.sasl_line("").await?,
+                };
+                raw.and_then(|raw| {
+                    let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+                    match parts.as_slice() {
+                        [authz, authc, pass] if authz.is_empty() || authz == authc => Ok((
+                            String::from_utf8_lossy(authc).into_owned(),
+                            String::from_utf8_lossy(pass).into_owned(),
+                        )),
+                        [_, _, _] => Err(Reply::new(
+                            535,
+                            "5.7.8",
+                            "Authentication credentials invalid",
+                        )),
+                        _ => Err(Reply::new(501, "5.5.2", "Error: malformed PLAIN response")),
+                    }
+                })
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(i) => decode(i),
+                    None => self.sasl_line("VXNlcm5hbWU6").await?,
+                };
+                match user {
+                    Ok(u) => match self.sasl_line("UGFzc3dvcmQ6").await? {
+                        Ok(p) => Ok((
+                            String::from_utf8_lossy(&u).into_owned(),
+                            String::from_utf8_lossy(&p).into_owned(),
+                        )),
+                        Err(r) => Err(r),
+                    },
+                    Err(r) => Err(r),
+                }
+            }
+            "" => Err(Reply::new(
+                501,
+                "5.5.4",
+                "Syntax: AUTH mechanism [initial-response]",
+            )),
+            _ => Err(Reply::new(504, "5.5.4", "Unrecognized authentication type")),
+        };
+        let (login, password) = match credentials {
+            Ok(c) => c,
+            Err(r) => {
+                let close = r.code == 421;
+                self.send(r);
+                return Ok(if close { Flow::Close } else { Flow::Continue });
+            }
+        };
+        // The login is a user name, or one of the user's addresses.
+        let user = self
+            .config
+            .directory
+            .users
+            .iter()
+            .find(|u| u.name == login || u.addresses.iter().any(|a| a.eq_ignore_ascii_case(&login)))
+            .cloned();
+        let ok = match user {
+            Some(u) if !u.password.is_empty() => {
+                let hash = u.password.clone();
+                tokio::task::spawn_blocking(move || crate::auth::verify_password(&password, &hash))
+                    .await
+                    .unwrap_or(false)
+                    .then_some(u.name)
+            }
+            _ => None,
+        };
+        match ok {
+            Some(name) => {
+                tracing::info!(client = %self.client, user = %name, mechanism = %mech, "authenticated");
+                self.user = Some(name);
+                self.send(Reply::new(235, "2.7.0", "Authentication successful"));
+                Ok(Flow::Continue)
+            }
+            None => {
+                self.auth_failures += 1;
+                // Slow down guessing: 1 s, 2 s, 3 s, then goodbye.
+                tokio::time::sleep(std::time::Duration::from_secs(self.auth_failures as u64)).await;
+                let r = Reply::new(535, "5.7.8", "Authentication credentials invalid");
+                self.reject("AUTH", &r);
+                self.send(r);
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    self.send(Reply::new(
+                        421,
+                        "4.7.0",
+                        format!(
+                            "{} Error: too many failed authentications",
+                            self.config.server.hostname
+                        ),
+                    ));
+                    return Ok(Flow::Close);
+                }
+                Ok(Flow::Continue)
+            }
+        }
     }
 }

@@ -1,0 +1,110 @@
+//! A network connection that may be plain or TLS, server or client side,
+//! and can change from plain to TLS in place (STARTTLS, STLS). `Closed` only
+//! stands in while the socket is moved into a handshake.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A plain or TLS TCP connection.
+pub enum Conn {
+    /// No TLS.
+    Plain(TcpStream),
+    /// TLS, we are the server.
+    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS, we are the client.
+    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Moved out for a handshake.
+    Closed,
+}
+
+impl Conn {
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Conn::ServerTls(_) | Conn::ClientTls(_))
+    }
+
+    /// Takes the plain socket out for a TLS handshake.
+    pub fn take_plain(&mut self) -> Option<TcpStream> {
+        match std::mem::replace(self, Conn::Closed) {
+            Conn::Plain(s) => Some(s),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// The negotiated TLS version and cipher suite, for logs and
+    /// `Received:` (RFC 8314 §4.3 asks for them).
+    pub fn tls_summary(&self) -> Option<String> {
+        let (v, c) = match self {
+            Conn::ServerTls(s) => (
+                s.get_ref().1.protocol_version(),
+                s.get_ref().1.negotiated_cipher_suite(),
+            ),
+            Conn::ClientTls(s) => (
+                s.get_ref().1.protocol_version(),
+                s.get_ref().1.negotiated_cipher_suite(),
+            ),
+            _ => return None,
+        };
+        Some(format!(
+            "{} {}",
+            v.map(|v| format!("{v:?}")).unwrap_or_default(),
+            c.map(|c| format!("{:?}", c.suite())).unwrap_or_default()
+        ))
+    }
+}
+
+fn closed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
