@@ -8,7 +8,10 @@ Prints one line per check and a closing "N passed, N failed" line.
 """
 import argparse
 import json
+import os
+import shutil
 import smtplib
+import ssl
 import subprocess
 import sys
 import time
@@ -32,6 +35,8 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--petrel", required=True)
     ap.add_argument("--config", required=True)
+    ap.add_argument("--submission-port", type=int, required=True)
+    ap.add_argument("--password", required=True)
     a = ap.parse_args()
 
     def petrel(*args):
@@ -127,6 +132,52 @@ def main():
         s.quit()
         wait_mailbox("bob", 21)
 
+    def unverified():
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the test server's certificate is self-signed
+        return ctx
+
+    def submission_with_auth_over_starttls():
+        s = smtplib.SMTP("127.0.0.1", a.submission_port, local_hostname="interop.test", timeout=20)
+        s.ehlo()
+        assert s.has_extn("starttls") and not s.has_extn("auth"), s.esmtp_features
+        s.starttls(context=unverified())
+        s.ehlo()
+        assert "PLAIN" in s.esmtp_features.get("auth", ""), s.esmtp_features
+        try:
+            s.login("alice", "wrong password")
+            raise AssertionError("a wrong password was accepted")
+        except smtplib.SMTPAuthenticationError as e:
+            assert e.smtp_code == 535, e
+        s.login("alice", a.password)
+        msg = EmailMessage()
+        msg["From"] = "alice@example.test"
+        msg["To"] = "bob@example.test"
+        msg["Subject"] = "submitted with smtplib"
+        msg.set_content("via submission\n")
+        assert s.send_message(msg) == {}
+        s.quit()
+        m = wait_mailbox("bob", 22)
+        raw = petrel("mailbox", "bob", "--uid", str(m[-1]["uid"]))
+        assert b"with ESMTPSA id" in raw and b"Message-ID: <" in raw, raw[:400]
+
+    def swaks_submission():
+        if not shutil.which("swaks"):
+            assert not os.environ.get("CI"), "swaks is not installed, and CI is set"
+            print("     (swaks not installed: skipped outside CI)")
+            return
+        out = subprocess.run(
+            ["swaks", "--server", f"127.0.0.1:{a.submission_port}", "--tls", "--auth", "PLAIN",
+             "--auth-user", "alice", "--auth-password", a.password,
+             "--from", "alice@example.test", "--to", "support@example.test",
+             "--header", "Subject: via swaks", "--body", "sent by swaks"],
+            capture_output=True, timeout=60)
+        assert out.returncode == 0, (out.stdout.decode()[-1500:], out.stderr.decode()[-500:])
+        m = wait_mailbox("support", 2)
+        raw = petrel("mailbox", "support", "--uid", str(m[-1]["uid"]))
+        assert b"Subject: via swaks" in raw and b"sent by swaks" in raw, raw[:400]
+
     check("ehlo advertises the extensions", extensions)
     check("send_message to two users arrives byte for byte", send_message_arrives_intact)
     check("unknown local user refused with 550 5.1.1", unknown_user_refused)
@@ -134,6 +185,8 @@ def main():
     check("8BITMIME and SMTPUTF8 content arrives intact", eight_bit_and_smtputf8)
     check("SIZE over the limit refused with 552 5.3.4", oversize_refused)
     check("twenty messages in one session", many_messages_one_session)
+    check("submission with AUTH over STARTTLS (smtplib)", submission_with_auth_over_starttls)
+    check("submission with AUTH over STARTTLS (swaks)", swaks_submission)
 
     failed = sum(1 for _, e in results if e)
     print(f"{len(results) - failed} passed, {failed} failed")
