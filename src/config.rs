@@ -433,6 +433,11 @@ pub enum HostPattern {
 }
 
 impl HostPattern {
+    /// Whether matching needs the client's host name.
+    pub fn needs_name(&self) -> bool {
+        matches!(self, HostPattern::Name(_))
+    }
+
     /// Whether the client matches; `name` is its verified host name, if any.
     pub fn matches(&self, ip: IpAddr, name: Option<&str>) -> bool {
         match self {

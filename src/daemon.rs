@@ -140,6 +140,8 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         debug,
         connections: server::ConnectionCount::default(),
         tls,
+        dns: crate::delivery::dns::Dns::new(&config.load().dns.nameservers)
+            .map_err(|e| anyhow::anyhow!("dns.nameservers: {e}"))?,
     });
     let daemon = Arc::new(Daemon {
         config: config.clone(),

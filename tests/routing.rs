@@ -182,3 +182,100 @@ fn denied_client_gets_554_at_greeting() {
     assert!(g.1.starts_with("5.7.1"));
     assert!(s.is_closed());
 }
+
+#[test]
+fn client_names_are_forward_confirmed() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dns = petrel::delivery::dns::Dns::new(&[common::standard_dns()]).expect("resolver");
+    rt.block_on(async {
+        assert_eq!(
+            dns.verified_name("192.0.2.9".parse().expect("ip"))
+                .await
+                .as_deref(),
+            Some("bad.client.test")
+        );
+        assert_eq!(
+            dns.verified_name("192.0.2.11".parse().expect("ip")).await,
+            None,
+            "PTR without a matching A"
+        );
+        assert_eq!(
+            dns.verified_name("192.0.2.99".parse().expect("ip")).await,
+            None,
+            "no PTR"
+        );
+    });
+}
+
+#[test]
+fn hostname_patterns_use_the_verified_client_name() {
+    // 127.0.0.1 is "localhost" both ways; 127.0.0.10's PTR says localhost
+    // too, but localhost does not point back to it.
+    let server = TestServer::start("deny_connections_from = [\"localhost\"]");
+    let (mut s, g) = Smtp::connect(server.mx());
+    assert_eq!(g.0, 554, "{g:?}");
+    assert!(s.is_closed());
+    let (_, g) = Smtp::connect_from(server.mx(), "127.0.0.10".parse().expect("ip"));
+    assert_eq!(g.0, 220, "{g:?}");
+    assert!(server.wait_log(
+        &[
+            "rejected",
+            "client=[127.0.0.1]",
+            "stage=connect",
+            "code=554"
+        ],
+        Duration::from_secs(5)
+    ));
+}
+
+#[test]
+fn allow_list_admits_only_its_clients() {
+    let server = TestServer::start("allow_connections_from = [\"127.0.0.10/32\", \"localhost\"]");
+    let (_, g) = Smtp::connect_from(server.mx(), "127.0.0.10".parse().expect("ip"));
+    assert_eq!(g.0, 220);
+    let (_, g) = Smtp::connect(server.mx());
+    assert_eq!(g.0, 220, "admitted by its verified name");
+    let (_, g) = Smtp::connect_from(server.mx(), "127.0.0.13".parse().expect("ip"));
+    assert_eq!(g.0, 554);
+}
+
+#[test]
+fn total_connection_limit_turns_extra_clients_away() {
+    let server = TestServer::start("max_connections = 2");
+    let (_a, g1) = Smtp::connect(server.mx());
+    let (_b, g2) = Smtp::connect_from(server.mx(), "127.0.0.10".parse().expect("ip"));
+    let (mut c, g3) = Smtp::connect_from(server.mx(), "127.0.0.11".parse().expect("ip"));
+    assert_eq!((g1.0, g2.0), (220, 220));
+    assert_eq!(g3.0, 421, "{g3:?}");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn verified_client_name_appears_in_received_and_may_relay() {
+    let server = TestServer::start("relay_from = [\"localhost\"]");
+    let mut s = Smtp::ready(server.mx());
+    let id = queued_id(&s.send_mail(
+        "x@partner.test",
+        &["alice@example.test"],
+        "Subject: named\r\n\r\nx\r\n",
+    ));
+    server.wait_mailbox("alice", 1, Duration::from_secs(10));
+    let raw = String::from_utf8(server.mailbox_message("alice", 1)).expect("utf-8");
+    assert!(
+        raw.contains("Received: from client.test (localhost [127.0.0.1])"),
+        "{raw}"
+    );
+    assert!(raw.contains(&id));
+    assert_eq!(s.cmd("MAIL FROM:<x@partner.test>").0, 250);
+    assert_eq!(
+        s.cmd("RCPT TO:<y@elsewhere.test>").0,
+        250,
+        "named in relay_from"
+    );
+    let mut other = Smtp::ready_from(server.mx(), "127.0.0.10".parse().expect("ip"));
+    assert_eq!(other.cmd("MAIL FROM:<x@partner.test>").0, 250);
+    assert_eq!(other.cmd("RCPT TO:<y@elsewhere.test>").0, 554);
+}

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
@@ -98,6 +98,10 @@ impl Dns {
             )
         };
         let mut builder = builder;
+        if !nameservers.is_empty() {
+            // Configured name servers are the whole truth: no /etc/hosts.
+            builder.options_mut().use_hosts_file = ResolveHosts::Never;
+        }
         builder.options_mut().attempts = 2;
         builder.options_mut().timeout = std::time::Duration::from_secs(5);
         let resolver = builder
@@ -147,6 +151,43 @@ impl Dns {
             }]),
             Err(e) => Err(classify(domain, &e)),
         }
+    }
+
+    /// The client's host name, if its PTR record names a host whose
+    /// addresses include it again (forward-confirmed reverse DNS).
+    pub async fn verified_name(&self, ip: IpAddr) -> Option<String> {
+        let arpa = match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
+            }
+            IpAddr::V6(v6) => {
+                let mut s = String::new();
+                for b in v6.octets().iter().rev() {
+                    s.push_str(&format!("{:x}.{:x}.", b & 0xf, b >> 4));
+                }
+                s.push_str("ip6.arpa.");
+                s
+            }
+        };
+        let lookup = self.resolver.lookup(arpa, RecordType::PTR).await.ok()?;
+        let mut names: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(p.0.to_string().trim_end_matches('.').to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect();
+        // Several PTR records come in no fixed order: take the first name,
+        // in sorted order, that points back.
+        names.sort();
+        for name in names {
+            if self.addresses(&name).await.is_ok_and(|a| a.contains(&ip)) {
+                return Some(name);
+            }
+        }
+        None
     }
 
     /// The addresses of a host (IPv4 first, then IPv6).

@@ -30,5 +30,7 @@ pub struct SmtpShared {
     pub connections: server::ConnectionCount,
     /// Server TLS configuration, when any listener uses TLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// For the client's host name, when a host pattern needs it.
+    pub dns: crate::delivery::dns::Dns,
 }
 pub mod client;

@@ -70,6 +70,9 @@ pub struct Session {
     signal: Signal,
     /// The login name after a successful AUTH.
     user: Option<String>,
+    /// The client's forward-confirmed host name, looked up only when a
+    /// host pattern needs it.
+    client_name: Option<String>,
     auth_failures: u32,
 }
 
@@ -99,6 +102,7 @@ impl Session {
             signal,
             user: None,
             auth_failures: 0,
+            client_name: None,
         }
     }
 
@@ -121,6 +125,23 @@ impl Session {
     pub async fn run(mut self) {
         if self.debug() >= 1 {
             tracing::info!(client = %self.client, listener = %self.listener.name, "connect");
+        }
+        let inbound = &self.config.inbound;
+        let needs_name = inbound
+            .allow_connections_from
+            .iter()
+            .chain(&inbound.deny_connections_from)
+            .chain(&inbound.relay_from)
+            .any(|p| p.needs_name());
+        if needs_name {
+            let lookup = self
+                .shared
+                .dns
+                .verified_name(crate::config::canonical_ip(self.peer.ip()));
+            self.client_name = tokio::time::timeout(std::time::Duration::from_secs(10), lookup)
+                .await
+                .ok()
+                .flatten();
         }
         if let Some(refusal) = self.connection_refusal() {
             self.reject("connect", &refusal);
@@ -155,15 +176,16 @@ impl Session {
     fn connection_refusal(&self) -> Option<Reply> {
         let ip = self.peer.ip();
         let inbound = &self.config.inbound;
+        let name = self.client_name.as_deref();
         let denied = inbound
             .deny_connections_from
             .iter()
-            .any(|p| p.matches(ip, None));
+            .any(|p| p.matches(ip, name));
         let allowed = inbound.allow_connections_from.is_empty()
             || inbound
                 .allow_connections_from
                 .iter()
-                .any(|p| p.matches(ip, None));
+                .any(|p| p.matches(ip, name));
         (denied || !allowed).then(|| Reply::new(554, "5.7.1", "Connection refused by policy"))
     }
 
@@ -431,11 +453,12 @@ impl Session {
             return true;
         }
         let ip = self.peer.ip();
+        let name = self.client_name.as_deref();
         self.config
             .inbound
             .relay_from
             .iter()
-            .any(|p| p.matches(ip, None))
+            .any(|p| p.matches(ip, name))
     }
 
     /// The RCPT policy: limits, deny list, relay control, local recipient
@@ -698,7 +721,8 @@ impl Session {
             _ => String::new(),
         };
         format!(
-            "Received: from {helo} (unknown {client})\r\n\tby {host} (petrel) with {with} id {id}{for_clause};\r\n\t{date}\r\n",
+            "Received: from {helo} ({name} {client})\r\n\tby {host} (petrel) with {with} id {id}{for_clause};\r\n\t{date}\r\n",
+            name = self.client_name.as_deref().unwrap_or("unknown"),
             client = self.client,
             host = self.config.server.hostname,
             date = chrono::Local::now().to_rfc2822(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server;
-use hickory_server::proto::rr::rdata::{A, MX, NS, SOA};
+use hickory_server::proto::rr::rdata::{A, MX, NS, PTR, SOA};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
@@ -21,6 +21,8 @@ pub enum Rec {
     Mx(&'static str, u16, &'static str),
     /// `name A address`.
     A(&'static str, Ipv4Addr),
+    /// `name PTR target`.
+    Ptr(&'static str, &'static str),
 }
 
 /// A running test DNS server; it lives until the test process ends.
@@ -88,6 +90,9 @@ impl TestDns {
                                 Record::from_rdata(name(n), 60, RData::MX(MX::new(pref, ex)))
                             }
                             Rec::A(n, ip) => Record::from_rdata(name(n), 60, RData::A(A(ip))),
+                            Rec::Ptr(n, target) => {
+                                Record::from_rdata(name(n), 60, RData::PTR(PTR(name(target))))
+                            }
                         };
                         assert!(zone.upsert_mut(rec, 1), "record not added");
                     }
@@ -141,6 +146,25 @@ impl TestDns {
                 vec![
                     Rec::Mx("tls.test", 10, "mx.tls.test"),
                     Rec::A("mx.tls.test", Ipv4Addr::new(127, 0, 0, 5)),
+                ],
+            ),
+            // 192.0.2.9 is bad.client.test both ways; 192.0.2.11 claims
+            // liar.client.test, which does not point back. (Loopback
+            // addresses cannot be used: hickory answers 127/8 reverse
+            // look-ups itself, with "localhost".) Only looked up, never
+            // connected to.
+            (
+                "2.0.192.in-addr.arpa",
+                vec![
+                    Rec::Ptr("9.2.0.192.in-addr.arpa", "bad.client.test"),
+                    Rec::Ptr("11.2.0.192.in-addr.arpa", "liar.client.test"),
+                ],
+            ),
+            (
+                "client.test",
+                vec![
+                    Rec::A("bad.client.test", Ipv4Addr::new(192, 0, 2, 9)),
+                    Rec::A("liar.client.test", Ipv4Addr::new(192, 0, 2, 12)),
                 ],
             ),
             (

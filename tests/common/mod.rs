@@ -397,6 +397,28 @@ impl Smtp {
         (s, g)
     }
 
+    /// Connects from the source address `source` and reads the greeting.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> (Smtp, (u16, String)) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let stream = rt.block_on(async {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.bind(SocketAddr::new(source, 0)).expect("bind source");
+            sock.connect(addr).await.expect("connect")
+        });
+        let stream = stream.into_std().expect("std stream");
+        stream.set_nonblocking(false).expect("blocking");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut s = Smtp { stream, reader };
+        let g = s.reply();
+        (s, g)
+    }
+
     /// Connects from the source address `source` (another loopback
     /// address, to look like a different client), expects 220, says EHLO.
     pub fn ready_from(addr: SocketAddr, source: std::net::IpAddr) -> Smtp {
