@@ -57,6 +57,7 @@ struct RawConfig {
     queue: RawQueue,
     dns: RawDns,
     log: RawLog,
+    pop3: RawPop3,
     users: Vec<RawUser>,
     mailin: Vec<RawMailin>,
     aliases: Vec<RawAlias>,
@@ -218,6 +219,22 @@ struct RawDns {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct RawPop3 {
+    allow_plaintext_auth: bool,
+    idle_timeout: String,
+}
+
+impl Default for RawPop3 {
+    fn default() -> Self {
+        RawPop3 {
+            allow_plaintext_auth: false,
+            idle_timeout: "10m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawLog {
     level: String,
     smtp_debug: i64,
@@ -287,6 +304,8 @@ pub struct Config {
     pub dns: Dns,
     /// `[log]`.
     pub log: Log,
+    /// `[pop3]`.
+    pub pop3: Pop3,
     /// `[[users]]`, `[[mailin]]` and `[[aliases]]`.
     pub directory: Directory,
 }
@@ -586,6 +605,15 @@ pub struct Queue {
 pub struct Dns {
     /// Empty: the system resolver.
     pub nameservers: Vec<SocketAddr>,
+}
+
+/// `[pop3]`.
+#[derive(Debug, Clone)]
+pub struct Pop3 {
+    /// Allow USER/PASS and AUTH without TLS.
+    pub allow_plaintext_auth: bool,
+    /// Idle time before a session is closed (RFC 1939 §3: at least 10 minutes).
+    pub idle_timeout: Duration,
 }
 
 /// `[log]`.
@@ -899,7 +927,7 @@ impl Config {
                     Protocol::Smtp
                 }
             };
-            if matches!(protocol, Protocol::Pop3 | Protocol::Imap | Protocol::Http) {
+            if matches!(protocol, Protocol::Imap | Protocol::Http) {
                 c.error(
                     format!("{key}.protocol"),
                     format!(
@@ -1151,6 +1179,10 @@ impl Config {
             log: Log {
                 level: raw.log.level,
                 smtp_debug,
+            },
+            pop3: Pop3 {
+                allow_plaintext_auth: raw.pop3.allow_plaintext_auth,
+                idle_timeout: c.duration("pop3.idle_timeout", &raw.pop3.idle_timeout),
             },
             directory,
         }

@@ -99,6 +99,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     let debug = Arc::new(AtomicU8::new(config.log.smtp_debug));
     let config = Arc::new(ArcSwap::from_pointee(config));
 
+    let pop3_mailboxes = mailboxes.clone();
     let mailbox_arbiter = Arbiter::new();
     let scheduler_arbiter = Arbiter::new();
     let mailbox = {
@@ -143,6 +144,12 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         dns: crate::delivery::dns::Dns::new(&config.load().dns.nameservers)
             .map_err(|e| anyhow::anyhow!("dns.nameservers: {e}"))?,
     });
+    let pop3 = Arc::new(crate::pop3::Pop3Shared::new(
+        config.clone(),
+        pop3_mailboxes,
+        spool.clone(),
+        smtp.tls.clone(),
+    ));
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         spool: spool.clone(),
@@ -166,6 +173,14 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
                     tcp,
                     l.clone(),
                     smtp.clone(),
+                    shutdown.signal(),
+                ));
+            }
+            Protocol::Pop3 => {
+                tokio::spawn(crate::pop3::serve(
+                    tcp,
+                    l.clone(),
+                    pop3.clone(),
                     shutdown.signal(),
                 ));
             }

@@ -15,6 +15,7 @@ pub mod intake;
 pub mod logging;
 pub mod mailbox;
 pub mod outcome;
+pub mod pop3;
 pub mod queue_report;
 pub mod router;
 pub mod scheduler;

@@ -1,0 +1,200 @@
+//! POP3 against the real daemon: Python's poplib and fetchmail
+//! (tests/interop/pop3_interop.py) read what SMTP delivered; UIDLs stay the
+//! same across a restart; failed logins are slowed and then disconnected.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    Smtp, TestServer, base_config, free_port, petrel_bin, queued_id, run_cmd, standard_dns,
+};
+
+const PASSWORD: &str = "pop secret";
+
+fn config(dir: &std::path::Path, plaintext: bool) -> String {
+    let hash = petrel::auth::hash_password(PASSWORD).expect("hash");
+    let base = base_config(&dir.join("spool"), standard_dns(), free_port(), true, true)
+        .replace(
+            "addresses = [\"alice@example.test\", \"a.smith@example.org\"]",
+            &format!("password = \"{hash}\"\naddresses = [\"alice@example.test\", \"a.smith@example.org\"]"),
+        )
+        .replace("addresses = [\"bob@example.test\"]", &format!("password = \"{hash}\"\naddresses = [\"bob@example.test\"]"));
+    format!(
+        "{base}\n[[listeners]]\nname = \"pop3\"\nprotocol = \"pop3\"\nbind = \"127.0.0.1:0\"\ntls = \"starttls\"\n\n\
+         [[listeners]]\nname = \"pop3s\"\nprotocol = \"pop3\"\nbind = \"127.0.0.1:0\"\ntls = \"implicit\"\n\n\
+         [pop3]\nallow_plaintext_auth = {plaintext}\n"
+    )
+}
+
+fn deliver(server: &TestServer) {
+    let mut s = Smtp::ready(server.mx());
+    for (i, body) in [
+        "Subject: one\r\nMessage-ID: <p1@test>\r\n\r\nfirst message\r\n",
+        "Subject: two\r\nMessage-ID: <p2@test>\r\n\r\n..a line starting with a dot\r\n..\r\nafter a lone dot\r\n",
+        "Subject: three\r\nMessage-ID: <p3@test>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nGr\u{fc}\u{df}e\r\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = s.send_mail(&format!("sender{i}@partner.test"), &["alice@example.test"], body);
+        queued_id(&r);
+    }
+    queued_id(&s.send_mail(
+        "x@partner.test",
+        &["support@example.test"],
+        "Subject: for support\r\n\r\nhelp\r\n",
+    ));
+    assert_eq!(
+        server
+            .wait_mailbox("alice", 3, Duration::from_secs(10))
+            .len(),
+        3
+    );
+    assert_eq!(
+        server
+            .wait_mailbox("support", 1, Duration::from_secs(10))
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn python_poplib_and_fetchmail_read_what_smtp_delivered() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let server = TestServer::start_in(dir.clone(), &config(dir.path(), false));
+    deliver(&server);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pop3_interop.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .args(["--pop3", &server.addr("pop3").port().to_string()])
+        .args(["--pop3s", &server.addr("pop3s").port().to_string()])
+        .args(["--password", PASSWORD])
+        .arg("--petrel")
+        .arg(petrel_bin())
+        .arg("--config")
+        .arg(&server.config_path);
+    let out = run_cmd(cmd, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "POP3 interop failed:\n{stdout}");
+    assert!(stdout.contains("10 passed, 0 failed"), "{stdout}");
+}
+
+struct Pop {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Pop {
+    fn connect(addr: std::net::SocketAddr) -> Pop {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut p = Pop {
+            r: BufReader::new(s.try_clone().expect("clone")),
+            w: s,
+        };
+        assert!(p.line().starts_with("+OK"));
+        p
+    }
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).expect("read");
+        l
+    }
+    fn cmd(&mut self, c: &str) -> String {
+        self.w
+            .write_all(format!("{c}\r\n").as_bytes())
+            .expect("write");
+        self.line()
+    }
+    fn multi(&mut self, c: &str) -> Vec<String> {
+        assert!(self.cmd(c).starts_with("+OK"));
+        let mut out = Vec::new();
+        loop {
+            let l = self.line();
+            if l == ".\r\n" {
+                return out;
+            }
+            out.push(l.trim_end().to_string());
+        }
+    }
+}
+
+#[test]
+fn uidls_survive_a_restart_and_are_never_reused() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let cfg = config(dir.path(), true);
+    let mut server = TestServer::start_in(dir.clone(), &cfg);
+    deliver(&server);
+    let mut p = Pop::connect(server.addr("pop3"));
+    assert!(p.cmd("USER alice").starts_with("+OK"));
+    assert!(
+        p.cmd(&format!("PASS {PASSWORD}"))
+            .starts_with("+OK 3 messages")
+    );
+    let before = p.multi("UIDL");
+    assert!(p.cmd("DELE 3").starts_with("+OK"));
+    assert!(p.cmd("QUIT").starts_with("+OK"));
+    assert_eq!(server.stop(), Some(0));
+
+    let server = TestServer::start_in(dir.clone(), &cfg);
+    let mut s = Smtp::ready(server.mx());
+    queued_id(&s.send_mail(
+        "x@partner.test",
+        &["alice@example.test"],
+        "Subject: four\r\n\r\nnew\r\n",
+    ));
+    server.wait_mailbox("alice", 3, Duration::from_secs(10));
+    let mut p = Pop::connect(server.addr("pop3"));
+    assert!(p.cmd("USER alice").starts_with("+OK"));
+    assert!(
+        p.cmd(&format!("PASS {PASSWORD}"))
+            .starts_with("+OK 3 messages")
+    );
+    let after = p.multi("UIDL");
+    assert_eq!(after[..2], before[..2], "UIDLs kept across the restart");
+    let uid = |l: &str| l.split_whitespace().nth(1).expect("uid").to_string();
+    assert_ne!(
+        uid(&after[2]),
+        uid(&before[2]),
+        "the deleted message's UIDL is not reused"
+    );
+    assert!(p.cmd("QUIT").starts_with("+OK"));
+}
+
+#[test]
+fn failed_logins_are_slowed_then_disconnected() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let server = TestServer::start_in(dir.clone(), &config(dir.path(), true));
+    let mut p = Pop::connect(server.addr("pop3"));
+    let start = Instant::now();
+    for _ in 0..3 {
+        assert!(p.cmd("USER alice").starts_with("+OK"));
+        assert!(p.cmd("PASS wrong").starts_with("-ERR [AUTH]"));
+    }
+    assert!(p.line().starts_with("-ERR [AUTH] too many"));
+    assert_eq!(p.r.read_line(&mut String::new()).unwrap_or(0), 0, "closed");
+    assert!(
+        start.elapsed() >= Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(server.wait_log(&["rejected", "POP3 login"], Duration::from_secs(5)));
+}
+
+#[test]
+fn idle_sessions_time_out() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let cfg = config(dir.path(), true).replace("[pop3]\n", "[pop3]\nidle_timeout = \"1s\"\n");
+    let server = TestServer::start_in(dir, &cfg);
+    let mut p = Pop::connect(server.addr("pop3"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(p.line().starts_with("-ERR"));
+}
