@@ -25,6 +25,8 @@ use crate::spool::{
     NewMessage, QueueId, QueuedMessage, RcptState, Recipient, Spool, StoreError, notify, now_ms,
 };
 
+/// RFC 5321 §6.3: more `Received:` headers than this is a loop.
+const MAX_HOPS: usize = 50;
 /// How many due messages are taken from the index per pass.
 const BATCH: usize = 256;
 /// Longest sleep between passes; the due index is looked at least this often.
@@ -250,6 +252,26 @@ impl Scheduler {
             None
         } else {
             match self.spool.content(&msg) {
+                // RFC 5321 §6.3: a message that has crossed too many hosts
+                // is looping (this also catches local submissions).
+                Ok(c) if crate::headers::count(&c, "Received") > MAX_HOPS => {
+                    let fail = |i| {
+                        (
+                            i,
+                            Outcome::perm(
+                                "5.4.6",
+                                "mail forwarding loop: too many Received: headers",
+                            ),
+                        )
+                    };
+                    outcomes.extend(locals.drain(..).map(|t| fail(t.rcpt)));
+                    outcomes.extend(
+                        remotes
+                            .drain(..)
+                            .flat_map(|(_, l)| l.into_iter().map(|r| fail(r.index))),
+                    );
+                    Some(Arc::new(c))
+                }
                 Ok(c) => Some(Arc::new(c)),
                 Err(e) => {
                     let fail = |i| (i, Outcome::temp("4.3.0", e.to_string()));

@@ -440,3 +440,113 @@ fn notify_success_on_local_delivery_sends_a_delivered_report() {
     );
     assert!(raw.contains("Action: delivered"), "{raw}");
 }
+
+#[test]
+fn eight_bit_and_utf8_mail_bounces_at_a_peer_without_the_extensions() {
+    let (mx1, _, port) = partner_sinks(
+        true,
+        false,
+        SinkOptions {
+            seven_bit: true,
+            ..Default::default()
+        },
+    );
+    let server = TestServer::start_with("", "", port);
+    let mut s = Smtp::ready(server.mx());
+    assert_eq!(s.cmd("MAIL FROM:<alice@example.test> BODY=8BITMIME").0, 250);
+    assert_eq!(s.cmd("RCPT TO:<dave@partner.test>").0, 250);
+    assert_eq!(s.cmd("DATA").0, 354);
+    s.send_raw("Subject: 8bit\r\n\r\nGr\u{fc}\u{df}e\r\n.\r\n".as_bytes());
+    let eight = queued_id(&s.reply());
+    assert!(
+        server.wait_log(&["delivery", &eight, "status=bounced", "dsn=5.6.3"], WAIT),
+        "{}",
+        server.log()
+    );
+    assert_eq!(s.cmd("MAIL FROM:<alice@example.test> SMTPUTF8").0, 250);
+    assert_eq!(s.cmd("RCPT TO:<d\u{f6}rte@partner.test>").0, 250);
+    assert_eq!(s.cmd("DATA").0, 354);
+    s.send_raw(b"Subject: utf8\r\n\r\nx\r\n.\r\n");
+    let utf8 = queued_id(&s.reply());
+    assert!(server.wait_log(&["delivery", &utf8, "status=bounced", "dsn=5.6.7"], WAIT));
+    let ascii = send(
+        &server,
+        "alice@example.test",
+        &["dave@partner.test"],
+        "plain-ascii",
+    );
+    assert!(server.wait_log(&["delivery", &ascii, "status=sent"], WAIT));
+    assert_eq!(
+        mx1.expect("mx1").received().len(),
+        1,
+        "only the 7-bit message was sent"
+    );
+}
+
+#[test]
+fn an_unreachable_destination_is_backed_off_as_a_whole() {
+    // Nothing listens for partner.test at this port.
+    let server = TestServer::start_with(
+        "",
+        "[queue]\nretry_initial = \"1h\"\nretry_max = \"2h\"",
+        common::free_port(),
+    );
+    let ids: Vec<String> = (0..4)
+        .map(|i| {
+            send(
+                &server,
+                "alice@example.test",
+                &["dave@partner.test"],
+                &format!("down{i}"),
+            )
+        })
+        .collect();
+    assert!(
+        server.wait_log(
+            &[
+                "destination unreachable; backing off",
+                "destination=partner.test"
+            ],
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
+    for id in &ids {
+        assert!(server.wait_log(&["delivery", id, "status=deferred"], WAIT));
+    }
+}
+
+#[test]
+fn a_looping_message_from_sendmail_bounces() {
+    let server = TestServer::start("");
+    let mut msg = String::new();
+    for i in 0..51 {
+        msg.push_str(&format!(
+            "Received: from hop{i}.test by hop{}.test; Mon, 23 Nov 2026 10:00:00 +0000\n",
+            i + 1
+        ));
+    }
+    msg.push_str("Subject: loop\n\nround and round\n");
+    let out = server.cli_stdin(
+        &["sendmail", "-f", "bob@example.test", "alice@example.test"],
+        msg.as_bytes(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        server.wait_log(
+            &[
+                "delivery",
+                "to=alice@example.test",
+                "status=bounced",
+                "dsn=5.4.6"
+            ],
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
+    let bob = server.wait_mailbox("bob", 1, WAIT);
+    assert_eq!(bob.len(), 1, "the sender got the bounce");
+    assert!(server.mailbox("alice").is_empty());
+}

@@ -31,6 +31,8 @@ pub struct SinkOptions {
     pub dsn: bool,
     /// Greeting code other than 220 (e.g. 421 for a busy host).
     pub greeting: Option<u16>,
+    /// Offer neither 8BITMIME nor SMTPUTF8.
+    pub seven_bit: bool,
 }
 
 /// A running sink.
@@ -137,13 +139,11 @@ fn serve(
         let upper = cmd.to_ascii_uppercase();
         let w = reader.get_mut();
         if upper.starts_with("EHLO") {
-            let mut ext = vec![
-                "sink.test",
-                "PIPELINING",
-                "SIZE 10000000",
-                "8BITMIME",
-                "SMTPUTF8",
-            ];
+            let mut ext = vec!["sink.test", "PIPELINING", "SIZE 10000000"];
+            if !opts.seven_bit {
+                ext.push("8BITMIME");
+                ext.push("SMTPUTF8");
+            }
             if tls.is_some() && !under_tls {
                 ext.push("STARTTLS");
             }
