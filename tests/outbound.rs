@@ -249,17 +249,21 @@ fn delay_notice_is_sent_once() {
     assert_eq!(subject, "Delayed Mail (still being retried)");
     assert!(status.contains("Action: delayed"), "{status}");
     assert!(status.contains("Will-Retry-Until: "), "{status}");
-    // More attempts follow; no second notice.
-    let deadline = std::time::Instant::now() + Duration::from_secs(4);
-    while std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
+    // More attempts follow (wait for three more); no second notice.
+    let deferred = || {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains(&id) && l.contains("status=deferred"))
+            .count()
+    };
+    let first = deferred();
+    let deadline = std::time::Instant::now() + WAIT;
+    while deferred() < first + 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let deferred = server
-        .log()
-        .lines()
-        .filter(|l| l.contains(&id) && l.contains("status=deferred"))
-        .count();
-    assert!(deferred >= 3, "{deferred}");
+    assert!(deferred() >= first + 3, "{}", deferred());
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(server.mailbox("alice").len(), 1, "one delay notice only");
 }
 
