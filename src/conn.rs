@@ -2,11 +2,67 @@
 //! and can change from plain to TLS in place (STARTTLS, STLS). `Closed` only
 //! stands in while the socket is moved into a handshake.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::shutdown::Signal;
+
+/// Time allowed for a TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accepts connections until the stop begins, handing each (with
+/// TCP_NODELAY set) to `handle`. Accept errors (EMFILE and friends) back off
+/// briefly instead of spinning.
+pub async fn accept_until(
+    listener: TcpListener,
+    name: &str,
+    mut signal: Signal,
+    mut handle: impl FnMut(TcpStream, SocketAddr, Signal),
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = signal.triggered() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                handle(stream, peer, signal.clone());
+            }
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The TLS handshake of an implicit-TLS listener (RFC 8314); `None` when it
+/// fails or times out (logged).
+pub async fn implicit_tls(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+) -> Option<Conn> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(Conn::ServerTls(Box::new(tls))),
+        Ok(Err(e)) => {
+            tracing::info!(client = %format!("[{}]", peer.ip()), error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(client = %format!("[{}]", peer.ip()), "TLS handshake timed out");
+            None
+        }
+    }
+}
 
 /// A plain or TLS TCP connection.
 pub enum Conn {

@@ -81,47 +81,25 @@ impl Pop3Shared {
 }
 
 /// Accepts POP3 connections until the stop begins.
-pub async fn serve(
-    listener: TcpListener,
-    spec: Listener,
-    shared: Arc<Pop3Shared>,
-    mut signal: Signal,
-) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = signal.triggered() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(listener = %spec.name, error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (shared, spec, task_signal) = (shared.clone(), spec.clone(), signal.clone());
+pub async fn serve(listener: TcpListener, spec: Listener, shared: Arc<Pop3Shared>, signal: Signal) {
+    let name = spec.name.clone();
+    crate::conn::accept_until(listener, &name, signal, |stream, peer, task_signal| {
+        let (shared, spec) = (shared.clone(), spec.clone());
         tokio::spawn(async move {
-            let conn = if spec.tls == TlsMode::Implicit {
-                let Some(cfg) = shared.tls.clone() else {
-                    return;
-                };
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(30),
-                    tokio_rustls::TlsAcceptor::from(cfg).accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(tls)) => Conn::ServerTls(Box::new(tls)),
-                    _ => return,
+            let conn = match (spec.tls, shared.tls.clone()) {
+                (TlsMode::Implicit, Some(cfg)) => {
+                    match crate::conn::implicit_tls(stream, cfg, peer).await {
+                        Some(c) => c,
+                        None => return,
+                    }
                 }
-            } else {
-                Conn::Plain(stream)
+                (TlsMode::Implicit, None) => return,
+                _ => Conn::Plain(stream),
             };
             session::Session::new(conn, shared, spec, peer, task_signal)
                 .run()
                 .await;
         });
-    }
+    })
+    .await
 }

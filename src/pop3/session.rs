@@ -244,7 +244,7 @@ impl Session {
             return Ok(Flow::Close);
         };
         match tokio::time::timeout(
-            Duration::from_secs(30),
+            crate::conn::HANDSHAKE_TIMEOUT,
             tokio_rustls::TlsAcceptor::from(cfg).accept(tcp),
         )
         .await

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use super::SmtpShared;
 use super::session::Session;
 use crate::config::{Listener, TlsMode, canonical_ip};
-use crate::conn::Conn;
+use crate::conn::{self, Conn};
 use crate::shutdown::Signal;
 
 /// Counts open sessions in total and per client address. A `Slot` holds
@@ -63,28 +63,9 @@ impl Drop for Slot {
 }
 
 /// Accepts connections on `listener` until the stop begins.
-pub async fn serve(
-    listener: TcpListener,
-    spec: Listener,
-    shared: Arc<SmtpShared>,
-    mut signal: Signal,
-) {
+pub async fn serve(listener: TcpListener, spec: Listener, shared: Arc<SmtpShared>, signal: Signal) {
     let name = spec.name.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = signal.triggered() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(listener = %name, error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    conn::accept_until(listener, &name, signal, |stream, peer, task_signal| {
         let config = shared.config.load();
         let ip = canonical_ip(peer.ip());
         let slot = shared.connections.try_take(
@@ -92,40 +73,27 @@ pub async fn serve(
             config.inbound.max_connections,
             config.inbound.max_connections_per_client,
         );
-        let shared = shared.clone();
-        let spec = spec.clone();
-        let task_signal = signal.clone();
+        let (shared, spec) = (shared.clone(), spec.clone());
         tokio::spawn(async move {
             let Some(_slot) = slot else {
                 return refuse_busy(stream, peer).await;
             };
-            let conn = if spec.tls == TlsMode::Implicit {
+            let conn = match (spec.tls, shared.tls.clone()) {
                 // Port 465 style (RFC 8314): TLS from the first byte.
-                let Some(cfg) = shared.tls.clone() else {
-                    return;
-                };
-                let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(30),
-                    acceptor.accept(stream),
-                )
-                .await
+                (TlsMode::Implicit, Some(cfg)) => match conn::implicit_tls(stream, cfg, peer).await
                 {
-                    Ok(Ok(tls)) => Conn::ServerTls(Box::new(tls)),
-                    Ok(Err(e)) => {
-                        tracing::info!(client = %format!("[{}]", peer.ip()), error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                }
-            } else {
-                Conn::Plain(stream)
+                    Some(c) => c,
+                    None => return,
+                },
+                (TlsMode::Implicit, None) => return,
+                _ => Conn::Plain(stream),
             };
             Session::new(conn, shared, spec, peer, task_signal)
                 .run()
                 .await
         });
-    }
+    })
+    .await
 }
 
 async fn refuse_busy(mut stream: tokio::net::TcpStream, peer: SocketAddr) {

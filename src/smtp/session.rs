@@ -17,7 +17,7 @@ use super::command::{self, Command, MailFrom};
 use super::line::{Ending, Line, read_line};
 use super::reply::Reply;
 use crate::config::{AuthMode, Config, Listener, Protocol, TlsMode, glob_match};
-use crate::conn::Conn;
+use crate::conn::{Conn, HANDSHAKE_TIMEOUT};
 use crate::headers;
 use crate::intake::{Envelope, EnvelopeRcpt};
 use crate::shutdown::Signal;
@@ -36,8 +36,6 @@ const MAX_HOPS: usize = 50;
 /// Failed AUTH attempts after which the session is closed; each failure
 /// waits one second more than the last before its reply.
 const MAX_AUTH_FAILURES: u32 = 3;
-/// Time allowed for a TLS handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How a session ended.
 enum Flow {

@@ -422,23 +422,8 @@ impl Smtp {
     /// Connects from the source address `source` (another loopback
     /// address, to look like a different client), expects 220, says EHLO.
     pub fn ready_from(addr: SocketAddr, source: std::net::IpAddr) -> Smtp {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let stream = rt.block_on(async {
-            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-            sock.bind(SocketAddr::new(source, 0)).expect("bind source");
-            sock.connect(addr).await.expect("connect")
-        });
-        let stream = stream.into_std().expect("std stream");
-        stream.set_nonblocking(false).expect("blocking");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut s = Smtp { stream, reader };
-        assert_eq!(s.reply().0, 220);
+        let (mut s, g) = Smtp::connect_from(addr, source);
+        assert_eq!(g.0, 220, "greeting {g:?}");
         assert_eq!(s.cmd("EHLO internet-client.test").0, 250);
         s
     }
