@@ -436,14 +436,10 @@ impl Scheduler {
         if let Err(e) = result {
             tracing::error!(queue_id = %id, error = %e, "cannot record delivery results");
         }
-        // Make the results durable soon, so a crash repeats little.
-        let spool = self.spool.clone();
-        ctx.spawn(
-            async move {
-                let _ = spool.commit().await;
-            }
-            .into_actor(self),
-        );
+        // Make the results durable soon, so a crash repeats little, but
+        // without a flush of their own that the next message's commit would
+        // have to queue behind.
+        self.spool.store().commit_soon();
         self.pump(ctx);
     }
 

@@ -3,8 +3,9 @@
 //!
 //! sled's `flush()` ends in `sync_file_range` on Linux, which neither
 //! flushes the device cache nor the file's metadata (sled issue 1452). So a
-//! commit is: `flush()`, then `fsync` of sled's data file through a handle of
-//! our own. Values are kept below sled's blob threshold (bodies are chunked,
+//! commit is: `flush()`, then `fdatasync` of sled's data file through a
+//! handle of our own (the data, the device cache, and the metadata needed
+//! to read the data back — the file's size when it grew). Values are kept below sled's blob threshold (bodies are chunked,
 //! see `CHUNK_SIZE`), so the data file is the only file that holds them.
 //!
 //! Group commit: writers apply their sled writes, then call `commit()`. One
@@ -79,7 +80,12 @@ pub struct CommitStats {
 struct Pending {
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
     stopping: bool,
+    /// A flush was asked for without a waiter (`commit_soon`).
+    soon: bool,
 }
+
+/// The longest a `commit_soon` request waits for a flush.
+const SOON: std::time::Duration = std::time::Duration::from_millis(200);
 
 struct Shared {
     pending: Mutex<Pending>,
@@ -128,6 +134,7 @@ impl Store {
             pending: Mutex::new(Pending {
                 waiters: Vec::new(),
                 stopping: false,
+                soon: false,
             }),
             wake: Condvar::new(),
         });
@@ -153,8 +160,9 @@ impl Store {
         Ok(self.db.open_tree(name)?)
     }
 
-    /// Waits until every write made before this call is on stable storage.
-    pub async fn commit(&self) -> Result<(), StoreError> {
+    /// Registers a waiter for the next flush (which begins after this
+    /// call, so after the caller's writes) and wakes the committer.
+    fn register(&self) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut p = self
@@ -168,23 +176,36 @@ impl Store {
             p.waiters.push(tx);
         }
         self.shared.wake.notify_one();
-        rx.await
+        Ok(rx)
+    }
+
+    /// Waits until every write made before this call is on stable storage.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.register()?
+            .await
             .unwrap_or_else(|_| Err(StoreError::Io("the commit thread stopped".into())))
+    }
+
+    /// Asks for the writes so far to be flushed soon — with the next
+    /// commit anyone waits for, or within `SOON` — without waiting. For
+    /// state whose loss in a crash only repeats work (delivery results).
+    pub fn commit_soon(&self) {
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !p.soon {
+            p.soon = true;
+            drop(p);
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Blocking commit for callers outside the async runtime (the CLI).
     pub fn commit_blocking(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut p = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            p.waiters.push(tx);
-        }
-        self.shared.wake.notify_one();
-        rx.blocking_recv()
+        self.register()?
+            .blocking_recv()
             .unwrap_or_else(|_| Err(StoreError::Io("the commit thread stopped".into())))
     }
 
@@ -221,15 +242,29 @@ fn commit_loop(db: sled::Db, data_file: File, shared: Arc<Shared>, stats: Arc<Co
         let (batch, stopping) = {
             let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             while p.waiters.is_empty() && !p.stopping {
-                p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                if p.soon {
+                    // Someone wants a flush soon, not now: wait for a
+                    // waiter to share it with, at most `SOON`.
+                    let (g, t) = shared
+                        .wake
+                        .wait_timeout(p, SOON)
+                        .unwrap_or_else(|e| e.into_inner());
+                    p = g;
+                    if t.timed_out() {
+                        break;
+                    }
+                } else {
+                    p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
             }
+            p.soon = false;
             (std::mem::take(&mut p.waiters), p.stopping)
         };
         // Every waiter in `batch` registered before this flush begins.
         let result = db
             .flush()
             .map_err(StoreError::from)
-            .and_then(|_| data_file.sync_all().map_err(StoreError::from));
+            .and_then(|_| data_file.sync_data().map_err(StoreError::from));
         if let Err(e) = &result {
             tracing::error!(error = %e, "spool commit failed");
         }
