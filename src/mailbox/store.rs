@@ -12,14 +12,17 @@
 //!   mailbox already holds, so a delivery repeated after a crash is not
 //!   stored twice
 //!
-//! An append is one atomic batch: content, meta, counters and the
-//! queue-id mark together. UIDs grow and are never reused. Only the mailbox
-//! actor appends, so reading the counters and writing them back in the
-//! batch cannot race.
+//! An append is ordered single writes (see `spool::store::Ops`): counters,
+//! content, meta, then the queue-id mark; a crash part way can skip a UID
+//! or (before the mark) let a repeated delivery store a second copy, never
+//! reuse a UID or show a message without its content. Only the mailbox
+//! actor appends, so reading the counters and writing them back cannot
+//! race.
 
 use serde::{Deserialize, Serialize};
 
 use crate::spool::record::{decode, encode};
+use crate::spool::store::Ops;
 use crate::spool::{CHUNK_SIZE, QueueId, Spool, StoreError};
 
 /// Flags of a stored message (IMAP system flags as bits).
@@ -138,10 +141,14 @@ impl MailboxStore {
         }
         let uid = state.uid_next;
         state.uid_next += 1;
-        let mut batch = sled::Batch::default();
+        // Order (see `Ops`): the counters first, so a UID is never handed
+        // out twice even if a crash cuts the rest; then content, meta (which
+        // makes the message visible), and the delivered mark.
+        let mut ops = Ops::default();
+        ops.insert(&key(b's', mailbox, &[]), encode(&state));
         let mut chunks = 0u32;
         for (n, c) in content.chunks(CHUNK_SIZE).enumerate() {
-            batch.insert(body_key(mailbox, uid, n as u32), c);
+            ops.insert(&body_key(mailbox, uid, n as u32), c);
             chunks += 1;
         }
         let meta = MailMeta {
@@ -153,10 +160,9 @@ impl MailboxStore {
             message_id,
             chunks,
         };
-        batch.insert(meta_key(mailbox, uid), encode(&meta));
-        batch.insert(key(b's', mailbox, &[]), encode(&state));
-        batch.insert(seen_key(mailbox, queue_id), &uid.to_be_bytes()[..]);
-        self.tree.apply_batch(batch)?;
+        ops.insert(&meta_key(mailbox, uid), encode(&meta));
+        ops.insert(&seen_key(mailbox, queue_id), &uid.to_be_bytes()[..]);
+        ops.apply(&self.tree)?;
         Ok(meta)
     }
 
@@ -187,16 +193,16 @@ impl MailboxStore {
         Ok(out)
     }
 
-    /// Removes a message, in one batch.
+    /// Removes a message: meta first (it disappears from listings), then
+    /// the delivered mark and the content.
     pub fn delete(&self, mailbox: &str, meta: &MailMeta) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.remove(meta_key(mailbox, meta.uid));
-        batch.remove(seen_key(mailbox, meta.queue_id));
+        let mut ops = Ops::default();
+        ops.remove(&meta_key(mailbox, meta.uid));
+        ops.remove(&seen_key(mailbox, meta.queue_id));
         for n in 0..meta.chunks {
-            batch.remove(body_key(mailbox, meta.uid, n));
+            ops.remove(&body_key(mailbox, meta.uid, n));
         }
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        ops.apply(&self.tree)
     }
 }
 

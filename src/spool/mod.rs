@@ -7,10 +7,15 @@
 //! - `d` + due time (Unix ms, 8 bytes BE) + queue id → empty
 //! - `a` + queue id → empty; messages handed to delivery
 //!
-//! Every change to a message is one `sled::Batch` on that tree, so readers
-//! and crash recovery see either all of it or none of it: a record and its
-//! index entries never disagree. The spool never decides *when* or *where*
-//! a message goes; the scheduler and router do.
+//! The record is the truth; index entries point to it. Every change is a
+//! sequence of single writes (`store::Ops`) in an order that leaves a state
+//! readers accept after any prefix (sled recovers a prefix of its log):
+//! content before the record; a new due entry, then the record, then the
+//! old due entry's removal; on removal, the record first. A reader meeting
+//! a due entry whose record disagrees drops the entry; one whose record does
+//! not exist yet skips it (the record follows), or drops it once it is old
+//! (a removal or a refused message interrupted by a crash). The spool never
+//! decides *when* or *where* a message goes; the scheduler and router do.
 
 pub mod id;
 pub mod record;
@@ -23,7 +28,7 @@ pub use record::{QueuedMessage, RcptState, Recipient, Ret, notify};
 pub use store::{CHUNK_SIZE, CommitStats, StoreError};
 
 use id::IdGenerator;
-use store::Store;
+use store::{Ops, Store};
 
 /// Queue names shown by `mailq` (as Postfix's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,22 +124,26 @@ fn chunk_key(id: QueueId, n: u32) -> [u8; 13] {
     k
 }
 
-/// Adds the due-index move to `batch` and updates `msg.due`.
-fn move_due(batch: &mut sled::Batch, msg: &mut QueuedMessage, when: Option<i64>) {
-    if msg.due == when {
-        return;
-    }
-    if let Some(old) = msg.due {
-        batch.remove(&due_key(old, msg.id)[..]);
-    }
-    if let Some(t) = when {
-        batch.insert(&due_key(t, msg.id)[..], &[][..]);
+/// A due entry without a record older than this is a leftover of a crash
+/// and is dropped; a younger one belongs to a record being written.
+const ORPHAN_AGE_MS: i64 = 10 * 60 * 1000;
+
+/// Writes the record with its due entry moved to `when`, in the safe
+/// order: the new entry, the record, then the old entry's removal.
+fn write_record(ops: &mut Ops, msg: &mut QueuedMessage, when: Option<i64>) {
+    let old = msg.due;
+    if old != when
+        && let Some(t) = when
+    {
+        ops.insert(&due_key(t, msg.id), &[][..]);
     }
     msg.due = when;
-}
-
-fn put_record(batch: &mut sled::Batch, msg: &QueuedMessage) {
-    batch.insert(&msg_key(msg.id)[..], record::encode(msg));
+    ops.insert(&msg_key(msg.id), record::encode(msg));
+    if old != when
+        && let Some(o) = old
+    {
+        ops.remove(&due_key(o, msg.id));
+    }
 }
 
 /// The open spool.
@@ -201,10 +210,10 @@ impl Spool {
     ) -> Result<QueuedMessage, StoreError> {
         let id = new.id.unwrap_or_else(|| self.ids.next());
         let now = now_ms();
-        let mut batch = sled::Batch::default();
+        let mut ops = Ops::default();
         let mut chunks = 0u32;
         for (n, chunk) in content.chunks(CHUNK_SIZE).enumerate() {
-            batch.insert(&chunk_key(id, n as u32)[..], chunk);
+            ops.insert(&chunk_key(id, n as u32), chunk);
             chunks += 1;
         }
         let mut msg = QueuedMessage {
@@ -228,9 +237,8 @@ impl Spool {
         for r in &mut msg.recipients {
             r.next_attempt = now;
         }
-        move_due(&mut batch, &mut msg, Some(now));
-        put_record(&mut batch, &msg);
-        self.tree.apply_batch(batch)?;
+        write_record(&mut ops, &mut msg, Some(now));
+        ops.apply(&self.tree)?;
         Ok(msg)
     }
 
@@ -262,11 +270,9 @@ impl Spool {
 
     /// Writes a changed record, moving its due-index entry to `when`.
     fn update(&self, msg: &mut QueuedMessage, when: Option<i64>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        move_due(&mut batch, msg, when);
-        put_record(&mut batch, msg);
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        let mut ops = Ops::default();
+        write_record(&mut ops, msg, when);
+        ops.apply(&self.tree)
     }
 
     /// Reads a message's content.
@@ -286,19 +292,19 @@ impl Spool {
         Ok(out)
     }
 
-    /// Removes a message entirely, in one batch.
+    /// Removes a message entirely: the record first, so that a crash part
+    /// way leaves only entries and chunks that nothing points to.
     pub fn remove(&self, msg: &QueuedMessage) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.remove(&msg_key(msg.id)[..]);
+        let mut ops = Ops::default();
+        ops.remove(&msg_key(msg.id));
         if let Some(t) = msg.due {
-            batch.remove(&due_key(t, msg.id)[..]);
+            ops.remove(&due_key(t, msg.id));
         }
-        batch.remove(&active_key(msg.id)[..]);
+        ops.remove(&active_key(msg.id));
         for n in 0..msg.chunks {
-            batch.remove(&chunk_key(msg.id, n)[..]);
+            ops.remove(&chunk_key(msg.id, n));
         }
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        ops.apply(&self.tree)
     }
 
     /// Up to `limit` messages due at or before `now`, earliest first.
@@ -314,10 +320,16 @@ impl Spool {
             };
             match self.get(id)? {
                 Some(msg) if msg.due == Some(time) => out.push(msg),
-                // Batches keep records and entries in step, so this is a
-                // leftover of an older format or a bug: drop it loudly.
-                _ => {
-                    tracing::warn!(queue_id = %id, "removing a due entry without a matching record");
+                // The record has moved on: the entry is stale.
+                Some(_) => {
+                    self.tree.remove(&key)?;
+                    continue;
+                }
+                // The record is being written right now (its entry comes
+                // first): leave it. An old one is a crash's leftover.
+                None if now - time < ORPHAN_AGE_MS => continue,
+                None => {
+                    tracing::info!(queue_id = %id, "dropping a due entry left by an interrupted write");
                     self.tree.remove(&key)?;
                     continue;
                 }
@@ -341,24 +353,20 @@ impl Spool {
 
     /// Marks a message as handed to delivery: into `active`, out of `due`.
     pub fn mark_active(&self, msg: &mut QueuedMessage) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(&active_key(msg.id)[..], &[][..]);
-        move_due(&mut batch, msg, None);
-        put_record(&mut batch, msg);
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        let mut ops = Ops::default();
+        ops.insert(&active_key(msg.id), &[][..]);
+        write_record(&mut ops, msg, None);
+        ops.apply(&self.tree)
     }
 
     /// Ends a message's delivery round: writes its record with its next due
     /// time (none when held) and takes it out of `active`.
     pub fn finish_active(&self, msg: &mut QueuedMessage) -> Result<(), StoreError> {
         let when = if msg.held { None } else { msg.next_due() };
-        let mut batch = sled::Batch::default();
-        move_due(&mut batch, msg, when);
-        put_record(&mut batch, msg);
-        batch.remove(&active_key(msg.id)[..]);
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        let mut ops = Ops::default();
+        write_record(&mut ops, msg, when);
+        ops.remove(&active_key(msg.id));
+        ops.apply(&self.tree)
     }
 
     /// Ids left in `active` by a previous run (a crash or a stop mid-delivery).
@@ -384,14 +392,13 @@ impl Spool {
         let ids = self.active_ids()?;
         let now = now_ms();
         for id in &ids {
-            let mut batch = sled::Batch::default();
+            let mut ops = Ops::default();
             if let Some(mut msg) = self.get(*id)? {
                 let when = if msg.held { None } else { Some(now) };
-                move_due(&mut batch, &mut msg, when);
-                put_record(&mut batch, &msg);
+                write_record(&mut ops, &mut msg, when);
             }
-            batch.remove(&active_key(*id)[..]);
-            self.tree.apply_batch(batch)?;
+            ops.remove(&active_key(*id));
+            ops.apply(&self.tree)?;
         }
         Ok(ids.len())
     }

@@ -67,6 +67,40 @@ impl From<std::io::Error> for StoreError {
     }
 }
 
+/// Writes applied one at a time, in order.
+///
+/// Not a `sled::Batch`: sled 0.34 makes every batch roll its I/O buffer
+/// before and after (`pin_log`), so each batch costs two buffer writes, each
+/// followed by a synchronous `sync_file_range`. Single writes share the
+/// buffer until the group commit flushes it. sled recovers a prefix of its
+/// log, so after a crash some prefix of an `Ops` is there: callers order
+/// their writes so that every prefix is a state their readers accept.
+#[derive(Default)]
+pub struct Ops(Vec<(Vec<u8>, Option<sled::IVec>)>);
+
+impl Ops {
+    /// Sets `key` to `value`.
+    pub fn insert(&mut self, key: &[u8], value: impl Into<sled::IVec>) {
+        self.0.push((key.to_vec(), Some(value.into())));
+    }
+
+    /// Removes `key`.
+    pub fn remove(&mut self, key: &[u8]) {
+        self.0.push((key.to_vec(), None));
+    }
+
+    /// Applies the writes in order.
+    pub fn apply(self, tree: &sled::Tree) -> Result<(), StoreError> {
+        for (k, v) in self.0 {
+            match v {
+                Some(v) => tree.insert(k, v)?,
+                None => tree.remove(k)?,
+            };
+        }
+        Ok(())
+    }
+}
+
 /// Counters of the group commit, for `petrel status` and the tests that
 /// prove batching.
 #[derive(Debug, Default)]
