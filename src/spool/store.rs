@@ -105,7 +105,7 @@ impl Ops {
 /// prove batching.
 #[derive(Debug, Default)]
 pub struct CommitStats {
-    /// Flush+fsync rounds completed.
+    /// Flush+fdatasync rounds completed.
     pub commits: AtomicU64,
     /// Waiters answered by those rounds.
     pub waiters: AtomicU64,
