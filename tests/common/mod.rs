@@ -136,9 +136,18 @@ impl TestServer {
 
     /// Starts a daemon in `dir` with the full configuration text `cfg`.
     pub fn start_in(dir: Arc<tempfile::TempDir>, cfg: &str) -> TestServer {
+        Self::start_wrapped(dir, cfg, &[])
+    }
+
+    /// Starts the daemon under `wrapper` (e.g. `strace -f -o FILE`).
+    pub fn start_wrapped(dir: Arc<tempfile::TempDir>, cfg: &str, wrapper: &[&str]) -> TestServer {
         let config_path = dir.path().join("petrel.toml");
         std::fs::write(&config_path, cfg).expect("write config");
-        let mut child = Command::new(petrel_bin())
+        let bin = petrel_bin();
+        let mut argv: Vec<&std::ffi::OsStr> = wrapper.iter().map(std::ffi::OsStr::new).collect();
+        argv.push(bin.as_os_str());
+        let mut child = Command::new(argv[0])
+            .args(&argv[1..])
             .args(["-c", config_path.to_str().expect("utf-8 path"), "serve"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -244,6 +253,28 @@ impl TestServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// The process id of the started child (the wrapper, when wrapped).
+    pub fn child_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Waits for the child to exit by itself; returns the exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
