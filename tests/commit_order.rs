@@ -32,8 +32,14 @@ fn parse(text: &str) -> Trace {
     let mut pending_sync: HashMap<u32, f64> = HashMap::new();
     let mut pending_fd: HashMap<u32, (String, i64)> = HashMap::new();
     for line in text.lines() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(ts), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        // "PID TIME REST": strace pads the pid column, so split on runs of
+        // spaces.
+        let line = line.trim_start();
+        let Some((pid, after)) = line.split_once(' ') else {
+            continue;
+        };
+        let after = after.trim_start();
+        let Some((ts, rest)) = after.split_once(' ') else {
             continue;
         };
         let (Ok(pid), Ok(ts)) = (pid.parse::<u32>(), ts.parse::<f64>()) else {
@@ -172,7 +178,17 @@ fn every_250_follows_an_fdatasync_and_each_commit_is_one_fdatasync() {
     assert_eq!(server.wait_exit(Duration::from_secs(60)), Some(0));
     let text = std::fs::read_to_string(&trace).expect("trace");
     let t = parse(&text);
-    assert_eq!(t.replies.len(), total, "every 250 was seen in the trace");
+    let sample: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("queued as") || l.contains("fdatasync"))
+        .take(6)
+        .collect();
+    assert_eq!(
+        t.replies.len(),
+        total,
+        "every 250 was seen in the trace; {} lines, e.g. {sample:#?}",
+        text.lines().count()
+    );
 
     // No 250 before a sync that began after the message's data was read.
     for (fd, sent) in &t.replies {
