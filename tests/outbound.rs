@@ -554,3 +554,55 @@ fn a_looping_message_from_sendmail_bounces() {
     assert_eq!(bob.len(), 1, "the sender got the bounce");
     assert!(server.mailbox("alice").is_empty());
 }
+
+#[test]
+fn destination_and_total_concurrency_are_capped() {
+    let slow = SinkOptions {
+        data_delay: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let (mx1, _, port) = partner_sinks(true, false, slow.clone());
+    let mx1 = mx1.expect("mx1");
+    let server = TestServer::start_with(
+        "",
+        &format!(
+            "[queue]\nretry_initial = \"1h\"\nretry_max = \"2h\"\ndestination_concurrency = 2\n[smtp.outbound]\nport = {port}"
+        ),
+        port,
+    );
+    for i in 0..8 {
+        send(
+            &server,
+            "alice@example.test",
+            &["dave@partner.test"],
+            &format!("dest{i}"),
+        );
+    }
+    assert_eq!(mx1.wait(8, WAIT).len(), 8);
+    assert_eq!(
+        mx1.peak_open(),
+        2,
+        "destination_concurrency = 2 allows two connections, and they were used"
+    );
+
+    let nomx = Sink::start("127.0.0.4:0", slow);
+    let server = TestServer::start_with(
+        "",
+        "[queue]\nretry_initial = \"1h\"\nretry_max = \"2h\"\ntotal_concurrency = 3",
+        nomx.addr.port(),
+    );
+    for i in 0..8 {
+        send(
+            &server,
+            "alice@example.test",
+            &["x@nomx.test"],
+            &format!("total{i}"),
+        );
+    }
+    assert_eq!(nomx.wait(8, WAIT).len(), 8);
+    assert!(
+        nomx.peak_open() <= 3,
+        "total_concurrency = 3, saw {}",
+        nomx.peak_open()
+    );
+}

@@ -33,6 +33,8 @@ pub struct SinkOptions {
     pub greeting: Option<u16>,
     /// Offer neither 8BITMIME nor SMTPUTF8.
     pub seven_bit: bool,
+    /// Wait this long before answering the end of DATA (a slow peer).
+    pub data_delay: Option<std::time::Duration>,
 }
 
 /// A running sink.
@@ -41,6 +43,8 @@ pub struct Sink {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     connections: Arc<Mutex<usize>>,
+    /// Connections open now, and the most open at once.
+    open: Arc<Mutex<(usize, usize)>>,
 }
 
 trait Stream: Read + Write + Send {}
@@ -68,16 +72,25 @@ impl Sink {
             .expect("server config");
             Arc::new(cfg)
         });
+        let open = Arc::new(Mutex::new((0usize, 0usize)));
         {
             let received = received.clone();
             let connections = connections.clone();
+            let open = open.clone();
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
                     *connections.lock().expect("lock") += 1;
-                    let (received, opts, tls) = (received.clone(), opts.clone(), tls.clone());
+                    {
+                        let mut o = open.lock().expect("lock");
+                        o.0 += 1;
+                        o.1 = o.1.max(o.0);
+                    }
+                    let (received, opts, tls, open) =
+                        (received.clone(), opts.clone(), tls.clone(), open.clone());
                     std::thread::spawn(move || {
                         let _ = serve(stream, received, opts, tls);
+                        open.lock().expect("lock").0 -= 1;
                     });
                 }
             });
@@ -86,12 +99,18 @@ impl Sink {
             addr,
             received,
             connections,
+            open,
         }
     }
 
     /// Messages received so far.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().expect("lock").clone()
+    }
+
+    /// The most connections that were open at once.
+    pub fn peak_open(&self) -> usize {
+        self.open.lock().expect("lock").1
     }
 
     /// Connections accepted so far.
@@ -208,6 +227,9 @@ fn serve(
                     &l[..]
                 };
                 data.extend_from_slice(l);
+            }
+            if let Some(d) = opts.data_delay {
+                std::thread::sleep(d);
             }
             received.lock().expect("lock").push(Received {
                 mail: mail.clone(),
