@@ -6,13 +6,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
-    Smtp, TestServer, base_config, free_port, petrel_bin, queued_id, run_cmd, standard_dns,
-};
+use common::{Smtp, TestServer, base_config, free_port, queued_id, standard_dns};
 
 const PASSWORD: &str = "pop secret";
 
@@ -68,22 +65,15 @@ fn python_poplib_and_fetchmail_read_what_smtp_delivered() {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     let server = TestServer::start_in(dir.clone(), &config(dir.path(), false));
     deliver(&server);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/pop3_interop.py");
-    let mut cmd = Command::new("python3");
-    cmd.arg(script)
-        .args(["--pop3", &server.addr("pop3").port().to_string()])
-        .args(["--pop3s", &server.addr("pop3s").port().to_string()])
-        .args(["--password", PASSWORD])
-        .arg("--petrel")
-        .arg(petrel_bin())
-        .arg("--config")
-        .arg(&server.config_path);
-    let out = run_cmd(cmd, None);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "POP3 interop failed:\n{stdout}");
-    assert!(stdout.contains("10 passed, 0 failed"), "{stdout}");
+    let args = [
+        "--pop3".to_string(),
+        server.addr("pop3").port().to_string(),
+        "--pop3s".to_string(),
+        server.addr("pop3s").port().to_string(),
+        "--password".to_string(),
+        PASSWORD.to_string(),
+    ];
+    common::run_python_interop("pop3_interop.py", &args, &server, "10 passed, 0 failed");
 }
 
 struct Pop {

@@ -104,6 +104,16 @@ impl Session {
         }
     }
 
+    /// RFC 5321 §4.5.3.2: a client that stays silent too long is told so
+    /// and disconnected.
+    fn timeout_reply(&self) -> Reply {
+        Reply::new(
+            421,
+            "4.4.2",
+            format!("{} Error: timeout exceeded", self.config.server.hostname),
+        )
+    }
+
     fn tls_active(&self) -> bool {
         self.stream.get_ref().is_tls()
     }
@@ -250,11 +260,7 @@ impl Session {
                 return Ok(Flow::Close);
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                self.send(Reply::new(
-                    421,
-                    "4.4.2",
-                    format!("{} Error: timeout exceeded", self.config.server.hostname),
-                ));
+                self.send(self.timeout_reply());
                 return Ok(Flow::Close);
             }
             Err(e) => return Err(e),
@@ -594,11 +600,7 @@ impl Session {
                     }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    self.send(Reply::new(
-                        421,
-                        "4.4.2",
-                        format!("{} Error: timeout exceeded", self.config.server.hostname),
-                    ));
+                    self.send(self.timeout_reply());
                     return Ok(Flow::Close);
                 }
                 Err(e) => return Err(e),

@@ -280,20 +280,8 @@ impl TestServer {
 
     /// Sends SIGTERM and waits; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let mut c = self.child.take()?;
-        signal(&c, libc_sig::TERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        signal(self.child.as_ref()?, libc_sig::TERM);
+        self.wait_exit(Duration::from_secs(60))
     }
 
     /// Sends a signal (e.g. SIGHUP) to the daemon.
@@ -398,6 +386,27 @@ pub fn run_cmd(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
     let out = child.wait_with_output().expect("wait");
     let _ = writer.join();
     out
+}
+
+/// Runs an interop script of `tests/interop/` with `python3` and the
+/// daemon's petrel binary and config appended to `args`; prints its output
+/// and asserts that it succeeded with the closing line `expect`.
+pub fn run_python_interop(script: &str, args: &[String], server: &TestServer, expect: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(script);
+    let mut cmd = Command::new("python3");
+    cmd.arg(path)
+        .args(args)
+        .arg("--petrel")
+        .arg(petrel_bin())
+        .arg("--config")
+        .arg(&server.config_path);
+    let out = run_cmd(cmd, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} failed:\n{stdout}");
+    assert!(stdout.contains(expect), "{stdout}");
 }
 
 /// The value of `key=value` in a log line.
