@@ -143,22 +143,6 @@ pub fn mailq_footer(count: usize, bytes: u64) -> String {
     )
 }
 
-/// Formats entries as Postfix's `mailq` text.
-pub fn mailq_text(entries: &[MailqEntry]) -> String {
-    if entries.is_empty() {
-        return mailq_footer(0, 0);
-    }
-    let mut out = String::from(MAILQ_HEADER);
-    for e in entries {
-        out.push_str(&mailq_entry_text(e));
-    }
-    out.push_str(&mailq_footer(
-        entries.len(),
-        entries.iter().map(|e| e.message_size).sum(),
-    ));
-    out
-}
-
 /// `petrel show`: one recipient.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShowRecipient {
@@ -348,6 +332,22 @@ pub fn status_text(r: &StatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Formats entries as Postfix's `mailq` text.
+    fn mailq_text(entries: &[MailqEntry]) -> String {
+        if entries.is_empty() {
+            return mailq_footer(0, 0);
+        }
+        let mut out = String::from(MAILQ_HEADER);
+        for e in entries {
+            out.push_str(&mailq_entry_text(e));
+        }
+        out.push_str(&mailq_footer(
+            entries.len(),
+            entries.iter().map(|e| e.message_size).sum(),
+        ));
+        out
+    }
 
     #[test]
     fn mailq_text_matches_postfix_layout() {

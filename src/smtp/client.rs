@@ -82,8 +82,8 @@ pub struct Extensions {
 }
 
 impl Extensions {
-    fn parse(reply: &Reply, lines: &[String]) -> Extensions {
-        let _ = reply;
+    /// Reads the EHLO reply's lines (the first is the greeting name).
+    fn parse(lines: &[String]) -> Extensions {
         let mut e = Extensions::default();
         for l in lines.iter().skip(1) {
             let mut words = l.split_whitespace();
@@ -243,7 +243,7 @@ impl Client {
             .map_err(&fail)?;
         let (reply, lines) = self.read_reply(REPLY_TIMEOUT).await.map_err(&fail)?;
         if reply.code == 250 {
-            self.ext = Extensions::parse(&reply, &lines);
+            self.ext = Extensions::parse(&lines);
             return Ok(());
         }
         self.write(format!("HELO {helo}\r\n").as_bytes())
@@ -477,7 +477,7 @@ impl Client {
             }
         }
         let mut idx = 0;
-        if self.used && cmds[0].1 == "RSET" {
+        if cmds[0].1 == "RSET" {
             let r = &replies[0];
             if r.code != 250 {
                 return Err(format!("host {} refused RSET: {}", self.peer, r.line()));
@@ -486,9 +486,8 @@ impl Client {
         }
         let mail_reply = replies[idx].clone();
         if mail_reply.code != 250 {
-            if self.ext.pipelining {
-                // RCPT and DATA replies were read; they are errors too.
-            }
+            // With pipelining the RCPT and DATA replies were read too; they
+            // are errors that follow from this one.
             return Ok(all(self.result(&mail_reply, "MAIL FROM command")));
         }
         let mut out = Vec::with_capacity(t.rcpts.len());

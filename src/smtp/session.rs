@@ -317,7 +317,7 @@ impl Session {
                 self.helo = Some(name);
                 self.esmtp = true;
                 self.tx = None;
-                let lines = vec![
+                let mut lines = vec![
                     self.config.server.hostname.clone(),
                     "PIPELINING".into(),
                     format!("SIZE {}", self.config.inbound.max_message_size),
@@ -326,7 +326,6 @@ impl Session {
                     "SMTPUTF8".into(),
                     "DSN".into(),
                 ];
-                let mut lines = lines;
                 if self.listener.tls == TlsMode::Starttls
                     && !self.tls_active()
                     && self.shared.tls.is_some()
