@@ -141,6 +141,10 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         debug,
         connections: server::ConnectionCount::default(),
         tls,
+        // A resolver of its own: the delivery pool's lives on the delivery
+        // arbiter's runtime, and hickory's sockets belong to the runtime
+        // that opened them. Client-name look-ups are rare (only for host
+        // name patterns), so a second cache costs little.
         dns: crate::delivery::dns::Dns::new(&config.load().dns.nameservers)
             .map_err(|e| anyhow::anyhow!("dns.nameservers: {e}"))?,
     });

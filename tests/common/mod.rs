@@ -291,18 +291,23 @@ impl TestServer {
         }
     }
 
-    /// Messages in a mailbox, read with `petrel mailbox NAME --json`.
-    pub fn mailbox(&self, name: &str) -> Vec<serde_json::Value> {
-        let out = self.cli(&["mailbox", name, "--json"]);
+    /// Runs a CLI command that prints JSON lines; asserts it succeeded.
+    fn cli_json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.cli(args);
         assert!(
             out.status.success(),
-            "mailbox: {}",
+            "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| serde_json::from_str(l).expect("json line"))
             .collect()
+    }
+
+    /// Messages in a mailbox, read with `petrel mailbox NAME --json`.
+    pub fn mailbox(&self, name: &str) -> Vec<serde_json::Value> {
+        self.cli_json_lines(&["mailbox", name, "--json"])
     }
 
     /// The content of one mailbox message.
@@ -330,16 +335,7 @@ impl TestServer {
 
     /// `mailq --json` entries.
     pub fn mailq(&self) -> Vec<serde_json::Value> {
-        let out = self.cli(&["mailq", "--json"]);
-        assert!(
-            out.status.success(),
-            "mailq: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("json line"))
-            .collect()
+        self.cli_json_lines(&["mailq", "--json"])
     }
 }
 
