@@ -7,6 +7,7 @@
 //! `{"error": "..."}`. The same `execute` runs in the daemon and, when no
 //! daemon runs, in the CLI over the spool opened directly.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -132,6 +133,20 @@ pub enum Item {
     Json(serde_json::Value),
     /// A raw block.
     Raw(Vec<u8>),
+    /// A JSON object already serialised on one line: long listings pass
+    /// through the daemon's writer and the CLI without a parse.
+    Line(String),
+}
+
+impl Item {
+    /// The item as a JSON value (`None` for a raw block or a bad line).
+    pub fn into_json(self) -> Option<serde_json::Value> {
+        match self {
+            Item::Json(v) => Some(v),
+            Item::Line(l) => serde_json::from_str(&l).ok(),
+            Item::Raw(_) => None,
+        }
+    }
 }
 
 /// Answer stream: JSON lines and raw blocks, with backpressure.
@@ -167,13 +182,21 @@ pub async fn execute(
                         format!("unknown state {s:?}; use active, deferred or hold")
                     })?),
                 };
+            // The in-flight set is small (at most the delivery
+            // concurrency): one read of it, not one look-up per message.
+            let active: HashSet<QueueId> = spool
+                .active_ids()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect();
             for msg in spool.messages() {
                 let msg = msg.map_err(|e| e.to_string())?;
+                let is_active = active.contains(&msg.id);
                 if let Some(entry) =
-                    queue_report::mailq_entry(&spool, &msg, domain.as_deref(), state)
-                        .map_err(|e| e.to_string())?
+                    queue_report::mailq_entry(&spool, &msg, is_active, domain.as_deref(), state)
                 {
-                    emit(sink, Item::Json(json!(entry))).await?;
+                    let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
+                    emit(sink, Item::Line(line)).await?;
                 }
             }
             Ok(())
@@ -380,9 +403,14 @@ pub async fn serve_connection(stream: tokio::net::UnixStream, daemon: Arc<Daemon
     }
     let (tx, mut rx) = mpsc::channel::<Item>(256);
     let writer = tokio::spawn(async move {
+        let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, w);
         while let Some(item) = rx.recv().await {
             let ok = match item {
                 Item::Json(v) => w.write_all(format!("{v}\n").as_bytes()).await,
+                Item::Line(mut l) => {
+                    l.push('\n');
+                    w.write_all(l.as_bytes()).await
+                }
                 Item::Raw(b) => match w
                     .write_all(format!("{}\n", json!({"raw": b.len()})).as_bytes())
                     .await
@@ -390,6 +418,11 @@ pub async fn serve_connection(stream: tokio::net::UnixStream, daemon: Arc<Daemon
                     Ok(()) => w.write_all(&b).await,
                     Err(e) => Err(e),
                 },
+            };
+            // Write out when the producer pauses, not once per item.
+            let ok = match ok {
+                Ok(()) if rx.is_empty() => w.flush().await,
+                other => other,
             };
             if ok.is_err() {
                 return None;
@@ -455,6 +488,15 @@ pub fn call(
                 "the daemon closed the connection without an answer".into(),
             ));
         }
+        // Control lines are the daemon's single-key objects; anything else
+        // is an answer item, passed on unparsed.
+        if !(l.starts_with("{\"ok\"") || l.starts_with("{\"error\"") || l.starts_with("{\"raw\"")) {
+            if l.ends_with('\n') {
+                l.pop();
+            }
+            on_item(Item::Line(l));
+            continue;
+        }
         let v: serde_json::Value =
             serde_json::from_str(&l).map_err(|e| CallError::Failed(format!("bad answer: {e}")))?;
         if v.get("ok").is_some() {
@@ -468,7 +510,7 @@ pub fn call(
             r.read_exact(&mut buf).map_err(CallError::Io)?;
             on_item(Item::Raw(buf));
         } else {
-            on_item(Item::Json(v));
+            return Err(CallError::Failed(format!("bad answer: {}", l.trim_end())));
         }
     }
 }

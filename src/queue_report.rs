@@ -38,11 +38,6 @@ pub struct MailqEntry {
     pub recipients: Vec<MailqRecipient>,
 }
 
-/// A message's queue name, given whether it is in flight.
-fn queue_name(spool: &Spool, msg: &QueuedMessage) -> Result<QueueName, StoreError> {
-    Ok(spool.queue_name(msg, spool.is_active(msg.id)?))
-}
-
 /// Whether any recipient not yet final is in `domain`.
 pub fn has_domain(msg: &QueuedMessage, domain: &str) -> bool {
     let d = domain.trim_end_matches('.');
@@ -58,17 +53,18 @@ pub fn has_domain(msg: &QueuedMessage, domain: &str) -> bool {
 pub fn mailq_entry(
     spool: &Spool,
     msg: &QueuedMessage,
+    active: bool,
     domain: Option<&str>,
     state: Option<QueueName>,
-) -> Result<Option<MailqEntry>, StoreError> {
+) -> Option<MailqEntry> {
     if domain.is_some_and(|d| !has_domain(msg, d)) {
-        return Ok(None);
+        return None;
     }
-    let name = queue_name(spool, msg)?;
+    let name = spool.queue_name(msg, active);
     if state.is_some_and(|s| s != name) {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(MailqEntry {
+    Some(MailqEntry {
         queue_name: name.as_str().into(),
         queue_id: msg.id.to_string(),
         arrival_time: msg.arrival / 1000,
@@ -84,7 +80,7 @@ pub fn mailq_entry(
                 next_attempt: (r.attempts > 0).then_some(r.next_attempt / 1000),
             })
             .collect(),
-    }))
+    })
 }
 
 /// The column header of `mailq` text.
@@ -187,7 +183,10 @@ pub struct ShowReport {
 pub fn show(spool: &Spool, msg: &QueuedMessage) -> Result<ShowReport, StoreError> {
     Ok(ShowReport {
         queue_id: msg.id.to_string(),
-        queue_name: queue_name(spool, msg)?.as_str().into(),
+        queue_name: spool
+            .queue_name(msg, spool.is_active(msg.id)?)
+            .as_str()
+            .into(),
         arrival_time: msg.arrival / 1000,
         size: msg.size,
         sender: msg.sender.clone(),
@@ -275,11 +274,17 @@ pub fn status(spool: &Spool) -> Result<StatusReport, StoreError> {
         r.by_state.insert(name.into(), 0);
     }
     let now = now_ms();
+    let active: std::collections::HashSet<_> = spool.active_ids()?.into_iter().collect();
     for msg in spool.messages() {
         let msg = msg?;
         r.messages += 1;
         *r.by_state
-            .entry(queue_name(spool, &msg)?.as_str().into())
+            .entry(
+                spool
+                    .queue_name(&msg, active.contains(&msg.id))
+                    .as_str()
+                    .into(),
+            )
             .or_default() += 1;
         for rc in msg.recipients.iter().filter(|rc| !rc.state.is_final()) {
             let d = rc

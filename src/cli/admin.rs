@@ -76,10 +76,14 @@ pub fn mailbox(config: &Config, name: String, uid: Option<u64>, json: bool) -> R
             Item::Raw(b) => {
                 let _ = out.write_all(&b);
             }
+            Item::Line(l) if json => {
+                let _ = writeln!(out, "{l}");
+            }
             Item::Json(v) if json => {
                 let _ = writeln!(out, "{v}");
             }
-            Item::Json(v) => {
+            other => {
+                let Some(v) = other.into_json() else { return };
                 if first {
                     let _ = writeln!(out, "     UID       SIZE QUEUE-ID     MESSAGE-ID");
                     first = false;

@@ -25,10 +25,19 @@ pub fn mailq(
         Request::Mailq { domain, state },
         Vec::new(),
         |item| {
-            let Item::Json(v) = item else { return };
             let line = if json {
-                format!("{v}\n")
+                match item {
+                    Item::Line(mut l) => {
+                        l.push('\n');
+                        l
+                    }
+                    other => match other.into_json() {
+                        Some(v) => format!("{v}\n"),
+                        None => return,
+                    },
+                }
             } else {
+                let Some(v) = item.into_json() else { return };
                 let Ok(e) = serde_json::from_value::<MailqEntry>(v) else {
                     return;
                 };
@@ -64,7 +73,12 @@ pub fn show(config: &Config, id: String, body: bool, json: bool) -> Result<(), S
         Request::Show { id, body },
         Vec::new(),
         |item| match item {
-            Item::Json(v) => {
+            Item::Raw(b) => {
+                let _ = out.write_all(b"\n");
+                let _ = out.write_all(&b);
+            }
+            other => {
+                let Some(v) = other.into_json() else { return };
                 let text = if json {
                     format!("{v}\n")
                 } else {
@@ -73,10 +87,6 @@ pub fn show(config: &Config, id: String, body: bool, json: bool) -> Result<(), S
                         .unwrap_or_default()
                 };
                 let _ = out.write_all(text.as_bytes());
-            }
-            Item::Raw(b) => {
-                let _ = out.write_all(b"\n");
-                let _ = out.write_all(&b);
             }
         },
     )?;
@@ -87,7 +97,7 @@ pub fn show(config: &Config, id: String, body: bool, json: bool) -> Result<(), S
 pub fn status(config: &Config, json: bool) -> Result<(), String> {
     let mut report = None;
     request(config, Request::Status, Vec::new(), |item| {
-        if let Item::Json(v) = item {
+        if let Some(v) = item.into_json() {
             report = Some(v);
         }
     })?;
@@ -105,7 +115,7 @@ pub fn status(config: &Config, json: bool) -> Result<(), String> {
 pub fn admin(config: &Config, op: AdminOp, select: Selection) -> Result<(), String> {
     let mut result = None;
     request(config, Request::Admin { op, select }, Vec::new(), |item| {
-        if let Item::Json(v) = item {
+        if let Some(v) = item.into_json() {
             result = Some(v);
         }
     })?;
