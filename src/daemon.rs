@@ -93,7 +93,8 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     let recovered = spool
         .recover_active()
         .context("cannot recover messages in flight")?;
-    tracing::info!(spool = %spool_dir.display(), messages = spool.len(), recovered, "spool open");
+    // No message count here: it would be a scan of the queue at every start.
+    tracing::info!(spool = %spool_dir.display(), recovered, "spool open");
     let mailboxes = MailboxStore::open(&spool).context("cannot open the mailbox store")?;
     let path = config.path.clone();
     let debug = Arc::new(AtomicU8::new(config.log.smtp_debug));

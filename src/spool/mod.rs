@@ -412,11 +412,6 @@ impl Spool {
         })
     }
 
-    /// Number of messages in the queue (a scan of the records).
-    pub fn len(&self) -> usize {
-        self.tree.scan_prefix([MSG]).count()
-    }
-
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
         self.tree.scan_prefix([MSG]).next().is_none()

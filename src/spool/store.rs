@@ -31,7 +31,7 @@ pub const CHUNK_SIZE: usize = 64 * 1024;
 const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
 /// sled page cache size.
-const CACHE_CAPACITY: u64 = 256 * 1024 * 1024;
+const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
 /// Why the store failed. Each variant says which reply it becomes.
 #[derive(Debug, Clone, thiserror::Error)]
