@@ -347,3 +347,77 @@ fn hash_password_and_check_config() {
     let out = cli_with(&shipped, &["check-config"], None);
     assert!(out.status.success(), "{out:?}");
 }
+
+/// Bytes allocated on disk under `p`.
+fn disk_usage(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(p).expect("read_dir").flatten() {
+            total += disk_usage(&e.path());
+        }
+    }
+    total
+}
+
+#[test]
+fn a_restart_after_delete_all_gives_the_disk_back_and_keeps_mailboxes() {
+    let mut server = slow_retry_server();
+    let mut s = Smtp::ready(server.mx());
+    let kept = s.send_mail(
+        "alice@example.test",
+        &["bob@example.test"],
+        "Subject: keep\r\n\r\nkeep me\r\n",
+    );
+    assert_eq!(kept.0, 250, "{kept:?}");
+    server.wait_mailbox("bob", 1, Duration::from_secs(10));
+    // About 80 MB of deferred mail: more than the 64 MiB below which a
+    // spool is never compacted.
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        format!("{}\r\n", "x".repeat(900)).repeat(1000)
+    );
+    for _ in 0..90 {
+        let r = s.send_mail("alice@example.test", &["dave@partner.test"], &body);
+        assert_eq!(r.0, 250, "{r:?}");
+    }
+    drop(s);
+    let spool = server.dir.path().join("spool");
+    let before = disk_usage(&spool);
+    assert!(before > 64 << 20, "spool only {before} bytes");
+    let out = server.cli(&["delete", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(server.mailq().is_empty());
+    let cfg = std::fs::read_to_string(&server.config_path).expect("config");
+    assert_eq!(server.stop(), Some(0));
+    let server = TestServer::start_in(server.dir.clone(), &cfg);
+    assert!(server.log().contains("spool compacted"), "{}", server.log());
+    let after = disk_usage(&spool);
+    assert!(
+        after * 4 < before,
+        "spool {before} bytes before, {after} after"
+    );
+    // Mailboxes came through, and the new spool takes mail.
+    let inbox = server.mailbox("bob");
+    assert_eq!(inbox.len(), 1);
+    let uid = inbox[0]["uid"].as_u64().expect("uid");
+    assert!(String::from_utf8_lossy(&server.mailbox_message("bob", uid)).contains("keep me"));
+    let mut s = Smtp::ready(server.mx());
+    let r = s.send_mail(
+        "alice@example.test",
+        &["bob@example.test"],
+        "Subject: after\r\n\r\nnew\r\n",
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    assert_eq!(
+        server.wait_mailbox("bob", 2, Duration::from_secs(10)).len(),
+        2
+    );
+}

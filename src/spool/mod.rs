@@ -17,6 +17,7 @@
 //! (a removal or a refused message interrupted by a crash). The spool never
 //! decides *when* or *where* a message goes; the scheduler and router do.
 
+pub mod compact;
 pub mod id;
 pub mod record;
 pub mod store;

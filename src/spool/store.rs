@@ -33,6 +33,30 @@ const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 /// sled page cache size.
 const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
+/// The database's directory inside the spool.
+pub const DB_DIR: &str = "queue";
+
+/// Opens a sled database at `path` with the spool's settings; a lock held
+/// by another process is `Locked(spool)`.
+pub(super) fn open_db(path: &Path, spool: &Path) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        .segment_size(SEGMENT_SIZE)
+        .cache_capacity(CACHE_CAPACITY)
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                StoreError::Locked(spool.to_path_buf())
+            }
+            other => StoreError::from(other),
+        })
+}
+
 /// Why the store failed. Each variant says which reply it becomes.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -141,23 +165,8 @@ impl Store {
     /// Opens (or creates) the database under `<spool>/queue`.
     pub fn open(spool: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(spool)?;
-        let path = spool.join("queue");
-        let db = sled::Config::new()
-            .path(&path)
-            .segment_size(SEGMENT_SIZE)
-            .cache_capacity(CACHE_CAPACITY)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
-                {
-                    StoreError::Locked(spool.to_path_buf())
-                }
-                other => StoreError::from(other),
-            })?;
+        let path = spool.join(DB_DIR);
+        let db = open_db(&path, spool)?;
         // The data file and its directory entry must be durable too.
         let data_file = File::open(path.join("db"))?;
         data_file.sync_all()?;
