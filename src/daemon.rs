@@ -79,23 +79,18 @@ pub fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
 
 async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     let spool_dir = config.server.spool.clone();
-    match crate::spool::compact::compact_if_sparse(&spool_dir) {
-        Ok(Some(c)) => tracing::info!(
-            spool = %spool_dir.display(),
-            before_mib = c.before >> 20,
-            after_mib = c.after >> 20,
-            "spool compacted"
-        ),
-        Ok(None) => {}
-        // Spool::open below says that another daemon holds the spool.
-        Err(StoreError::Locked(_)) => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot compact the spool {}", spool_dir.display()));
+    let spool = match Spool::open_compacting(&spool_dir) {
+        Ok((s, compacted)) => {
+            if let Some(c) = compacted {
+                tracing::info!(
+                    spool = %spool_dir.display(),
+                    before_mib = c.before >> 20,
+                    after_mib = c.after >> 20,
+                    "spool compacted"
+                );
+            }
+            Arc::new(s)
         }
-    }
-    let spool = match Spool::open(&spool_dir) {
-        Ok(s) => Arc::new(s),
         Err(StoreError::Locked(p)) => anyhow::bail!(
             "the spool {} is in use: another petrel daemon is running",
             p.display()

@@ -24,7 +24,7 @@ use super::store::{DB_DIR, StoreError, open_db};
 const MIN_SIZE: u64 = 64 * 1024 * 1024;
 /// More live data than this is not copied at start-up (it would delay the
 /// start by more than about a second).
-const MAX_LIVE: u64 = 256 * 1024 * 1024;
+const MAX_LIVE: u64 = 128 * 1024 * 1024;
 /// Compact when live data is at most 1/`SPARSE` of the file.
 const SPARSE: u64 = 4;
 
@@ -41,48 +41,51 @@ pub struct Compacted {
     pub after: u64,
 }
 
-/// Compacts the spool's database if it is mostly dead space. Call before
-/// `Spool::open`, in the daemon only. `Ok(None)`: nothing done (a failed
-/// copy is logged and leaves the database as it was). An error means the
-/// swap could not complete; the next start finishes it.
-pub fn compact_if_sparse(spool: &Path) -> Result<Option<Compacted>, StoreError> {
+/// Opens the spool's database, first compacting it if it is mostly dead
+/// space. Returns the open database and what a compaction did (`None`:
+/// nothing; a failed copy is logged and leaves the database as it was).
+/// An error after the copy means the swap could not complete; the next
+/// start finishes it.
+pub(super) fn compact_if_sparse(spool: &Path) -> Result<(sled::Db, Option<Compacted>), StoreError> {
+    std::fs::create_dir_all(spool)?;
     finish_interrupted(spool)?;
     let path = spool.join(DB_DIR);
-    if !path.exists() {
-        return Ok(None);
-    }
     let before = dir_size(&path);
+    let db = open_db(&path, spool)?;
     if before < MIN_SIZE {
-        return Ok(None);
+        return Ok((db, None));
     }
     let copy = spool.join(COPY_DIR);
-    let copied = open_db(&path, spool).and_then(|db| {
-        if worth_copying(&db, before)? {
+    match worth_copying(&db, before).and_then(|worth| {
+        if worth {
             write_copy(&db, &copy, spool).map(|_| true)
         } else {
             Ok(false)
         }
-    });
-    match copied {
+    }) {
         Ok(true) => {}
-        Ok(false) => return Ok(None),
-        Err(e @ StoreError::Locked(_)) => return Err(e),
+        Ok(false) => return Ok((db, None)),
         Err(e) => {
             // Nothing has changed yet (the disk may be full): drop the
             // copy and run on the database as it is.
             let _ = std::fs::remove_dir_all(&copy);
             tracing::warn!(spool = %spool.display(), error = %e, "spool compaction skipped");
-            return Ok(None);
+            return Ok((db, None));
         }
     }
+    drop(db);
     let marker = spool.join(DONE_MARKER);
     File::create(&marker)?.sync_all()?;
     sync_dir(spool)?;
     swap(spool)?;
-    Ok(Some(Compacted {
-        before,
-        after: dir_size(&path),
-    }))
+    let db = open_db(&path, spool)?;
+    Ok((
+        db,
+        Some(Compacted {
+            before,
+            after: dir_size(&path),
+        }),
+    ))
 }
 
 /// Whether the live data is small enough and sparse enough to copy.
@@ -234,6 +237,7 @@ mod tests {
         fill(dir.path(), 4000, 10);
         let done = compact_if_sparse(dir.path())
             .expect("compact")
+            .1
             .expect("compacted");
         assert!(done.before >= MIN_SIZE, "{done:?}");
         assert!(done.after * 4 < done.before, "{done:?}");
@@ -247,7 +251,7 @@ mod tests {
     fn a_live_spool_is_left_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
         fill(dir.path(), 4000, 4000);
-        assert_eq!(compact_if_sparse(dir.path()).expect("compact"), None);
+        assert_eq!(compact_if_sparse(dir.path()).expect("compact").1, None);
         assert_eq!(keys(dir.path()).0, 4000);
     }
 

@@ -24,6 +24,7 @@ pub mod store;
 
 use std::path::{Path, PathBuf};
 
+pub use compact::Compacted;
 pub use id::{BadQueueId, QueueId};
 pub use record::{QueuedMessage, RcptState, Recipient, Ret, notify};
 pub use store::{CHUNK_SIZE, CommitStats, StoreError};
@@ -159,7 +160,17 @@ impl Spool {
     /// Opens the spool directory, creating it if needed. Fails with
     /// `StoreError::Locked` if another process has it open.
     pub fn open(dir: &Path) -> Result<Spool, StoreError> {
-        let store = Store::open(dir)?;
+        Spool::from_store(dir, Store::open(dir)?)
+    }
+
+    /// Opens the spool as `open` does, compacting its database first if
+    /// it is mostly dead space (see `compact`). For the daemon's start.
+    pub fn open_compacting(dir: &Path) -> Result<(Spool, Option<Compacted>), StoreError> {
+        let (db, compacted) = compact::compact_if_sparse(dir)?;
+        Ok((Spool::from_store(dir, Store::from_db(dir, db)?)?, compacted))
+    }
+
+    fn from_store(dir: &Path, store: Store) -> Result<Spool, StoreError> {
         let tree = store.tree("queue")?;
         let newest = tree
             .scan_prefix([MSG])

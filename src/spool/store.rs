@@ -165,8 +165,13 @@ impl Store {
     /// Opens (or creates) the database under `<spool>/queue`.
     pub fn open(spool: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(spool)?;
+        let db = open_db(&spool.join(DB_DIR), spool)?;
+        Store::from_db(spool, db)
+    }
+
+    /// Takes over a database opened by `open_db` on `<spool>/queue`.
+    pub(super) fn from_db(spool: &Path, db: sled::Db) -> Result<Store, StoreError> {
         let path = spool.join(DB_DIR);
-        let db = open_db(&path, spool)?;
         // The data file and its directory entry must be durable too.
         let data_file = File::open(path.join("db"))?;
         data_file.sync_all()?;
