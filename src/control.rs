@@ -7,7 +7,6 @@
 //! `{"error": "..."}`. The same `execute` runs in the daemon and, when no
 //! daemon runs, in the CLI over the spool opened directly.
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -182,13 +181,7 @@ pub async fn execute(
                         format!("unknown state {s:?}; use active, deferred or hold")
                     })?),
                 };
-            // The in-flight set is small (at most the delivery
-            // concurrency): one read of it, not one look-up per message.
-            let active: HashSet<QueueId> = spool
-                .active_ids()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .collect();
+            let active = spool.active_set().map_err(|e| e.to_string())?;
             for msg in spool.messages() {
                 let msg = msg.map_err(|e| e.to_string())?;
                 let is_active = active.contains(&msg.id);

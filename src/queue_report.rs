@@ -274,7 +274,7 @@ pub fn status(spool: &Spool) -> Result<StatusReport, StoreError> {
         r.by_state.insert(name.into(), 0);
     }
     let now = now_ms();
-    let active: std::collections::HashSet<_> = spool.active_ids()?.into_iter().collect();
+    let active = spool.active_set()?;
     for msg in spool.messages() {
         let msg = msg?;
         r.messages += 1;

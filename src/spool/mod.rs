@@ -393,6 +393,13 @@ impl Spool {
         Ok(ids)
     }
 
+    /// The in-flight set, for listings that classify every message: one
+    /// read of it (it holds at most the delivery concurrency) instead of a
+    /// look-up per message.
+    pub fn active_set(&self) -> Result<std::collections::HashSet<QueueId>, StoreError> {
+        Ok(self.active_ids()?.into_iter().collect())
+    }
+
     /// Whether the message is in the in-flight set.
     pub fn is_active(&self, id: QueueId) -> Result<bool, StoreError> {
         Ok(self.tree.contains_key(active_key(id))?)
