@@ -49,22 +49,7 @@ const LIMIT: Duration = Duration::from_secs(1800);
 
 /// Disk blocks used under `dir`, MiB (like `du -sm`).
 fn disk_mib(dir: &Path) -> f64 {
-    fn walk(p: &Path) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(meta) = std::fs::symlink_metadata(p) else {
-            return 0;
-        };
-        let mut total = meta.blocks() * 512;
-        if meta.is_dir()
-            && let Ok(rd) = std::fs::read_dir(p)
-        {
-            for e in rd.flatten() {
-                total += walk(&e.path());
-            }
-        }
-        total
-    }
-    walk(dir) as f64 / (1024.0 * 1024.0)
+    petrel::spool::compact::disk_usage(dir) as f64 / (1024.0 * 1024.0)
 }
 
 fn state_count(status: &serde_json::Value, state: &str) -> u64 {

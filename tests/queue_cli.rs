@@ -348,21 +348,6 @@ fn hash_password_and_check_config() {
     assert!(out.status.success(), "{out:?}");
 }
 
-/// Bytes allocated on disk under `p`.
-fn disk_usage(p: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    let mut total = meta.blocks() * 512;
-    if meta.is_dir() {
-        for e in std::fs::read_dir(p).expect("read_dir").flatten() {
-            total += disk_usage(&e.path());
-        }
-    }
-    total
-}
-
 #[test]
 fn a_restart_after_delete_all_gives_the_disk_back_and_keeps_mailboxes() {
     let mut server = slow_retry_server();
@@ -386,7 +371,7 @@ fn a_restart_after_delete_all_gives_the_disk_back_and_keeps_mailboxes() {
     }
     drop(s);
     let spool = server.dir.path().join("spool");
-    let before = disk_usage(&spool);
+    let before = petrel::spool::compact::disk_usage(&spool);
     assert!(before > 64 << 20, "spool only {before} bytes");
     let out = server.cli(&["delete", "--all"]);
     assert!(
@@ -399,7 +384,7 @@ fn a_restart_after_delete_all_gives_the_disk_back_and_keeps_mailboxes() {
     assert_eq!(server.stop(), Some(0));
     let server = TestServer::start_in(server.dir.clone(), &cfg);
     assert!(server.log().contains("spool compacted"), "{}", server.log());
-    let after = disk_usage(&spool);
+    let after = petrel::spool::compact::disk_usage(&spool);
     assert!(
         after * 4 < before,
         "spool {before} bytes before, {after} after"
