@@ -264,8 +264,17 @@ pub async fn execute(
                     }
                 }
             }
-            if let Backend::Offline { .. } = backend {
-                spool.store().commit().await.map_err(|e| e.to_string())?;
+            match backend {
+                Backend::Offline { .. } => {
+                    spool.store().commit().await.map_err(|e| e.to_string())?;
+                }
+                // Give the disk back before answering, so that `du` after
+                // the command shows it.
+                Backend::Daemon(_) if op == AdminOp::Delete => {
+                    crate::daemon::compact(spool.clone(), crate::daemon::Check::IfFreed, "delete")
+                        .await;
+                }
+                Backend::Daemon(_) => {}
             }
             let missing: Vec<String> = missing.iter().map(|i| i.to_string()).collect();
             emit(sink, Item::Json(json!({"done": done, "missing": missing}))).await

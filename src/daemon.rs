@@ -26,6 +26,42 @@ use crate::shutdown::Shutdown;
 use crate::smtp::{SmtpShared, server};
 use crate::spool::{Spool, StoreError};
 
+/// How often the daemon looks whether removals left enough dead space in
+/// the spool to compact it.
+const COMPACT_CHECK: Duration = Duration::from_secs(60);
+
+/// When `compact` looks at the database.
+#[derive(Debug, Clone, Copy)]
+pub enum Check {
+    /// Always (at start).
+    Always,
+    /// Only if enough was removed since the last look.
+    IfFreed,
+}
+
+/// Compacts the spool off the async runtime if it is mostly dead space
+/// (see `spool::compact`), and logs what that did.
+pub async fn compact(spool: Arc<Spool>, check: Check, reason: &'static str) {
+    let started = std::time::Instant::now();
+    let done = tokio::task::spawn_blocking(move || match check {
+        Check::Always => spool.compact(),
+        Check::IfFreed => spool.compact_if_freed(),
+    })
+    .await;
+    match done {
+        Ok(Ok(Some(c))) => tracing::info!(
+            reason,
+            before_mib = c.before >> 20,
+            after_mib = c.after >> 20,
+            ms = started.elapsed().as_millis() as u64,
+            "spool compacted"
+        ),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::error!(reason, error = %e, "spool compaction failed"),
+        Err(e) => tracing::error!(reason, error = %e, "spool compaction stopped"),
+    }
+}
+
 /// How long sessions get to finish after SIGTERM.
 const SESSION_DRAIN: Duration = Duration::from_secs(30);
 /// How long deliveries in flight get to finish after SIGTERM.
@@ -79,18 +115,8 @@ pub fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
 
 async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     let spool_dir = config.server.spool.clone();
-    let spool = match Spool::open_compacting(&spool_dir) {
-        Ok((s, compacted)) => {
-            if let Some(c) = compacted {
-                tracing::info!(
-                    spool = %spool_dir.display(),
-                    before_mib = c.before >> 20,
-                    after_mib = c.after >> 20,
-                    "spool compacted"
-                );
-            }
-            Arc::new(s)
-        }
+    let spool = match Spool::open(&spool_dir) {
+        Ok(s) => Arc::new(s),
         Err(StoreError::Locked(p)) => anyhow::bail!(
             "the spool {} is in use: another petrel daemon is running",
             p.display()
@@ -100,6 +126,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open the spool {}", spool_dir.display()));
         }
     };
+    compact(spool.clone(), Check::Always, "start").await;
     let recovered = spool
         .recover_active()
         .context("cannot recover messages in flight")?;
@@ -225,6 +252,21 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
                     a = control_listener.accept() => if let Ok((stream, _)) = a {
                         tokio::spawn(control::serve_connection(stream, daemon.clone()));
                     },
+                    _ = signal.triggered() => break,
+                }
+            }
+        });
+    }
+
+    {
+        let spool = spool.clone();
+        let mut signal = shutdown.signal();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(COMPACT_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => compact(spool.clone(), Check::IfFreed, "periodic").await,
                     _ = signal.triggered() => break,
                 }
             }

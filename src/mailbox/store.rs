@@ -22,7 +22,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::spool::record::{decode, encode};
-use crate::spool::store::Ops;
+use crate::spool::store::{Keyspace, Ops, TreeHandle};
 use crate::spool::{CHUNK_SIZE, QueueId, Spool, StoreError};
 
 /// Flags of a stored message (IMAP system flags as bits).
@@ -70,7 +70,7 @@ pub struct MailboxState {
 /// Access to all mailboxes.
 #[derive(Clone)]
 pub struct MailboxStore {
-    tree: sled::Tree,
+    tree: TreeHandle,
 }
 
 fn key(kind: u8, mailbox: &str, tail: &[u8]) -> Vec<u8> {
@@ -104,7 +104,7 @@ impl MailboxStore {
     /// Opens the mailbox keyspace of the spool's database.
     pub fn open(spool: &Spool) -> Result<MailboxStore, StoreError> {
         Ok(MailboxStore {
-            tree: spool.store().tree("mailbox")?,
+            tree: spool.store().handle(Keyspace::Mailbox),
         })
     }
 
@@ -162,14 +162,14 @@ impl MailboxStore {
         };
         ops.insert(&meta_key(mailbox, uid), encode(&meta));
         ops.insert(&seen_key(mailbox, queue_id), &uid.to_be_bytes()[..]);
-        ops.apply(&self.tree)?;
+        self.tree.apply(ops)?;
         Ok(meta)
     }
 
     /// Every message in the mailbox, in UID order.
     pub fn list(&self, mailbox: &str) -> Result<Vec<MailMeta>, StoreError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(key(b'm', mailbox, &[])) {
+        for item in self.tree.snapshot().scan_prefix(key(b'm', mailbox, &[])) {
             let (_, v) = item?;
             out.push(decode_io(&v)?);
         }
@@ -202,7 +202,7 @@ impl MailboxStore {
         for n in 0..meta.chunks {
             ops.remove(&body_key(mailbox, meta.uid, n));
         }
-        ops.apply(&self.tree)
+        self.tree.apply(ops)
     }
 }
 

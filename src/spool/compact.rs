@@ -1,29 +1,32 @@
-//! Start-up compaction: gives disk space back after the queue has shrunk.
+//! Compaction: gives disk space back after the queue has shrunk.
 //!
 //! sled 0.34 returns space only by truncating free segments at the end of
 //! its log; space freed in the middle is reused, never given back, so after
-//! `delete --all` the spool would keep its high-water size. At daemon start,
-//! before anything else opens the spool, a database whose live data is at
-//! most a quarter of its file (and small enough to copy quickly) is copied
-//! key by key into a fresh one, which then takes its place.
+//! `delete --all` the spool would keep its high-water size. A database
+//! whose live data is at most a quarter of its file (and small enough to
+//! copy in about a second) is copied key by key into a fresh one, which
+//! then takes its place. The daemon checks at start, after every `delete`
+//! and periodically; writers wait during the copy (the store's gate), so
+//! nothing written after the copy began can be lost with the old database.
 //!
 //! The swap survives a crash at any point. The copy is made durable first
 //! (`queue.compact`, every file and the directory fsynced); only then is
 //! the marker `queue.compact.done` created and fsynced. With the marker,
 //! the copy is the truth: the old database is renamed to `queue.old`, the
-//! copy to `queue`, the marker removed, the old one deleted. At start,
-//! `finish_interrupted` completes a swap whose marker exists and throws
-//! away a copy whose marker does not.
+//! copy to `queue`, the marker removed, the old one deleted. When the
+//! spool is opened, `finish_interrupted` completes a swap whose marker
+//! exists and throws away a copy whose marker does not.
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::RwLock;
 
-use super::store::{DB_DIR, StoreError, open_db};
+use super::store::{DB_DIR, Generation, StoreError, open_db, read, write};
 
 /// Below this size on disk a spool is left alone.
 const MIN_SIZE: u64 = 64 * 1024 * 1024;
-/// More live data than this is not copied at start-up (it would delay the
-/// start by more than about a second).
+/// More live data than this is not copied (writers would wait more than
+/// about a second).
 const MAX_LIVE: u64 = 128 * 1024 * 1024;
 /// Compact when live data is at most 1/`SPARSE` of the file.
 const SPARSE: u64 = 4;
@@ -41,51 +44,79 @@ pub struct Compacted {
     pub after: u64,
 }
 
-/// Opens the spool's database, first compacting it if it is mostly dead
-/// space. Returns the open database and what a compaction did (`None`:
-/// nothing; a failed copy is logged and leaves the database as it was).
-/// An error after the copy means the swap could not complete; the next
-/// start finishes it.
-pub(super) fn compact_if_sparse(spool: &Path) -> Result<(sled::Db, Option<Compacted>), StoreError> {
-    std::fs::create_dir_all(spool)?;
-    finish_interrupted(spool)?;
+/// Compacts the open database behind `gate` if it is mostly dead space.
+/// `Ok(None)`: nothing to do. An error before the marker leaves the
+/// database as it was (the disk may be full); an error after it leaves the
+/// generation `broken` (writes refused) and the next start finishes the
+/// swap.
+pub(super) fn compact(
+    spool: &Path,
+    gate: &RwLock<Generation>,
+) -> Result<Option<Compacted>, StoreError> {
     let path = spool.join(DB_DIR);
     let before = disk_usage(&path);
-    let db = open_db(&path, spool)?;
     if before < MIN_SIZE {
-        return Ok((db, None));
+        return Ok(None);
     }
-    let copy = spool.join(COPY_DIR);
-    match worth_copying(&db, before).and_then(|worth| {
-        if worth {
-            write_copy(&db, &copy, spool).map(|_| true)
-        } else {
-            Ok(false)
-        }
-    }) {
-        Ok(true) => {}
-        Ok(false) => return Ok((db, None)),
-        Err(e) => {
-            // Nothing has changed yet (the disk may be full): drop the
-            // copy and run on the database as it is.
-            let _ = std::fs::remove_dir_all(&copy);
-            tracing::warn!(spool = %spool.display(), error = %e, "spool compaction skipped");
-            return Ok((db, None));
-        }
+    // Decided without stopping writers; the copy below re-reads anyway.
+    let db = read(gate).db.clone();
+    if !worth_copying(&db, before)? {
+        return Ok(None);
     }
     drop(db);
+
+    let mut g = write(gate);
+    if g.broken {
+        return Ok(None);
+    }
+    let copy = spool.join(COPY_DIR);
+    if let Err(e) = write_copy(&g.db, &copy, spool) {
+        let _ = std::fs::remove_dir_all(&copy);
+        return Err(e);
+    }
     let marker = spool.join(DONE_MARKER);
-    File::create(&marker)?.sync_all()?;
-    sync_dir(spool)?;
-    swap(spool)?;
-    let db = open_db(&path, spool)?;
-    Ok((
-        db,
-        Some(Compacted {
-            before,
-            after: disk_usage(&path),
-        }),
-    ))
+    if let Err(e) = mark(&marker, spool) {
+        // Without a durable marker the copy is not the truth: take back
+        // whatever part of the marker exists before writers go on. If that
+        // fails too, a restart could swap in a copy that lacks later
+        // writes, so refuse them.
+        if unmark(&marker, spool).is_err() {
+            g.broken = true;
+        }
+        let _ = std::fs::remove_dir_all(&copy);
+        return Err(e);
+    }
+    // From here the copy is the truth; the old files go away.
+    let new = swap(spool).and_then(|_| Generation::open(&path, spool));
+    match new {
+        Ok(new) => {
+            let old = std::mem::replace(&mut *g, new);
+            drop(g);
+            drop(old);
+            Ok(Some(Compacted {
+                before,
+                after: disk_usage(&path),
+            }))
+        }
+        Err(e) => {
+            g.broken = true;
+            Err(e)
+        }
+    }
+}
+
+fn mark(marker: &Path, spool: &Path) -> Result<(), StoreError> {
+    File::create(marker)?.sync_all()?;
+    sync_dir(spool)
+}
+
+fn unmark(marker: &Path, spool: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(marker) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    sync_dir(spool)
 }
 
 /// Whether the live data is small enough and sparse enough to copy.
@@ -149,8 +180,9 @@ fn swap(spool: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Completes or undoes a compaction a crash interrupted.
-fn finish_interrupted(spool: &Path) -> Result<(), StoreError> {
+/// Completes or undoes a compaction a crash interrupted. Called with the
+/// spool lock held, before the database is opened.
+pub(super) fn finish_interrupted(spool: &Path) -> Result<(), StoreError> {
     if spool.join(DONE_MARKER).exists() {
         tracing::info!(spool = %spool.display(), "finishing an interrupted spool compaction");
         return swap(spool);
@@ -203,6 +235,9 @@ pub fn disk_usage(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::store::{Keyspace, Ops, Store};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     fn fill(spool: &Path, n: u32, keep: u32) {
         let db = open_db(&spool.join(DB_DIR), spool).expect("open");
@@ -232,14 +267,18 @@ mod tests {
         (q, m)
     }
 
+    fn compact_once(spool: &Path) -> Option<Compacted> {
+        Store::open(spool)
+            .expect("open")
+            .compact()
+            .expect("compact")
+    }
+
     #[test]
     fn a_sparse_spool_shrinks_and_keeps_its_live_keys() {
         let dir = tempfile::tempdir().expect("tempdir");
         fill(dir.path(), 4000, 10);
-        let done = compact_if_sparse(dir.path())
-            .expect("compact")
-            .1
-            .expect("compacted");
+        let done = compact_once(dir.path()).expect("compacted");
         assert!(done.before >= MIN_SIZE, "{done:?}");
         assert!(done.after * 4 < done.before, "{done:?}");
         assert_eq!(keys(dir.path()), (10, Some(sled::IVec::from(&b"mail"[..]))));
@@ -252,8 +291,48 @@ mod tests {
     fn a_live_spool_is_left_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
         fill(dir.path(), 4000, 4000);
-        assert_eq!(compact_if_sparse(dir.path()).expect("compact").1, None);
+        assert_eq!(compact_once(dir.path()), None);
         assert_eq!(keys(dir.path()).0, 4000);
+    }
+
+    /// Writers run through the compaction; every write whose commit was
+    /// answered is in the database afterwards, and new writes go on.
+    #[test]
+    fn committed_writes_survive_a_compaction_made_while_they_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fill(dir.path(), 4000, 10);
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let queue = store.handle(Keyspace::Queue);
+                let mut acked = Vec::new();
+                let mut n = 0u64;
+                // At least 200 writes, at most 20,000 (if the test fails).
+                while (!stop.load(Ordering::Relaxed) || n < 200) && n < 20_000 {
+                    let key = [b"w".as_slice(), &n.to_be_bytes()].concat();
+                    let mut ops = Ops::default();
+                    ops.insert(&key, vec![7u8; 1024]);
+                    queue.apply(ops).expect("write");
+                    store.commit_blocking().expect("commit");
+                    acked.push(key);
+                    n += 1;
+                }
+                acked
+            })
+        };
+        let done = store.compact().expect("compact").expect("compacted");
+        assert!(done.after * 4 < done.before, "{done:?}");
+        stop.store(true, Ordering::Relaxed);
+        let acked = writer.join().expect("writer");
+        drop(store);
+        let db = open_db(&dir.path().join(DB_DIR), dir.path()).expect("reopen");
+        let t = db.open_tree("queue").expect("tree");
+        for key in &acked {
+            assert!(t.contains_key(key).expect("read"), "lost {key:?}");
+        }
+        assert_eq!(t.len(), 10 + acked.len());
     }
 
     #[test]
@@ -264,13 +343,27 @@ mod tests {
         // the old database exist.
         std::fs::rename(dir.path().join(DB_DIR), dir.path().join(COPY_DIR)).expect("rename");
         File::create(dir.path().join(DONE_MARKER)).expect("marker");
-        compact_if_sparse(dir.path()).expect("finish");
+        drop(Store::open(dir.path()).expect("finish"));
         assert_eq!(keys(dir.path()).0, 10);
         assert!(!dir.path().join(DONE_MARKER).exists());
         // A crash during the copy: no marker, so the copy goes.
         std::fs::create_dir(dir.path().join(COPY_DIR)).expect("copy dir");
-        compact_if_sparse(dir.path()).expect("clean");
+        drop(Store::open(dir.path()).expect("clean"));
         assert!(!dir.path().join(COPY_DIR).exists());
         assert_eq!(keys(dir.path()).0, 10);
+    }
+
+    #[test]
+    fn a_second_process_does_not_touch_a_running_compaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fill(dir.path(), 10, 10);
+        let _running = Store::open(dir.path()).expect("open");
+        // What a compaction in progress leaves on disk.
+        std::fs::create_dir(dir.path().join(COPY_DIR)).expect("copy dir");
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
+        assert!(dir.path().join(COPY_DIR).exists());
     }
 }

@@ -30,7 +30,7 @@ pub use record::{QueuedMessage, RcptState, Recipient, Ret, notify};
 pub use store::{CHUNK_SIZE, CommitStats, StoreError};
 
 use id::IdGenerator;
-use store::{Ops, Store};
+use store::{Keyspace, Ops, Store, TreeHandle};
 
 /// Queue names shown by `mailq` (as Postfix's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +152,7 @@ fn write_record(ops: &mut Ops, msg: &mut QueuedMessage, when: Option<i64>) {
 pub struct Spool {
     dir: PathBuf,
     store: Store,
-    tree: sled::Tree,
+    tree: TreeHandle,
     ids: IdGenerator,
 }
 
@@ -163,16 +163,10 @@ impl Spool {
         Spool::from_store(dir, Store::open(dir)?)
     }
 
-    /// Opens the spool as `open` does, compacting its database first if
-    /// it is mostly dead space (see `compact`). For the daemon's start.
-    pub fn open_compacting(dir: &Path) -> Result<(Spool, Option<Compacted>), StoreError> {
-        let (db, compacted) = compact::compact_if_sparse(dir)?;
-        Ok((Spool::from_store(dir, Store::from_db(dir, db)?)?, compacted))
-    }
-
     fn from_store(dir: &Path, store: Store) -> Result<Spool, StoreError> {
-        let tree = store.tree("queue")?;
+        let tree = store.handle(Keyspace::Queue);
         let newest = tree
+            .snapshot()
             .scan_prefix([MSG])
             .next_back()
             .transpose()?
@@ -201,6 +195,18 @@ impl Spool {
     /// Group-commit counters.
     pub fn commit_stats(&self) -> &CommitStats {
         &self.store.stats
+    }
+
+    /// Gives disk space back if the database is mostly dead space (see
+    /// `compact`); writers wait during the copy. Blocking.
+    pub fn compact(&self) -> Result<Option<Compacted>, StoreError> {
+        self.store.compact()
+    }
+
+    /// `compact`, if enough was removed since the last look to be worth
+    /// one. Cheap otherwise.
+    pub fn compact_if_freed(&self) -> Result<Option<Compacted>, StoreError> {
+        self.store.compact_if_freed()
     }
 
     /// Waits until all writes so far are on stable storage.
@@ -250,7 +256,7 @@ impl Spool {
             r.next_attempt = now;
         }
         write_record(&mut ops, &mut msg, Some(now));
-        ops.apply(&self.tree)?;
+        self.tree.apply(ops)?;
         Ok(msg)
     }
 
@@ -284,7 +290,7 @@ impl Spool {
     fn update(&self, msg: &mut QueuedMessage, when: Option<i64>) -> Result<(), StoreError> {
         let mut ops = Ops::default();
         write_record(&mut ops, msg, when);
-        ops.apply(&self.tree)
+        self.tree.apply(ops)
     }
 
     /// Reads a message's content.
@@ -316,7 +322,7 @@ impl Spool {
         for n in 0..msg.chunks {
             ops.remove(&chunk_key(msg.id, n));
         }
-        ops.apply(&self.tree)
+        self.tree.apply(ops)
     }
 
     /// Up to `limit` messages due at or before `now`, earliest first.
@@ -324,7 +330,7 @@ impl Spool {
         let mut out = Vec::new();
         let start = [DUE];
         let end = due_key(now, QueueId(u64::MAX));
-        for item in self.tree.range(&start[..]..=&end[..]) {
+        for item in self.tree.snapshot().range(&start[..]..=&end[..]) {
             let (key, _) = item?;
             let time = i64::from_be_bytes(key[1..9].try_into().unwrap_or([0; 8]));
             let Some(id) = QueueId::from_key(&key[9..]) else {
@@ -334,7 +340,7 @@ impl Spool {
                 Some(msg) if msg.due == Some(time) => out.push(msg),
                 // The record has moved on: the entry is stale.
                 Some(_) => {
-                    self.tree.remove(&key)?;
+                    self.remove_key(&key)?;
                     continue;
                 }
                 // The record is being written right now (its entry comes
@@ -342,7 +348,7 @@ impl Spool {
                 None if now - time < ORPHAN_AGE_MS => continue,
                 None => {
                     tracing::info!(queue_id = %id, "dropping a due entry left by an interrupted write");
-                    self.tree.remove(&key)?;
+                    self.remove_key(&key)?;
                     continue;
                 }
             }
@@ -353,10 +359,17 @@ impl Spool {
         Ok(out)
     }
 
+    fn remove_key(&self, key: &[u8]) -> Result<(), StoreError> {
+        let mut ops = Ops::default();
+        ops.remove(key);
+        self.tree.apply(ops)
+    }
+
     /// Time of the earliest due entry.
     pub fn next_due_time(&self) -> Result<Option<i64>, StoreError> {
         Ok(self
             .tree
+            .snapshot()
             .scan_prefix([DUE])
             .next()
             .transpose()?
@@ -368,7 +381,7 @@ impl Spool {
         let mut ops = Ops::default();
         ops.insert(&active_key(msg.id), &[][..]);
         write_record(&mut ops, msg, None);
-        ops.apply(&self.tree)
+        self.tree.apply(ops)
     }
 
     /// Ends a message's delivery round: writes its record with its next due
@@ -378,13 +391,13 @@ impl Spool {
         let mut ops = Ops::default();
         write_record(&mut ops, msg, when);
         ops.remove(&active_key(msg.id));
-        ops.apply(&self.tree)
+        self.tree.apply(ops)
     }
 
     /// Ids left in `active` by a previous run (a crash or a stop mid-delivery).
     pub fn active_ids(&self) -> Result<Vec<QueueId>, StoreError> {
         let mut ids = Vec::new();
-        for item in self.tree.scan_prefix([ACTIVE]) {
+        for item in self.tree.snapshot().scan_prefix([ACTIVE]) {
             let (k, _) = item?;
             if let Some(id) = QueueId::from_key(&k[1..]) {
                 ids.push(id);
@@ -402,7 +415,7 @@ impl Spool {
 
     /// Whether the message is in the in-flight set.
     pub fn is_active(&self, id: QueueId) -> Result<bool, StoreError> {
-        Ok(self.tree.contains_key(active_key(id))?)
+        self.tree.contains_key(active_key(id))
     }
 
     /// Puts messages left in `active` by a previous run back in the due
@@ -417,7 +430,7 @@ impl Spool {
                 write_record(&mut ops, &mut msg, when);
             }
             ops.remove(&active_key(*id));
-            ops.apply(&self.tree)?;
+            self.tree.apply(ops)?;
         }
         Ok(ids.len())
     }
@@ -425,7 +438,7 @@ impl Spool {
     /// Every message record in id (arrival) order. Unreadable records are
     /// reported as errors in the stream, not skipped silently.
     pub fn messages(&self) -> impl Iterator<Item = Result<QueuedMessage, StoreError>> + '_ {
-        self.tree.scan_prefix([MSG]).map(|item| {
+        self.tree.snapshot().scan_prefix([MSG]).map(|item| {
             let (_, v) = item?;
             record::decode(&v).map_err(|e| StoreError::Io(e.to_string()))
         })
@@ -433,7 +446,7 @@ impl Spool {
 
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
-        self.tree.scan_prefix([MSG]).next().is_none()
+        self.tree.snapshot().scan_prefix([MSG]).next().is_none()
     }
 
     /// Which queue a message is in, for `mailq`.

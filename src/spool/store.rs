@@ -12,11 +12,20 @@
 //! committer thread takes every waiter that arrived so far, flushes once and
 //! answers them all. A waiter is only ever answered by a flush that began
 //! after it registered, so after its own writes.
+//!
+//! Generations: the open database can be replaced while the daemon runs
+//! (`compact`). Every write goes through a `TreeHandle`, which holds the
+//! gate (a read lock on the current `Generation`) for the write; a
+//! compaction holds it exclusively while it copies and swaps, so no write
+//! lands in a database after its copy began. The committer flushes whatever
+//! generation is current: a write made in an older one was in the copy,
+//! which was made durable before the swap.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
@@ -36,26 +45,45 @@ const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 /// The database's directory inside the spool.
 pub const DB_DIR: &str = "queue";
 
-/// Opens a sled database at `path` with the spool's settings; a lock held
-/// by another process is `Locked(spool)`.
+/// The spool's lock file: held by the process that has the spool open,
+/// taken before anything in the spool directory is touched.
+const LOCK_FILE: &str = "lock";
+
+/// Opens a sled database at `path` with the spool's settings.
+///
+/// sled locks its data file, and a dropped `sled::Db` lets go of it only
+/// when sled's I/O threads are done with it, a moment later. Other
+/// processes are kept out by the spool lock (`LOCK_FILE`), so a sled lock
+/// conflict here is this process's own database closing (a compaction's
+/// copy just written, a test's reopen): wait for it, up to `RELOCK_WAIT`.
 pub(super) fn open_db(path: &Path, spool: &Path) -> Result<sled::Db, StoreError> {
-    sled::Config::new()
-        .path(path)
-        .segment_size(SEGMENT_SIZE)
-        .cache_capacity(CACHE_CAPACITY)
-        .flush_every_ms(None)
-        .mode(sled::Mode::HighThroughput)
-        .open()
-        .map_err(|e| match e {
-            sled::Error::Io(io)
+    let deadline = std::time::Instant::now() + RELOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .segment_size(SEGMENT_SIZE)
+            .cache_capacity(CACHE_CAPACITY)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(io))
                 if io.kind() == std::io::ErrorKind::WouldBlock
                     || io.to_string().contains("lock") =>
             {
-                StoreError::Locked(spool.to_path_buf())
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Locked(spool.to_path_buf()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            other => StoreError::from(other),
-        })
+            Err(other) => return Err(StoreError::from(other)),
+        }
+    }
 }
+
+/// How long `open_db` waits for a closing database of this process.
+const RELOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the store failed. Each variant says which reply it becomes.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -113,15 +141,22 @@ impl Ops {
         self.0.push((key.to_vec(), None));
     }
 
-    /// Applies the writes in order.
-    pub fn apply(self, tree: &sled::Tree) -> Result<(), StoreError> {
+    /// Applies the writes in order; returns the bytes the removals freed.
+    fn apply(self, tree: &sled::Tree) -> Result<u64, StoreError> {
+        let mut freed = 0;
         for (k, v) in self.0 {
             match v {
-                Some(v) => tree.insert(k, v)?,
-                None => tree.remove(k)?,
-            };
+                Some(v) => {
+                    tree.insert(k, v)?;
+                }
+                None => {
+                    if let Some(old) = tree.remove(&k)? {
+                        freed += (k.len() + old.len()) as u64;
+                    }
+                }
+            }
         }
-        Ok(())
+        Ok(freed)
     }
 }
 
@@ -142,6 +177,9 @@ struct Pending {
     soon: bool,
 }
 
+/// Removed bytes that make `compact_if_freed` look at the database.
+const FREED_CHECK: u64 = 32 * 1024 * 1024;
+
 /// The longest a `commit_soon` request waits for a flush.
 const SOON: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -150,34 +188,165 @@ struct Shared {
     wake: Condvar,
 }
 
+/// The keyspaces (sled trees) of the spool's database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyspace {
+    /// Queued messages (`spool`).
+    Queue,
+    /// Delivered mail (`mailbox::store`).
+    Mailbox,
+}
+
+impl Keyspace {
+    fn name(self) -> &'static str {
+        match self {
+            Keyspace::Queue => "queue",
+            Keyspace::Mailbox => "mailbox",
+        }
+    }
+}
+
+/// One open database: what a compaction replaces.
+pub(super) struct Generation {
+    pub(super) db: sled::Db,
+    /// sled's data file, through a handle of our own, for `fdatasync`.
+    data_file: File,
+    queue: sled::Tree,
+    mailbox: sled::Tree,
+    /// A compaction swapped the files but could not open the new
+    /// database: the files under this handle are gone, so writes are
+    /// refused until a restart (which opens the swapped-in copy).
+    pub(super) broken: bool,
+}
+
+impl Generation {
+    /// Opens the database at `path` and makes its files' directory
+    /// entries durable.
+    pub(super) fn open(path: &Path, spool: &Path) -> Result<Generation, StoreError> {
+        let db = open_db(path, spool)?;
+        // The data file and its directory entry must be durable too.
+        let data_file = File::open(path.join("db"))?;
+        data_file.sync_all()?;
+        File::open(path)?.sync_all()?;
+        File::open(spool)?.sync_all()?;
+        Ok(Generation {
+            queue: db.open_tree(Keyspace::Queue.name())?,
+            mailbox: db.open_tree(Keyspace::Mailbox.name())?,
+            db,
+            data_file,
+            broken: false,
+        })
+    }
+
+    fn tree(&self, ks: Keyspace) -> &sled::Tree {
+        match ks {
+            Keyspace::Queue => &self.queue,
+            Keyspace::Mailbox => &self.mailbox,
+        }
+    }
+}
+
+type Gate = RwLock<Generation>;
+
+pub(super) fn read(gate: &Gate) -> RwLockReadGuard<'_, Generation> {
+    gate.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(super) fn write(gate: &Gate) -> RwLockWriteGuard<'_, Generation> {
+    gate.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn refused() -> StoreError {
+    StoreError::Io(
+        "the spool database could not be reopened after compaction; restart the daemon".into(),
+    )
+}
+
+/// Access to one keyspace of the current database generation.
+#[derive(Clone)]
+pub struct TreeHandle {
+    gate: Arc<Gate>,
+    freed: Arc<AtomicU64>,
+    ks: Keyspace,
+}
+
+impl TreeHandle {
+    /// Applies writes, in order, to the current generation.
+    pub fn apply(&self, ops: Ops) -> Result<(), StoreError> {
+        let g = read(&self.gate);
+        if g.broken {
+            return Err(refused());
+        }
+        let freed = ops.apply(g.tree(self.ks))?;
+        if freed > 0 {
+            self.freed.fetch_add(freed, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Reads one key.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(read(&self.gate).tree(self.ks).get(key)?)
+    }
+
+    /// Whether a key exists.
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
+        Ok(read(&self.gate).tree(self.ks).contains_key(key)?)
+    }
+
+    /// The tree of the current generation, for scans. Only for reading: a
+    /// write through it could land in a database that a compaction has
+    /// already copied.
+    pub fn snapshot(&self) -> sled::Tree {
+        read(&self.gate).tree(self.ks).clone()
+    }
+}
+
 /// The open sled database plus its committer thread.
 pub struct Store {
-    /// The database. Trees are opened through `tree()`.
-    db: sled::Db,
+    spool: PathBuf,
+    gate: Arc<Gate>,
+    /// Bytes removed since the last compaction check.
+    freed: Arc<AtomicU64>,
     shared: Arc<Shared>,
     /// Commit counters.
     pub stats: Arc<CommitStats>,
     /// Committer thread; joined on drop after a last commit.
     committer: Mutex<Option<JoinHandle<()>>>,
+    /// One compaction at a time.
+    compacting: Mutex<()>,
+    /// The spool lock (`LOCK_FILE`), released when the store closes.
+    _lock: File,
+}
+
+/// Takes the spool's lock; another process holding it is `Locked`.
+fn lock_spool(spool: &Path) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(spool.join(LOCK_FILE))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
+            StoreError::Locked(spool.to_path_buf())
+        } else {
+            StoreError::from(err)
+        });
+    }
+    Ok(file)
 }
 
 impl Store {
-    /// Opens (or creates) the database under `<spool>/queue`.
+    /// Opens (or creates) the database under `<spool>/queue`, first
+    /// finishing a compaction that a crash interrupted.
     pub fn open(spool: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(spool)?;
-        let db = open_db(&spool.join(DB_DIR), spool)?;
-        Store::from_db(spool, db)
-    }
-
-    /// Takes over a database opened by `open_db` on `<spool>/queue`.
-    pub(super) fn from_db(spool: &Path, db: sled::Db) -> Result<Store, StoreError> {
-        let path = spool.join(DB_DIR);
-        // The data file and its directory entry must be durable too.
-        let data_file = File::open(path.join("db"))?;
-        data_file.sync_all()?;
-        File::open(&path)?.sync_all()?;
-        File::open(spool)?.sync_all()?;
-
+        let lock = lock_spool(spool)?;
+        super::compact::finish_interrupted(spool)?;
+        let generation = Generation::open(&spool.join(DB_DIR), spool)?;
+        let gate = Arc::new(RwLock::new(generation));
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
                 waiters: Vec::new(),
@@ -188,24 +357,55 @@ impl Store {
         });
         let stats = Arc::new(CommitStats::default());
         let committer = {
-            let db = db.clone();
+            let gate = gate.clone();
             let shared = shared.clone();
             let stats = stats.clone();
             std::thread::Builder::new()
                 .name("petrel-commit".into())
-                .spawn(move || commit_loop(db, data_file, shared, stats))?
+                .spawn(move || commit_loop(&gate, &shared, &stats))?
         };
         Ok(Store {
-            db,
+            spool: spool.to_path_buf(),
+            gate,
+            freed: Arc::new(AtomicU64::new(0)),
             shared,
             stats,
             committer: Mutex::new(Some(committer)),
+            compacting: Mutex::new(()),
+            _lock: lock,
         })
     }
 
-    /// Opens a tree (keyspace) of the database.
-    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree(name)?)
+    /// A handle on one keyspace.
+    pub fn handle(&self, ks: Keyspace) -> TreeHandle {
+        TreeHandle {
+            gate: self.gate.clone(),
+            freed: self.freed.clone(),
+            ks,
+        }
+    }
+
+    /// Copies the database into a fresh one and swaps it in if it is
+    /// mostly dead space (see `compact`), giving the disk back. Writers
+    /// wait while the copy is made; readers go on. Blocking: call it off
+    /// the async runtime. `Ok(None)`: nothing to do, or a compaction is
+    /// already running.
+    pub fn compact(&self) -> Result<Option<super::Compacted>, StoreError> {
+        let Ok(_one) = self.compacting.try_lock() else {
+            return Ok(None);
+        };
+        self.freed.store(0, Ordering::Relaxed);
+        super::compact::compact(&self.spool, &self.gate)
+    }
+
+    /// `compact`, if at least `FREED_CHECK` bytes were removed since the
+    /// last check: cheap enough to call after every removal or every
+    /// minute.
+    pub fn compact_if_freed(&self) -> Result<Option<super::Compacted>, StoreError> {
+        if self.freed.load(Ordering::Relaxed) < FREED_CHECK {
+            return Ok(None);
+        }
+        self.compact()
     }
 
     /// Registers a waiter for the next flush (which begins after this
@@ -256,11 +456,6 @@ impl Store {
             .blocking_recv()
             .unwrap_or_else(|_| Err(StoreError::Io("the commit thread stopped".into())))
     }
-
-    /// Bytes the database occupies on disk.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 impl Drop for Store {
@@ -285,7 +480,18 @@ impl Drop for Store {
     }
 }
 
-fn commit_loop(db: sled::Db, data_file: File, shared: Arc<Shared>, stats: Arc<CommitStats>) {
+/// Flushes the current generation and fdatasyncs its data file.
+fn flush(gate: &Gate) -> Result<(), StoreError> {
+    let g = read(gate);
+    if g.broken {
+        return Err(refused());
+    }
+    g.db.flush()?;
+    g.data_file.sync_data()?;
+    Ok(())
+}
+
+fn commit_loop(gate: &Gate, shared: &Shared, stats: &CommitStats) {
     loop {
         let (batch, stopping) = {
             let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,11 +514,9 @@ fn commit_loop(db: sled::Db, data_file: File, shared: Arc<Shared>, stats: Arc<Co
             p.soon = false;
             (std::mem::take(&mut p.waiters), p.stopping)
         };
-        // Every waiter in `batch` registered before this flush begins.
-        let result = db
-            .flush()
-            .map_err(StoreError::from)
-            .and_then(|_| data_file.sync_data().map_err(StoreError::from));
+        // Every waiter in `batch` registered before this flush begins, and
+        // its writes are in the generation flushed or were copied into it.
+        let result = flush(gate);
         if let Err(e) = &result {
             tracing::error!(error = %e, "spool commit failed");
         }
@@ -359,8 +563,9 @@ mod tests {
     fn commits_are_counted_and_answered() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        let t = store.tree("t").expect("tree");
-        t.insert(b"k", b"v".as_slice()).expect("insert");
+        let mut ops = Ops::default();
+        ops.insert(b"k", b"v".as_slice());
+        store.handle(Keyspace::Queue).apply(ops).expect("insert");
         store.commit_blocking().expect("commit");
         assert!(store.stats.commits.load(Ordering::Relaxed) >= 1);
         assert_eq!(store.stats.waiters.load(Ordering::Relaxed), 1);
