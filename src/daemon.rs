@@ -54,6 +54,7 @@ pub async fn compact(spool: Arc<Spool>, check: Check, reason: &'static str) {
             before_mib = c.before >> 20,
             after_mib = c.after >> 20,
             ms = started.elapsed().as_millis() as u64,
+            writers_waited_ms = c.paused.as_millis() as u64,
             "spool compacted"
         ),
         Ok(Ok(None)) => {}

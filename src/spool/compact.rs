@@ -42,6 +42,8 @@ pub struct Compacted {
     pub before: u64,
     /// Bytes on disk after.
     pub after: u64,
+    /// How long writers waited (the copy and the swap).
+    pub paused: std::time::Duration,
 }
 
 /// Compacts the open database behind `gate` if it is mostly dead space.
@@ -66,6 +68,7 @@ pub(super) fn compact(
     drop(db);
 
     let mut g = write(gate);
+    let paused = std::time::Instant::now();
     if g.broken {
         return Ok(None);
     }
@@ -92,10 +95,16 @@ pub(super) fn compact(
         Ok(new) => {
             let old = std::mem::replace(&mut *g, new);
             drop(g);
+            let paused = paused.elapsed();
             drop(old);
+            if let Err(e) = remove_old(spool) {
+                // Only space: the next compaction or start removes it.
+                tracing::warn!(error = %e, "cannot remove the replaced spool database");
+            }
             Ok(Some(Compacted {
                 before,
                 after: disk_usage(&path),
+                paused,
             }))
         }
         Err(e) => {
@@ -155,7 +164,8 @@ fn write_copy(db: &sled::Db, copy: &Path, spool: &Path) -> Result<(), StoreError
     sync_dir(spool)
 }
 
-/// With the marker in place: the copy becomes the database.
+/// With the marker in place: the copy becomes the database, the old one
+/// `queue.old`.
 fn swap(spool: &Path) -> Result<(), StoreError> {
     let (db, copy, old) = (
         spool.join(DB_DIR),
@@ -173,7 +183,13 @@ fn swap(spool: &Path) -> Result<(), StoreError> {
         sync_dir(spool)?;
     }
     std::fs::remove_file(spool.join(DONE_MARKER))?;
-    sync_dir(spool)?;
+    sync_dir(spool)
+}
+
+/// Deletes the database a swap replaced (gigabytes, after a large queue
+/// was deleted: not done while writers wait).
+fn remove_old(spool: &Path) -> Result<(), StoreError> {
+    let old = spool.join(OLD_DIR);
     if old.exists() {
         std::fs::remove_dir_all(&old)?;
     }
@@ -185,7 +201,8 @@ fn swap(spool: &Path) -> Result<(), StoreError> {
 pub(super) fn finish_interrupted(spool: &Path) -> Result<(), StoreError> {
     if spool.join(DONE_MARKER).exists() {
         tracing::info!(spool = %spool.display(), "finishing an interrupted spool compaction");
-        return swap(spool);
+        swap(spool)?;
+        return remove_old(spool);
     }
     for leftover in [COPY_DIR, OLD_DIR] {
         let p = spool.join(leftover);
