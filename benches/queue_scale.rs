@@ -26,7 +26,9 @@
 //! `cargo bench --bench queue_scale -- 10000 100000` for smaller steps.
 //! The spool is a temporary directory under `$TMPDIR` (default /tmp), or
 //! `$QUEUE_SCALE_DIR` to keep it: the 1 M step needs about 5 GB of disk.
-//! Every wait is bounded.
+//! Every wait is bounded. Each fresh-mail probe prints its start and end on
+//! stderr in CLOCK_MONOTONIC seconds, so that `perf record -a -k mono` over
+//! the whole run can be cut to it with `perf report --time A,B`.
 
 mod support;
 
@@ -132,6 +134,18 @@ fn paced<T>(daemon: &Daemon, body: &[u8], work: impl FnOnce() -> T) -> (T, Vec<u
     (result, lat)
 }
 
+/// CLOCK_MONOTONIC in seconds: the clock of `perf record -k mono`, so a
+/// profile of the whole run can be cut to one phase.
+fn monotonic_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass; nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -210,6 +224,7 @@ warn_after = "1d"
         let rss_rest = daemon.rss_kib();
 
         let start = Instant::now();
+        let probe_from = monotonic_s();
         let mut lat = blast(
             daemon.addr,
             PROBE_SESSIONS,
@@ -224,6 +239,10 @@ warn_after = "1d"
             "fresh mail did not reach the sink"
         );
         let e2e = lat.len() as f64 / start.elapsed().as_secs_f64();
+        eprintln!(
+            "phase fresh-{level} {probe_from:.6},{:.6} (CLOCK_MONOTONIC, for perf report --time)",
+            monotonic_s()
+        );
         lat.sort_unstable();
         let rss_after = daemon.rss_kib();
 

@@ -89,7 +89,14 @@ impl Daemon {
             }
         }
         let startup = spawned.elapsed();
-        std::thread::spawn(move || for _ in rx {});
+        // Compactions are shown: how long writers waited is in the line.
+        std::thread::spawn(move || {
+            for line in rx {
+                if line.contains("spool compacted") {
+                    eprintln!("daemon: {line}");
+                }
+            }
+        });
         Daemon {
             child,
             addr: addr.expect("listening line"),
