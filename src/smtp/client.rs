@@ -536,14 +536,21 @@ impl Client {
 
 /// Dot-stuffs CRLF content (RFC 5321 §4.5.2) and makes sure it ends in CRLF.
 pub fn dot_stuff(content: &[u8], out: &mut Vec<u8>) {
-    let mut at_line_start = true;
-    for &b in content {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
+    out.reserve(content.len() + 2);
+    // Copies whole stretches between the dots that start a line: most
+    // messages have none, and the copy is then one `extend`.
+    let mut from = 0;
+    if content.first() == Some(&b'.') {
+        out.push(b'.');
     }
+    for lf in memchr::memchr_iter(b'\n', content) {
+        if content.get(lf + 1) == Some(&b'.') {
+            out.extend_from_slice(&content[from..=lf]);
+            out.push(b'.');
+            from = lf + 1;
+        }
+    }
+    out.extend_from_slice(&content[from..]);
     if !content.is_empty() && !content.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
@@ -558,6 +565,37 @@ mod tests {
         let mut out = Vec::new();
         dot_stuff(b".a\r\nb.\r\n.\r\n..c", &mut out);
         assert_eq!(out, b"..a\r\nb.\r\n..\r\n...c\r\n");
+    }
+
+    /// The byte-at-a-time definition, for comparison.
+    fn dot_stuff_slowly(content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at_line_start = true;
+        for &b in content {
+            if at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            at_line_start = b == b'\n';
+        }
+        if !content.is_empty() && !content.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dot_stuffing_matches_its_definition(
+            content in proptest::collection::vec(
+                proptest::sample::select(vec![b'.', b'\r', b'\n', b'a']),
+                0..64,
+            )
+        ) {
+            let mut out = Vec::new();
+            dot_stuff(&content, &mut out);
+            proptest::prop_assert_eq!(out, dot_stuff_slowly(&content));
+        }
     }
 
     #[test]
