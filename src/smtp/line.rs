@@ -88,7 +88,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
 }
 
 fn memchr_lf(buf: &[u8]) -> Option<usize> {
-    buf.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', buf)
 }
 
 #[cfg(test)]

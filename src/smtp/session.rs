@@ -231,8 +231,14 @@ impl Session {
         discard: usize,
         wait: std::time::Duration,
     ) -> std::io::Result<Option<Line>> {
-        if self.stream.buffer().is_empty() {
+        let buffered = self.stream.buffer();
+        if buffered.is_empty() {
             self.flush().await?;
+        } else if memchr::memchr(b'\n', buffered).is_some() {
+            // A whole line is already read: take it without arming a timer
+            // or watching the stop signal (this cannot wait). DATA of a
+            // large message is mostly this.
+            return read_line(&mut self.stream, limit, discard).await.map(Some);
         }
         let mut signal = self.signal.clone();
         tokio::select! {
