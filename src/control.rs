@@ -271,8 +271,7 @@ pub async fn execute(
                 // Give the disk back before answering, so that `du` after
                 // the command shows it.
                 Backend::Daemon(_) if op == AdminOp::Delete => {
-                    crate::daemon::compact(spool.clone(), crate::daemon::Check::IfFreed, "delete")
-                        .await;
+                    crate::daemon::compact(spool.clone(), "delete").await;
                 }
                 Backend::Daemon(_) => {}
             }

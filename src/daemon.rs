@@ -26,28 +26,16 @@ use crate::shutdown::Shutdown;
 use crate::smtp::{SmtpShared, server};
 use crate::spool::{Spool, StoreError};
 
-/// How often the daemon looks whether removals left enough dead space in
-/// the spool to compact it.
+/// How often the daemon looks whether removals left the spool mostly dead
+/// space.
 const COMPACT_CHECK: Duration = Duration::from_secs(60);
 
-/// When `compact` looks at the database.
-#[derive(Debug, Clone, Copy)]
-pub enum Check {
-    /// Always (at start).
-    Always,
-    /// Only if enough was removed since the last look.
-    IfFreed,
-}
-
 /// Compacts the spool off the async runtime if it is mostly dead space
-/// (see `spool::compact`), and logs what that did.
-pub async fn compact(spool: Arc<Spool>, check: Check, reason: &'static str) {
+/// (see `spool::compact`), and logs what that did. Cheap when the store's
+/// counts rule a copy out, as they do unless much was removed.
+pub async fn compact(spool: Arc<Spool>, reason: &'static str) {
     let started = std::time::Instant::now();
-    let done = tokio::task::spawn_blocking(move || match check {
-        Check::Always => spool.compact(),
-        Check::IfFreed => spool.compact_if_freed(),
-    })
-    .await;
+    let done = tokio::task::spawn_blocking(move || spool.compact()).await;
     match done {
         Ok(Ok(Some(c))) => tracing::info!(
             reason,
@@ -127,7 +115,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open the spool {}", spool_dir.display()));
         }
     };
-    compact(spool.clone(), Check::Always, "start").await;
+    compact(spool.clone(), "start").await;
     let recovered = spool
         .recover_active()
         .context("cannot recover messages in flight")?;
@@ -267,7 +255,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => compact(spool.clone(), Check::IfFreed, "periodic").await,
+                    _ = tick.tick() => compact(spool.clone(), "periodic").await,
                     _ = signal.triggered() => break,
                 }
             }

@@ -46,31 +46,52 @@ pub struct Compacted {
     pub paused: std::time::Duration,
 }
 
+/// What a look at the database found.
+pub(super) struct Look {
+    /// What a compaction did; `None`: not worth one.
+    pub(super) compacted: Option<Compacted>,
+    /// The live keys and values are at least this many bytes.
+    pub(super) live_floor: u64,
+}
+
 /// Compacts the open database behind `gate` if it is mostly dead space.
-/// `Ok(None)`: nothing to do. An error before the marker leaves the
-/// database as it was (the disk may be full); an error after it leaves the
-/// generation `broken` (writes refused) and the next start finishes the
-/// swap.
+/// `known`: a lower bound of its live bytes, if the caller has one; when
+/// it already rules a copy out, nothing is read. An error before the
+/// marker leaves the database as it was (the disk may be full); an error
+/// after it leaves the generation `broken` (writes refused) and the next
+/// start finishes the swap.
 pub(super) fn compact(
     spool: &Path,
     gate: &RwLock<Generation>,
-) -> Result<Option<Compacted>, StoreError> {
+    known: Option<u64>,
+) -> Result<Look, StoreError> {
     let path = spool.join(DB_DIR);
     let before = disk_usage(&path);
-    if before < MIN_SIZE {
-        return Ok(None);
+    let limit = MAX_LIVE.min(before / SPARSE);
+    if before < MIN_SIZE || known.is_some_and(|k| k > limit) {
+        return Ok(Look {
+            compacted: None,
+            live_floor: known.unwrap_or(0),
+        });
     }
     // Decided without stopping writers; the copy below re-reads anyway.
     let db = read(gate).db.clone();
-    if !worth_copying(&db, before)? {
-        return Ok(None);
-    }
+    let live = live_bytes(&db, limit)?;
     drop(db);
+    if live > limit {
+        return Ok(Look {
+            compacted: None,
+            live_floor: live,
+        });
+    }
 
     let mut g = write(gate);
     let paused = std::time::Instant::now();
     if g.broken {
-        return Ok(None);
+        return Ok(Look {
+            compacted: None,
+            live_floor: live,
+        });
     }
     let copy = spool.join(COPY_DIR);
     if let Err(e) = write_copy(&g.db, &copy, spool) {
@@ -101,11 +122,14 @@ pub(super) fn compact(
                 // Only space: the next compaction or start removes it.
                 tracing::warn!(error = %e, "cannot remove the replaced spool database");
             }
-            Ok(Some(Compacted {
-                before,
-                after: disk_usage(&path),
-                paused,
-            }))
+            Ok(Look {
+                compacted: Some(Compacted {
+                    before,
+                    after: disk_usage(&path),
+                    paused,
+                }),
+                live_floor: live,
+            })
         }
         Err(e) => {
             g.broken = true;
@@ -128,20 +152,19 @@ fn unmark(marker: &Path, spool: &Path) -> Result<(), StoreError> {
     sync_dir(spool)
 }
 
-/// Whether the live data is small enough and sparse enough to copy.
-fn worth_copying(db: &sled::Db, size: u64) -> Result<bool, StoreError> {
-    let limit = MAX_LIVE.min(size / SPARSE);
+/// Bytes of live keys and values, counted until they pass `limit`.
+fn live_bytes(db: &sled::Db, limit: u64) -> Result<u64, StoreError> {
     let mut live = 0u64;
     for name in db.tree_names() {
         for item in db.open_tree(&name)?.iter() {
             let (k, v) = item?;
             live += (k.len() + v.len()) as u64;
             if live > limit {
-                return Ok(false);
+                return Ok(live);
             }
         }
     }
-    Ok(true)
+    Ok(live)
 }
 
 /// Copies every tree into a fresh database at `copy` and makes it durable.
@@ -310,6 +333,27 @@ mod tests {
         fill(dir.path(), 4000, 4000);
         assert_eq!(compact_once(dir.path()), None);
         assert_eq!(keys(dir.path()).0, 4000);
+    }
+
+    /// A look that found too much live data is remembered; removals made
+    /// through the store afterwards are counted, so the next look copies.
+    #[test]
+    fn removals_after_a_look_that_found_too_much_lead_to_a_compaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fill(dir.path(), 4000, 4000);
+        let store = Store::open(dir.path()).expect("open");
+        assert_eq!(store.compact().expect("look"), None);
+        assert_eq!(store.compact().expect("look again"), None);
+        let queue = store.handle(Keyspace::Queue);
+        for i in 10..4000u32 {
+            let mut ops = Ops::default();
+            ops.remove(&i.to_be_bytes());
+            queue.apply(ops).expect("remove");
+        }
+        let done = store.compact().expect("compact").expect("compacted");
+        assert!(done.after * 4 < done.before, "{done:?}");
+        drop((queue, store));
+        assert_eq!(keys(dir.path()).0, 10);
     }
 
     /// Writers run through the compaction; every write whose commit was

@@ -198,15 +198,10 @@ impl Spool {
     }
 
     /// Gives disk space back if the database is mostly dead space (see
-    /// `compact`); writers wait during the copy. Blocking.
+    /// `compact`); writers wait during the copy. Blocking; cheap when the
+    /// store's counts already rule a copy out.
     pub fn compact(&self) -> Result<Option<Compacted>, StoreError> {
         self.store.compact()
-    }
-
-    /// `compact`, if enough was removed since the last look to be worth
-    /// one. Cheap otherwise.
-    pub fn compact_if_freed(&self) -> Result<Option<Compacted>, StoreError> {
-        self.store.compact_if_freed()
     }
 
     /// Waits until all writes so far are on stable storage.

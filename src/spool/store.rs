@@ -24,7 +24,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
@@ -141,22 +141,29 @@ impl Ops {
         self.0.push((key.to_vec(), None));
     }
 
-    /// Applies the writes in order; returns the bytes the removals freed.
-    fn apply(self, tree: &sled::Tree) -> Result<u64, StoreError> {
-        let mut freed = 0;
+    /// Applies the writes in order; returns by how many bytes the live
+    /// keys and values grew (negative: shrank), from the old values sled
+    /// hands back.
+    fn apply(self, tree: &sled::Tree) -> Result<i64, StoreError> {
+        let mut grew = 0i64;
         for (k, v) in self.0 {
+            let key = k.len() as i64;
             match v {
                 Some(v) => {
-                    tree.insert(k, v)?;
+                    let new = v.len() as i64;
+                    grew += match tree.insert(k, v)? {
+                        Some(old) => new - old.len() as i64,
+                        None => key + new,
+                    };
                 }
                 None => {
                     if let Some(old) = tree.remove(&k)? {
-                        freed += (k.len() + old.len()) as u64;
+                        grew -= key + old.len() as i64;
                     }
                 }
             }
         }
-        Ok(freed)
+        Ok(grew)
     }
 }
 
@@ -176,9 +183,6 @@ struct Pending {
     /// A flush was asked for without a waiter (`commit_soon`).
     soon: bool,
 }
-
-/// Removed bytes that make `compact_if_freed` look at the database.
-const FREED_CHECK: u64 = 32 * 1024 * 1024;
 
 /// The longest a `commit_soon` request waits for a flush.
 const SOON: std::time::Duration = std::time::Duration::from_millis(200);
@@ -266,7 +270,7 @@ fn refused() -> StoreError {
 #[derive(Clone)]
 pub struct TreeHandle {
     gate: Arc<Gate>,
-    freed: Arc<AtomicU64>,
+    grew: Arc<AtomicI64>,
     ks: Keyspace,
 }
 
@@ -277,10 +281,8 @@ impl TreeHandle {
         if g.broken {
             return Err(refused());
         }
-        let freed = ops.apply(g.tree(self.ks))?;
-        if freed > 0 {
-            self.freed.fetch_add(freed, Ordering::Relaxed);
-        }
+        let grew = ops.apply(g.tree(self.ks))?;
+        self.grew.fetch_add(grew, Ordering::Relaxed);
         Ok(())
     }
 
@@ -306,8 +308,12 @@ impl TreeHandle {
 pub struct Store {
     spool: PathBuf,
     gate: Arc<Gate>,
-    /// Bytes removed since the last compaction check.
-    freed: Arc<AtomicU64>,
+    /// Growth of the live data since the last look at the database.
+    grew: Arc<AtomicI64>,
+    /// What the last look learned: the live data was at least this many
+    /// bytes. With `grew`, a lower bound of the live data now, so most
+    /// looks need no scan. `None`: never looked, or the look failed.
+    live_floor: Mutex<Option<u64>>,
     shared: Arc<Shared>,
     /// Commit counters.
     pub stats: Arc<CommitStats>,
@@ -367,7 +373,8 @@ impl Store {
         Ok(Store {
             spool: spool.to_path_buf(),
             gate,
-            freed: Arc::new(AtomicU64::new(0)),
+            grew: Arc::new(AtomicI64::new(0)),
+            live_floor: Mutex::new(None),
             shared,
             stats,
             committer: Mutex::new(Some(committer)),
@@ -380,7 +387,7 @@ impl Store {
     pub fn handle(&self, ks: Keyspace) -> TreeHandle {
         TreeHandle {
             gate: self.gate.clone(),
-            freed: self.freed.clone(),
+            grew: self.grew.clone(),
             ks,
         }
     }
@@ -390,22 +397,22 @@ impl Store {
     /// wait while the copy is made; readers go on. Blocking: call it off
     /// the async runtime. `Ok(None)`: nothing to do, or a compaction is
     /// already running.
+    ///
+    /// Cheap unless it may be worth it: the live data is read only when
+    /// what is known of it (the last look's finding plus the growth since,
+    /// both counted by the store) does not already rule a copy out. So the
+    /// daemon can call it every minute and after every delete.
     pub fn compact(&self) -> Result<Option<super::Compacted>, StoreError> {
         let Ok(_one) = self.compacting.try_lock() else {
             return Ok(None);
         };
-        self.freed.store(0, Ordering::Relaxed);
-        super::compact::compact(&self.spool, &self.gate)
-    }
-
-    /// `compact`, if at least `FREED_CHECK` bytes were removed since the
-    /// last check: cheap enough to call after every removal or every
-    /// minute.
-    pub fn compact_if_freed(&self) -> Result<Option<super::Compacted>, StoreError> {
-        if self.freed.load(Ordering::Relaxed) < FREED_CHECK {
-            return Ok(None);
-        }
-        self.compact()
+        let mut floor = self.live_floor.lock().unwrap_or_else(|e| e.into_inner());
+        let grew = self.grew.swap(0, Ordering::Relaxed);
+        let known = floor.map(|f| (f as i64 + grew).max(0) as u64);
+        *floor = None;
+        let look = super::compact::compact(&self.spool, &self.gate, known)?;
+        *floor = Some(look.live_floor);
+        Ok(look.compacted)
     }
 
     /// Registers a waiter for the next flush (which begins after this
