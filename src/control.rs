@@ -275,6 +275,12 @@ pub async fn execute(
                 }
                 Backend::Daemon(_) => {}
             }
+            if !matches!(select, Selection::Ids(_)) {
+                // Listed, then delivered or expired before the operation
+                // reached it: it left the queue, which is no error (as
+                // Postfix's `postsuper -r ALL`). Only named ids are missing.
+                missing.clear();
+            }
             let missing: Vec<String> = missing.iter().map(|i| i.to_string()).collect();
             emit(sink, Item::Json(json!({"done": done, "missing": missing}))).await
         }
