@@ -186,7 +186,7 @@ pub async fn execute(
                 let msg = msg.map_err(|e| e.to_string())?;
                 let is_active = active.contains(&msg.id);
                 if let Some(entry) =
-                    queue_report::mailq_entry(&spool, &msg, is_active, domain.as_deref(), state)
+                    queue_report::mailq_entry(&msg, is_active, domain.as_deref(), state)
                 {
                     let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
                     emit(sink, Item::Line(line)).await?;
@@ -331,7 +331,7 @@ pub async fn execute(
             if !config.directory.has_mailbox(&name) {
                 return Err(format!("{name:?} is not a user or mail-in mailbox"));
             }
-            let store = MailboxStore::open(&spool).map_err(|e| e.to_string())?;
+            let store = MailboxStore::open(&spool);
             let list = store.list(&name).map_err(|e| e.to_string())?;
             match uid {
                 None => {

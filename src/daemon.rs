@@ -121,7 +121,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         .context("cannot recover messages in flight")?;
     // No message count here: it would be a scan of the queue at every start.
     tracing::info!(spool = %spool_dir.display(), recovered, "spool open");
-    let mailboxes = MailboxStore::open(&spool).context("cannot open the mailbox store")?;
+    let mailboxes = MailboxStore::open(&spool);
     let path = config.path.clone();
     let debug = Arc::new(AtomicU8::new(config.log.smtp_debug));
     let config = Arc::new(ArcSwap::from_pointee(config));

@@ -51,7 +51,6 @@ pub fn has_domain(msg: &QueuedMessage, domain: &str) -> bool {
 
 /// The `mailq` entry of a message, if it passes the filters.
 pub fn mailq_entry(
-    spool: &Spool,
     msg: &QueuedMessage,
     active: bool,
     domain: Option<&str>,
@@ -60,7 +59,7 @@ pub fn mailq_entry(
     if domain.is_some_and(|d| !has_domain(msg, d)) {
         return None;
     }
-    let name = spool.queue_name(msg, active);
+    let name = QueueName::of(msg, active);
     if state.is_some_and(|s| s != name) {
         return None;
     }
@@ -183,10 +182,7 @@ pub struct ShowReport {
 pub fn show(spool: &Spool, msg: &QueuedMessage) -> Result<ShowReport, StoreError> {
     Ok(ShowReport {
         queue_id: msg.id.to_string(),
-        queue_name: spool
-            .queue_name(msg, spool.is_active(msg.id)?)
-            .as_str()
-            .into(),
+        queue_name: QueueName::of(msg, spool.is_active(msg.id)?).as_str().into(),
         arrival_time: msg.arrival / 1000,
         size: msg.size,
         sender: msg.sender.clone(),
@@ -280,8 +276,7 @@ pub fn status(spool: &Spool) -> Result<StatusReport, StoreError> {
         r.messages += 1;
         *r.by_state
             .entry(
-                spool
-                    .queue_name(&msg, active.contains(&msg.id))
+                QueueName::of(&msg, active.contains(&msg.id))
                     .as_str()
                     .into(),
             )

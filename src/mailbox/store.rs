@@ -102,10 +102,10 @@ fn decode_io<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Result<T, StoreError> {
 
 impl MailboxStore {
     /// Opens the mailbox keyspace of the spool's database.
-    pub fn open(spool: &Spool) -> Result<MailboxStore, StoreError> {
-        Ok(MailboxStore {
+    pub fn open(spool: &Spool) -> MailboxStore {
+        MailboxStore {
             tree: spool.store().handle(Keyspace::Mailbox),
-        })
+        }
     }
 
     /// The mailbox's counters (a mailbox never written has UID 1 next).
@@ -214,7 +214,7 @@ mod tests {
     fn uids_are_stable_and_never_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let spool = Spool::open(dir.path()).expect("open");
-        let store = MailboxStore::open(&spool).expect("mailboxes");
+        let store = MailboxStore::open(&spool);
         let a = store
             .append("alice", b"one\r\n", QueueId(1), None)
             .expect("append");

@@ -53,6 +53,19 @@ impl QueueName {
         }
     }
 
+    /// Which queue a message is in: held, in flight or not tried yet
+    /// (`active`), or waiting for a retry. `active`: it is in the
+    /// in-flight set.
+    pub fn of(msg: &QueuedMessage, active: bool) -> QueueName {
+        if msg.held {
+            QueueName::Hold
+        } else if active || msg.recipients.iter().any(|r| r.state == RcptState::Pending) {
+            QueueName::Active
+        } else {
+            QueueName::Deferred
+        }
+    }
+
     /// Parses `active`, `deferred` or `hold`.
     pub fn parse(s: &str) -> Option<QueueName> {
         match s {
@@ -442,17 +455,6 @@ impl Spool {
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
         self.tree.snapshot().scan_prefix([MSG]).next().is_none()
-    }
-
-    /// Which queue a message is in, for `mailq`.
-    pub fn queue_name(&self, msg: &QueuedMessage, active: bool) -> QueueName {
-        if msg.held {
-            QueueName::Hold
-        } else if active || msg.recipients.iter().any(|r| r.state == RcptState::Pending) {
-            QueueName::Active
-        } else {
-            QueueName::Deferred
-        }
     }
 
     /// Keeps a message from delivery. When it is in flight, only the flag
