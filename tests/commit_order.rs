@@ -100,16 +100,7 @@ fn parse(text: &str) -> Trace {
 
 #[test]
 fn every_250_follows_an_fdatasync_and_each_commit_is_one_fdatasync() {
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "strace is not installed, and CI is set"
-        );
-        eprintln!("SKIPPED: strace is not installed (apt-get install strace)");
+    if !common::strace_available() {
         return;
     }
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));

@@ -354,25 +354,7 @@ fn hash_password_and_check_config() {
 #[test]
 fn delete_all_gives_the_disk_back_at_once_and_loses_no_acknowledged_mail() {
     let mut server = slow_retry_server();
-    let mut s = Smtp::ready(server.mx());
-    let kept = s.send_mail(
-        "alice@example.test",
-        &["bob@example.test"],
-        "Subject: keep\r\n\r\nkeep me\r\n",
-    );
-    assert_eq!(kept.0, 250, "{kept:?}");
-    server.wait_mailbox("bob", 1, Duration::from_secs(10));
-    // About 80 MB of deferred mail: more than the 64 MiB below which a
-    // spool is never compacted.
-    let body = format!(
-        "Subject: big\r\n\r\n{}",
-        format!("{}\r\n", "x".repeat(900)).repeat(1000)
-    );
-    for _ in 0..90 {
-        let r = s.send_mail("alice@example.test", &["dave@partner.test"], &body);
-        assert_eq!(r.0, 250, "{r:?}");
-    }
-    drop(s);
+    fill_worth_compacting(&server);
     let spool = server.dir.path().join("spool");
     let before = petrel::spool::compact::disk_usage(&spool);
     assert!(before > 64 << 20, "spool only {before} bytes");
@@ -440,4 +422,147 @@ fn delete_all_gives_the_disk_back_at_once_and_loses_no_acknowledged_mail() {
     );
     let uid = inbox[0]["uid"].as_u64().expect("uid");
     assert!(String::from_utf8_lossy(&server.mailbox_message("bob", uid)).contains("keep me"));
+}
+
+/// Gives bob a message to keep and queues about 80 MB of deferred mail:
+/// more than the 64 MiB below which a spool is never compacted.
+fn fill_worth_compacting(server: &TestServer) {
+    let mut s = Smtp::ready(server.mx());
+    let kept = s.send_mail(
+        "alice@example.test",
+        &["bob@example.test"],
+        "Subject: keep\r\n\r\nkeep me\r\n",
+    );
+    assert_eq!(kept.0, 250, "{kept:?}");
+    server.wait_mailbox("bob", 1, Duration::from_secs(10));
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        format!("{}\r\n", "x".repeat(900)).repeat(1000)
+    );
+    for _ in 0..90 {
+        let r = s.send_mail("alice@example.test", &["dave@partner.test"], &body);
+        assert_eq!(r.0, 250, "{r:?}");
+    }
+}
+
+/// `fill_worth_compacting` on a slow-retry daemon, stopped; returns its
+/// directory and configuration.
+fn spool_worth_compacting() -> (std::sync::Arc<tempfile::TempDir>, String) {
+    let mut server = slow_retry_server();
+    fill_worth_compacting(&server);
+    let cfg = std::fs::read_to_string(&server.config_path).expect("config");
+    assert_eq!(server.stop(), Some(0));
+    (server.dir.clone(), cfg)
+}
+
+/// A crash in the middle of the swap that `delete --all`'s compaction
+/// makes. The daemon runs under strace, which holds every rename of the
+/// spool path `held` for 20 s; once `reached` sees the state on disk, the
+/// daemon gets SIGKILL. The next start must finish the swap: nothing
+/// deleted comes back, bob's mailbox is whole, the spool is small, and
+/// mail flows.
+fn crash_during_swap(held: &str, reached: fn(&std::path::Path) -> bool) {
+    if !common::strace_available() {
+        return;
+    }
+    let (dir, cfg) = spool_worth_compacting();
+    let spool = dir.path().join("spool");
+    let before = petrel::spool::compact::disk_usage(&spool);
+    let held = spool.join(held);
+    let held = held.to_str().expect("utf-8 path");
+    let mut server = TestServer::start_wrapped(
+        dir.clone(),
+        &cfg,
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-P",
+            held,
+            "-e",
+            "trace=rename,renameat,renameat2",
+            "-e",
+            "inject=rename,renameat,renameat2:delay_enter=20000000",
+        ],
+    );
+    let config = server.config_path.clone();
+    let deleter = std::thread::spawn(move || cli_with(&config, &["delete", "--all"], None));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !reached(&spool) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the swap never reached the state to crash in; log:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL the daemon itself, not strace (which would detach it).
+    let tracer = server.child_pid().expect("strace pid");
+    let children = std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children"))
+        .expect("strace's children");
+    let daemon = children
+        .split_whitespace()
+        .next()
+        .expect("the daemon's pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", daemon])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    server.kill9();
+    let _ = deleter.join();
+    assert!(
+        spool.join("queue.compact.done").exists(),
+        "the crash came before the swap began"
+    );
+
+    let server = TestServer::start_in(dir.clone(), &cfg);
+    assert!(
+        server
+            .log()
+            .contains("finishing an interrupted spool compaction"),
+        "{}",
+        server.log()
+    );
+    for leftover in ["queue.compact", "queue.compact.done", "queue.old"] {
+        assert!(!spool.join(leftover).exists(), "{leftover} is left");
+    }
+    let after = petrel::spool::compact::disk_usage(&spool);
+    assert!(
+        after * 4 < before,
+        "spool {before} bytes before, {after} after"
+    );
+    assert!(server.mailq().is_empty(), "deleted mail came back");
+    let inbox = server.mailbox("bob");
+    assert_eq!(inbox.len(), 1);
+    let uid = inbox[0]["uid"].as_u64().expect("uid");
+    assert!(String::from_utf8_lossy(&server.mailbox_message("bob", uid)).contains("keep me"));
+    let mut s = Smtp::ready(server.mx());
+    let r = s.send_mail(
+        "alice@example.test",
+        &["bob@example.test"],
+        "Subject: after\r\n\r\nnew\r\n",
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    assert_eq!(
+        server.wait_mailbox("bob", 2, Duration::from_secs(10)).len(),
+        2
+    );
+}
+
+#[test]
+fn a_crash_after_the_copy_is_marked_finishes_the_swap_at_the_next_start() {
+    // Held: the first rename, `queue` → `queue.old`.
+    crash_during_swap("queue", |spool| spool.join("queue.compact.done").exists());
+}
+
+#[test]
+fn a_crash_between_the_two_renames_finishes_the_swap_at_the_next_start() {
+    // Held: the second rename, `queue.compact` → `queue`; the old database
+    // is already `queue.old` and no `queue` exists.
+    crash_during_swap("queue.compact", |spool| {
+        spool.join("queue.old").exists() && !spool.join("queue").exists()
+    });
 }

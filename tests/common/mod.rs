@@ -368,6 +368,20 @@ pub fn cli_with(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     run_cmd(cmd, stdin)
 }
 
+/// Whether strace can be run. Without it a test skips (saying so), except
+/// under CI, where `.ci/run` installs it and a missing one is a failure.
+pub fn strace_available() -> bool {
+    if Command::new("strace").arg("-V").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "strace is not installed, and CI is set"
+    );
+    eprintln!("SKIPPED: strace is not installed (apt-get install strace)");
+    false
+}
+
 /// Runs a command with optional stdin and collects its output.
 pub fn run_cmd(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
     cmd.stdin(Stdio::piped())
