@@ -169,9 +169,7 @@ fn live_bytes(db: &sled::Db, limit: u64) -> Result<u64, StoreError> {
 
 /// Copies every tree into a fresh database at `copy` and makes it durable.
 fn write_copy(db: &sled::Db, copy: &Path, spool: &Path) -> Result<(), StoreError> {
-    if copy.exists() {
-        std::fs::remove_dir_all(copy)?;
-    }
+    remove_dir_if_any(copy)?;
     let new = open_db(copy, spool)?;
     for name in db.tree_names() {
         let from = db.open_tree(&name)?;
@@ -197,9 +195,7 @@ fn swap(spool: &Path) -> Result<(), StoreError> {
     );
     if copy.exists() {
         if db.exists() {
-            if old.exists() {
-                std::fs::remove_dir_all(&old)?;
-            }
+            remove_dir_if_any(&old)?;
             std::fs::rename(&db, &old)?;
         }
         std::fs::rename(&copy, &db)?;
@@ -212,9 +208,12 @@ fn swap(spool: &Path) -> Result<(), StoreError> {
 /// Deletes the database a swap replaced (gigabytes, after a large queue
 /// was deleted: not done while writers wait).
 fn remove_old(spool: &Path) -> Result<(), StoreError> {
-    let old = spool.join(OLD_DIR);
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
+    remove_dir_if_any(&spool.join(OLD_DIR))
+}
+
+fn remove_dir_if_any(dir: &Path) -> Result<(), StoreError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
     }
     Ok(())
 }
@@ -227,13 +226,8 @@ pub(super) fn finish_interrupted(spool: &Path) -> Result<(), StoreError> {
         swap(spool)?;
         return remove_old(spool);
     }
-    for leftover in [COPY_DIR, OLD_DIR] {
-        let p = spool.join(leftover);
-        if p.exists() {
-            std::fs::remove_dir_all(&p)?;
-        }
-    }
-    Ok(())
+    remove_dir_if_any(&spool.join(COPY_DIR))?;
+    remove_old(spool)
 }
 
 /// fsyncs every file under `dir`, then the directories.
