@@ -25,7 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
@@ -313,14 +313,13 @@ pub struct Store {
     /// What the last look learned: the live data was at least this many
     /// bytes. With `grew`, a lower bound of the live data now, so most
     /// looks need no scan. `None`: never looked, or the look failed.
+    /// Held for the whole of a look, so looks run one at a time.
     live_floor: Mutex<Option<u64>>,
     shared: Arc<Shared>,
     /// Commit counters.
     pub stats: Arc<CommitStats>,
     /// Committer thread; joined on drop after a last commit.
     committer: Mutex<Option<JoinHandle<()>>>,
-    /// One compaction at a time.
-    compacting: Mutex<()>,
     /// The spool lock (`LOCK_FILE`), released when the store closes.
     _lock: File,
 }
@@ -378,7 +377,6 @@ impl Store {
             shared,
             stats,
             committer: Mutex::new(Some(committer)),
-            compacting: Mutex::new(()),
             _lock: lock,
         })
     }
@@ -403,10 +401,11 @@ impl Store {
     /// both counted by the store) does not already rule a copy out. So the
     /// daemon can call it every minute and after every delete.
     pub fn compact(&self) -> Result<Option<super::Compacted>, StoreError> {
-        let Ok(_one) = self.compacting.try_lock() else {
-            return Ok(None);
+        let mut floor = match self.live_floor.try_lock() {
+            Ok(f) => f,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(None),
         };
-        let mut floor = self.live_floor.lock().unwrap_or_else(|e| e.into_inner());
         let grew = self.grew.swap(0, Ordering::Relaxed);
         let known = floor.map(|f| (f as i64 + grew).max(0) as u64);
         *floor = None;
