@@ -173,10 +173,7 @@ impl Spool {
     /// Opens the spool directory, creating it if needed. Fails with
     /// `StoreError::Locked` if another process has it open.
     pub fn open(dir: &Path) -> Result<Spool, StoreError> {
-        Spool::from_store(dir, Store::open(dir)?)
-    }
-
-    fn from_store(dir: &Path, store: Store) -> Result<Spool, StoreError> {
+        let store = Store::open(dir)?;
         let tree = store.handle(Keyspace::Queue);
         let newest = tree
             .snapshot()
