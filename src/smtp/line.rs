@@ -87,7 +87,8 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
-fn memchr_lf(buf: &[u8]) -> Option<usize> {
+/// Where the first `\n` in `buf` is.
+pub(crate) fn memchr_lf(buf: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', buf)
 }
 

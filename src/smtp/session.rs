@@ -14,7 +14,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 
 use super::SmtpShared;
 use super::command::{self, Command, MailFrom};
-use super::line::{Ending, Line, read_line};
+use super::line::{Ending, Line, memchr_lf, read_line};
 use super::reply::Reply;
 use crate::config::{AuthMode, Config, Listener, Protocol, TlsMode, glob_match};
 use crate::conn::{Conn, HANDSHAKE_TIMEOUT};
@@ -234,7 +234,7 @@ impl Session {
         let buffered = self.stream.buffer();
         if buffered.is_empty() {
             self.flush().await?;
-        } else if memchr::memchr(b'\n', buffered).is_some() {
+        } else if memchr_lf(buffered).is_some() {
             // A whole line is already read: take it without arming a timer
             // or watching the stop signal (this cannot wait). DATA of a
             // large message is mostly this.
