@@ -3,8 +3,8 @@
 
 /// mimalloc instead of glibc's malloc: with a large queue, sled's page
 /// cache leaves glibc's free lists long and `_int_malloc` became the
-/// largest single cost of fresh mail (docs/benchmarks.md, "Fresh mail
-/// with a large queue").
+/// largest growing cost of fresh mail (docs/benchmarks.md, "Queue at
+/// scale").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
