@@ -201,6 +201,7 @@ class Petrel:
             f.write(f"""[server]
 hostname = "petrel-bench.test"
 spool = "{self.dir}/spool"
+postmaster = "postmaster@bench.test"
 [domains]
 primary = "example.test"
 [[listeners]]

@@ -103,6 +103,18 @@ pub fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
+    match &config.path {
+        Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
+        None => tracing::warn!(
+            looked_for = ?Config::SEARCH_PATH,
+            "NO CONFIGURATION FILE: running on the built-in defaults (give one with -c or $PETREL_CONFIG)"
+        ),
+    }
+    if config.has_sample_passwords() {
+        tracing::warn!(
+            "SAMPLE USERS: some [[users]] have the sample password \"petrel-example\" published in the README; replace them before this server is reachable by anyone"
+        );
+    }
     let spool_dir = config.server.spool.clone();
     let spool = match Spool::open(&spool_dir) {
         Ok(s) => Arc::new(s),

@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::config::{Checker, Domains};
+use crate::config::raw::{RawAlias, RawMailin, RawUser};
+use crate::config::{Checker, Domains, parse_size};
 
 /// How deep alias groups may nest before expansion stops (a loop guard).
 const MAX_ALIAS_DEPTH: usize = 10;
@@ -18,6 +19,10 @@ pub struct User {
     pub password: String,
     /// Addresses delivered to this user's mailbox, lower case.
     pub addresses: Vec<String>,
+    /// May use the administrator's console (`/admin`).
+    pub admin: bool,
+    /// Storage quota in octets (IMAP QUOTA); `None`: unlimited.
+    pub quota: Option<u64>,
 }
 
 /// A shared mailbox.
@@ -48,9 +53,9 @@ impl Directory {
     /// Builds the directory from raw entries, reporting problems to `c`.
     pub(crate) fn check(
         domains: &Domains,
-        users: Vec<(String, String, Vec<String>)>,
-        mailin: Vec<(String, Vec<String>, Vec<String>)>,
-        aliases: Vec<(String, Vec<String>)>,
+        users: Vec<RawUser>,
+        mailin: Vec<RawMailin>,
+        aliases: Vec<RawAlias>,
         c: &mut Checker,
     ) -> Directory {
         let mut d = Directory::default();
@@ -71,7 +76,25 @@ impl Directory {
             d.mailbox_of.insert(addr.clone(), mailbox.to_string());
             Some(addr)
         };
-        for (i, (name, password, addresses)) in users.into_iter().enumerate() {
+        for (i, u) in users.into_iter().enumerate() {
+            let RawUser {
+                name,
+                password,
+                addresses,
+                admin,
+                quota,
+            } = u;
+            let quota = if quota.trim().is_empty() {
+                None
+            } else {
+                match parse_size(&quota) {
+                    Ok(q) => Some(q),
+                    Err(e) => {
+                        c.error(format!("users[{i}].quota"), e);
+                        None
+                    }
+                }
+            };
             if !valid_mailbox_name(&name) {
                 c.error(
                     format!("users[{i}].name"),
@@ -103,9 +126,16 @@ impl Directory {
                 name,
                 password,
                 addresses: addrs,
+                admin,
+                quota,
             });
         }
-        for (i, (name, addresses, readers)) in mailin.into_iter().enumerate() {
+        for (i, m) in mailin.into_iter().enumerate() {
+            let RawMailin {
+                name,
+                addresses,
+                readers,
+            } = m;
             if !valid_mailbox_name(&name) {
                 c.error(
                     format!("mailin[{i}].name"),
@@ -140,7 +170,8 @@ impl Directory {
                 }
             }
         }
-        for (i, (address, members)) in aliases.into_iter().enumerate() {
+        for (i, a) in aliases.into_iter().enumerate() {
+            let RawAlias { address, members } = a;
             let addr = address.trim().to_ascii_lowercase();
             let local = addr
                 .rsplit_once('@')
@@ -267,6 +298,8 @@ mod tests {
     fn config() -> Config {
         Config::parse(
             r#"
+[server]
+postmaster = "alice@example.test"
 [domains]
 primary = "example.test"
 aliases = ["example.org"]
@@ -320,6 +353,8 @@ members = ["team@example.test", "support@example.test"]
     fn duplicate_address_is_refused_with_key() {
         let errs = Config::parse(
             r#"
+[server]
+postmaster = "alice@example.test"
 [domains]
 primary = "example.test"
 [[users]]

@@ -1,11 +1,14 @@
-//! Logging: `tracing` to stderr, one line per event, with a level filter
-//! that a reload can change.
+//! Logging: `tracing` to stderr, one line per event (text, or one JSON
+//! object per line with `log.format = "json"`), with a level filter that a
+//! reload can change.
 
 use std::sync::Arc;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::reload;
+
+use crate::config::LogFormat;
 
 /// Replaces the log filter; errors name what is wrong with the filter.
 type SetLevel = dyn Fn(&str) -> Result<(), String> + Send + Sync;
@@ -25,17 +28,29 @@ impl LogControl {
 
 /// Installs the global subscriber. `level` is a tracing filter; `RUST_LOG`
 /// is not consulted, the configuration is.
-pub fn init(level: &str) -> LogControl {
+pub fn init(level: &str, format: LogFormat) -> LogControl {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (layer, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(false);
-    let _ = tracing_subscriber::registry()
-        .with(layer)
-        .with(fmt)
-        .try_init();
+    let registry = tracing_subscriber::registry().with(layer);
+    let _ = match format {
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .with_ansi(false),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
+            .try_init(),
+    };
     LogControl {
         set: Arc::new(move |level: &str| {
             let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;

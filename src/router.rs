@@ -93,6 +93,8 @@ mod tests {
     fn local_remote_and_unknown() {
         let c = Config::parse(
             r#"
+[server]
+postmaster = "alice@example.test"
 [domains]
 primary = "example.test"
 aliases = ["[192.0.2.10]"]

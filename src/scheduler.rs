@@ -651,7 +651,7 @@ mod tests {
 
     #[test]
     fn retry_delays_double_and_cap() {
-        let c = Config::parse("[domains]\nprimary = \"example.test\"\n[queue]\nretry_initial = \"5m\"\nretry_max = \"1h\"\n")
+        let c = Config::parse("[server]\npostmaster = \"ops@remote.test\"\n[domains]\nprimary = \"example.test\"\n[queue]\nretry_initial = \"5m\"\nretry_max = \"1h\"\n")
             .expect("valid");
         let d: Vec<u64> = (1..=6)
             .map(|n| retry_delay(&c.queue, n).as_secs())

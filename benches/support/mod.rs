@@ -24,6 +24,7 @@ pub fn write_config(dir: &Path, spool: &Path, extra: &str) -> PathBuf {
 [server]
 hostname = "bench.example.test"
 spool = "{spool}"
+postmaster = "alice@example.test"
 [domains]
 primary = "example.test"
 [[listeners]]

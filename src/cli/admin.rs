@@ -101,3 +101,25 @@ pub fn mailbox(config: &Config, name: String, uid: Option<u64>, json: bool) -> R
     )?;
     Ok(())
 }
+
+/// `petrel config show [--changed]`: the effective configuration as TOML,
+/// with every default filled in, or only what differs from the defaults.
+pub fn config_show(config: &Config, changed: bool) -> Result<(), String> {
+    use crate::config::schema;
+    let effective = schema::to_table(&config.raw);
+    let table = if changed {
+        schema::changed(&effective, &schema::defaults())
+    } else {
+        effective
+    };
+    let source = config
+        .path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in defaults".into());
+    let text =
+        toml::to_string(&table).map_err(|e| format!("cannot print the configuration: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "# {source}").map_err(|e| e.to_string())?;
+    out.write_all(text.as_bytes()).map_err(|e| e.to_string())
+}

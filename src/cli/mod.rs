@@ -97,6 +97,11 @@ enum Cmd {
     HashPassword,
     /// Validate the configuration; print each error with its key.
     CheckConfig,
+    /// The effective configuration.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCmd,
+    },
     /// List a local mailbox, or print one of its messages.
     Mailbox {
         /// Mailbox name (user or mail-in).
@@ -133,6 +138,18 @@ impl Select {
             control::Selection::Ids(self.ids.clone())
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Print the effective configuration, defaults filled in (as
+    /// `postconf`); `--changed`: only what differs from the defaults (as
+    /// `postconf -n`).
+    Show {
+        /// Only keys whose value is not the default.
+        #[arg(long)]
+        changed: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,7 +220,7 @@ pub fn main(args: Vec<String>) -> i32 {
     };
     let result = match cli.command {
         Cmd::Serve => {
-            let log = crate::logging::init(&config.log.level);
+            let log = crate::logging::init(&config.log.level, config.log.format);
             return match crate::daemon::run(config, log) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -246,6 +263,9 @@ pub fn main(args: Vec<String>) -> i32 {
             &format!("smtp_debug set to {level}"),
         ),
         Cmd::Mailbox { name, uid, json } => admin::mailbox(&config, name, uid, json),
+        Cmd::Config {
+            what: ConfigCmd::Show { changed },
+        } => admin::config_show(&config, changed),
         Cmd::CheckConfig | Cmd::HashPassword => {
             unreachable!("handled before loading the configuration")
         }
@@ -259,35 +279,83 @@ pub fn main(args: Vec<String>) -> i32 {
     }
 }
 
+/// Why a request could not be carried out; the variant decides the exit
+/// status (`sendmail`'s sysexits code in particular).
+#[derive(Debug)]
+pub(crate) enum RequestError {
+    /// The configuration names a spool that no daemon has made: most likely
+    /// the wrong configuration (run from another directory, a cron job).
+    /// Nothing is created, so no mail is stranded where no daemon looks.
+    NoSpool(String),
+    /// The spool could not take or give the data now: try again later.
+    Temporary(String),
+    /// Anything else (the daemon refused, a bad id).
+    Failed(String),
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::NoSpool(s) | RequestError::Temporary(s) | RequestError::Failed(s) => {
+                f.write_str(s)
+            }
+        }
+    }
+}
+
+impl From<RequestError> for String {
+    fn from(e: RequestError) -> String {
+        e.to_string()
+    }
+}
+
 /// Carries out a request through the daemon, or on the spool directly when
-/// no daemon runs. Returns whether a daemon answered.
+/// no daemon runs (never creating a spool: only `serve` does). Returns
+/// whether a daemon answered.
 fn request(
     config: &Config,
     req: Request,
     content: Vec<u8>,
     on_item: impl FnMut(Item),
-) -> Result<bool, String> {
+) -> Result<bool, RequestError> {
     let dir = &config.server.spool;
     let mut on_item = on_item;
     match control::call(dir, &req, &content, &mut on_item) {
         Ok(()) => Ok(true),
-        Err(CallError::Failed(e)) => Err(e),
-        Err(CallError::Io(e)) => Err(format!(
+        Err(CallError::Failed(e)) => Err(RequestError::Failed(e)),
+        Err(CallError::Io(e)) => Err(RequestError::Temporary(format!(
             "control socket {}: {e}",
             dir.join(control::SOCKET_NAME).display()
-        )),
+        ))),
         Err(CallError::NoDaemon) => {
+            if !dir.join(crate::spool::store::DB_DIR).is_dir() {
+                let source = config
+                    .path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "the built-in defaults".into());
+                return Err(RequestError::NoSpool(format!(
+                    "no daemon runs and there is no spool at {} (configuration: {source}); give the daemon's configuration with -c or $PETREL_CONFIG",
+                    dir.display()
+                )));
+            }
             let spool = match Spool::open(dir) {
                 Ok(s) => Arc::new(s),
                 Err(StoreError::Locked(_)) => {
-                    return Err(format!(
+                    return Err(RequestError::Temporary(format!(
                         "the spool {} is locked by a daemon whose control socket does not answer",
                         dir.display()
-                    ));
+                    )));
                 }
-                Err(e) => return Err(format!("cannot open the spool {}: {e}", dir.display())),
+                Err(e) => {
+                    return Err(RequestError::Temporary(format!(
+                        "cannot open the spool {}: {e}",
+                        dir.display()
+                    )));
+                }
             };
-            control::run_offline(Arc::new(config.clone()), spool, req, content, on_item)?;
+            control::run_offline(Arc::new(config.clone()), spool, req, content, on_item)
+                .map_err(RequestError::Failed)?;
             Ok(false)
         }
     }

@@ -6,7 +6,7 @@
 
 use std::io::Read;
 
-use super::request;
+use super::{RequestError, request};
 use crate::config::Config;
 use crate::control::{Item, Request};
 use crate::headers;
@@ -235,10 +235,13 @@ pub fn run(config: &Config, args: &[String]) -> i32 {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("sendmail: {e}");
-            if e.contains("spool") || e.contains("I/O") || e.contains("full") {
-                EX_TEMPFAIL
-            } else {
-                EX_SOFTWARE
+            match e {
+                RequestError::NoSpool(_) => EX_CONFIG,
+                RequestError::Temporary(_) => EX_TEMPFAIL,
+                // The daemon refused the message: a spool that cannot
+                // store it now (disk full, I/O) is temporary.
+                RequestError::Failed(m) if m.contains("spool") => EX_TEMPFAIL,
+                RequestError::Failed(_) => EX_SOFTWARE,
             }
         }
     }

@@ -70,6 +70,9 @@ pub struct Address {
     pub host: Option<Vec<u8>>,
 }
 
+/// MIME parameters (`name`, raw value), in order.
+pub type Params = Vec<(String, Vec<u8>)>;
+
 /// One body part, with what BODYSTRUCTURE reports and where its octets are.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Part {
@@ -78,7 +81,7 @@ pub struct Part {
     /// Subtype, lower case.
     pub subtype: String,
     /// Content-Type parameters, in order (RFC 2231 continuations joined).
-    pub params: Vec<(String, Vec<u8>)>,
+    pub params: Params,
     /// `Content-ID:`, raw.
     pub id: Option<Vec<u8>>,
     /// `Content-Description:`, raw.
@@ -88,7 +91,7 @@ pub struct Part {
     /// `Content-MD5:`, raw.
     pub md5: Option<Vec<u8>>,
     /// `Content-Disposition:` type and parameters.
-    pub disposition: Option<(String, Vec<(String, Vec<u8>)>)>,
+    pub disposition: Option<(String, Params)>,
     /// `Content-Language:` values.
     pub language: Vec<Vec<u8>>,
     /// `Content-Location:`, raw.

@@ -53,6 +53,7 @@ pub fn base_config(
 [server]
 hostname = "mx.example.test"
 spool = "{spool}"
+postmaster = "alice@example.test"
 
 [domains]
 primary = "example.test"

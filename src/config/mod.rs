@@ -11,14 +11,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Deserialize;
 
 use crate::directory::Directory;
 
 /// The shipped single-server configuration; also the built-in default used
 /// when no configuration file exists (SPEC: "built-in defaults equal to that
 /// file").
-pub const DEFAULT_TOML: &str = include_str!("../config/petrel.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/petrel.toml");
+
+/// The hash of the sample users' published password (`petrel-example`)
+/// in the shipped configurations; the daemon warns when it is in use.
+pub const SAMPLE_PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$+39//gHRQuRxifQbi6R4Hg$n1seErHwGgLqUQYSuYj+as/s6zS+gVVewyOwtVRKOxA";
 
 /// One configuration problem, named by its dotted key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,239 +46,10 @@ pub struct ConfigErrors {
     pub errors: Vec<ConfigError>,
 }
 
-// ---------------------------------------------------------------------------
-// Raw structures: exactly the keys of the file.
+pub(crate) mod raw;
+pub mod schema;
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawConfig {
-    server: RawServer,
-    domains: RawDomains,
-    listeners: Vec<RawListener>,
-    tls: RawTls,
-    smtp: RawSmtp,
-    queue: RawQueue,
-    dns: RawDns,
-    log: RawLog,
-    pop3: RawPop3,
-    users: Vec<RawUser>,
-    mailin: Vec<RawMailin>,
-    aliases: Vec<RawAlias>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawServer {
-    hostname: String,
-    spool: String,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        RawServer {
-            hostname: String::new(),
-            spool: "spool".into(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawDomains {
-    primary: String,
-    aliases: Vec<String>,
-    relay_domains: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListener {
-    name: String,
-    protocol: String,
-    bind: String,
-    #[serde(default = "default_tls_mode")]
-    tls: String,
-    #[serde(default = "default_auth_mode")]
-    auth: String,
-}
-
-fn default_tls_mode() -> String {
-    "none".into()
-}
-fn default_auth_mode() -> String {
-    "off".into()
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawTls {
-    cert: String,
-    key: String,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawSmtp {
-    inbound: RawInbound,
-    outbound: RawOutbound,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawInbound {
-    max_message_size: String,
-    max_recipients: i64,
-    allow_connections_from: Vec<String>,
-    deny_connections_from: Vec<String>,
-    relay_from: Vec<String>,
-    deny_senders: Vec<String>,
-    deny_recipients: Vec<String>,
-    verify_recipients: bool,
-    allow_plaintext_auth: bool,
-    command_timeout: String,
-    data_timeout: String,
-    max_connections: i64,
-    max_connections_per_client: i64,
-    max_errors: i64,
-}
-
-impl Default for RawInbound {
-    fn default() -> Self {
-        RawInbound {
-            max_message_size: "25MiB".into(),
-            max_recipients: 100,
-            allow_connections_from: vec![],
-            deny_connections_from: vec![],
-            relay_from: vec!["127.0.0.0/8".into(), "::1/128".into()],
-            deny_senders: vec![],
-            deny_recipients: vec![],
-            verify_recipients: true,
-            allow_plaintext_auth: false,
-            command_timeout: "5m".into(),
-            data_timeout: "10m".into(),
-            max_connections: 1000,
-            max_connections_per_client: 50,
-            max_errors: 10,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawOutbound {
-    smarthost: String,
-    port: i64,
-    tls: String,
-    routes: Vec<RawRoute>,
-}
-
-impl Default for RawOutbound {
-    fn default() -> Self {
-        RawOutbound {
-            smarthost: String::new(),
-            port: 25,
-            tls: "opportunistic".into(),
-            routes: vec![],
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    domain: String,
-    host: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawQueue {
-    retry_initial: String,
-    retry_max: String,
-    lifetime: String,
-    warn_after: String,
-    destination_concurrency: i64,
-    total_concurrency: i64,
-}
-
-impl Default for RawQueue {
-    fn default() -> Self {
-        RawQueue {
-            retry_initial: "5m".into(),
-            retry_max: "1h".into(),
-            lifetime: "5d".into(),
-            warn_after: "4h".into(),
-            destination_concurrency: 20,
-            total_concurrency: 200,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawDns {
-    nameservers: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawPop3 {
-    allow_plaintext_auth: bool,
-    idle_timeout: String,
-}
-
-impl Default for RawPop3 {
-    fn default() -> Self {
-        RawPop3 {
-            allow_plaintext_auth: false,
-            idle_timeout: "10m".into(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawLog {
-    level: String,
-    smtp_debug: i64,
-}
-
-impl Default for RawLog {
-    fn default() -> Self {
-        RawLog {
-            level: "info".into(),
-            smtp_debug: 0,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUser {
-    name: String,
-    #[serde(default)]
-    password: String,
-    #[serde(default)]
-    addresses: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMailin {
-    name: String,
-    #[serde(default)]
-    addresses: Vec<String>,
-    #[serde(default)]
-    readers: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAlias {
-    address: String,
-    #[serde(default)]
-    members: Vec<String>,
-}
+use raw::*;
 
 // ---------------------------------------------------------------------------
 // Checked configuration.
@@ -306,8 +80,22 @@ pub struct Config {
     pub log: Log,
     /// `[pop3]`.
     pub pop3: Pop3,
+    /// `[imap]`.
+    pub imap: Imap,
+    /// `[web]`.
+    pub web: Web,
+    /// `[store]`.
+    pub store: MessageStore,
+    /// `[directory] backend`: where users, aliases and mail-in boxes live.
+    pub directory_backend: DirectoryBackend,
+    /// `[dkim]`.
+    pub dkim: Dkim,
+    /// `[history]`.
+    pub history: History,
     /// `[[users]]`, `[[mailin]]` and `[[aliases]]`.
     pub directory: Directory,
+    /// The file as read, defaults filled in (for `config show`).
+    pub raw: RawConfig,
 }
 
 /// `[server]`.
@@ -315,8 +103,12 @@ pub struct Config {
 pub struct Server {
     /// FQDN used in greeting, HELO, Received and bounces.
     pub hostname: String,
-    /// Spool directory.
+    /// Spool directory (absolute when the file's directory is known).
     pub spool: PathBuf,
+    /// Where mail for `postmaster@<every local domain>` and `<Postmaster>`
+    /// goes (RFC 5321 §4.5.1); `None` only when an alias or mailbox for
+    /// `postmaster@<primary>` exists.
+    pub postmaster: Option<String>,
 }
 
 /// `[domains]`: which domains are local.
@@ -536,6 +328,10 @@ pub struct Inbound {
     pub max_connections_per_client: usize,
     /// Errors after which a session is closed.
     pub max_errors: u32,
+    /// `[smtp.inbound.checks]`.
+    pub checks: Checks,
+    /// `[smtp.inbound.rate_limits]`.
+    pub rate_limits: RateLimits,
 }
 
 /// Outbound TLS policy.
@@ -581,6 +377,8 @@ pub struct Outbound {
     pub tls: OutboundTls,
     /// Per-domain routes.
     pub routes: Vec<Route>,
+    /// Local address outbound connections are made from.
+    pub source_address: Option<IpAddr>,
 }
 
 /// `[queue]`.
@@ -614,6 +412,104 @@ pub struct Pop3 {
     pub allow_plaintext_auth: bool,
     /// Idle time before a session is closed (RFC 1939 §3: at least 10 minutes).
     pub idle_timeout: Duration,
+    /// Simultaneous POP3 sessions in total.
+    pub max_connections: usize,
+    /// Simultaneous POP3 sessions per client address.
+    pub max_connections_per_client: usize,
+}
+
+/// `[imap]`.
+#[derive(Debug, Clone)]
+pub struct Imap {
+    /// Allow LOGIN and AUTHENTICATE without TLS.
+    pub allow_plaintext_auth: bool,
+    /// Idle time of an authenticated session before it is closed (RFC 9051
+    /// §5.4: at least 30 minutes).
+    pub idle_timeout: Duration,
+    /// Time a session may stay unauthenticated.
+    pub login_timeout: Duration,
+    /// Simultaneous IMAP sessions in total.
+    pub max_connections: usize,
+    /// Simultaneous IMAP sessions per client address.
+    pub max_connections_per_client: usize,
+    /// Simultaneous IMAP sessions per user.
+    pub max_connections_per_user: usize,
+}
+
+/// `[web]`.
+#[derive(Debug, Clone)]
+pub struct Web {
+    /// How long a webmail login lasts.
+    pub session_lifetime: Duration,
+    /// Clients that may read `/metrics`.
+    pub metrics_from: Vec<HostPattern>,
+}
+
+/// `[store]`: where the message store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageStore {
+    /// The embedded store in this directory (absolute when the file's
+    /// directory is known).
+    Embedded {
+        /// The store's directory.
+        path: PathBuf,
+    },
+    /// A shared PostgreSQL database.
+    Postgres {
+        /// `postgres://user@host:port/db`.
+        url: String,
+        /// Connections in the pool.
+        pool_size: usize,
+    },
+}
+
+/// `[directory] backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectoryBackend {
+    /// `[[users]]`, `[[aliases]]` and `[[mailin]]` of this file.
+    Config,
+    /// Tables in the store's PostgreSQL database, changed with `petrel
+    /// user` and `petrel alias`.
+    Postgres,
+}
+
+/// One `[[dkim.keys]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimKey {
+    /// The signing domain (`d=`), lower case.
+    pub domain: String,
+    /// The selector (`s=`).
+    pub selector: String,
+    /// The private key file (PEM, from `petrel dkim keygen`).
+    pub key: PathBuf,
+}
+
+/// `[dkim]`.
+#[derive(Debug, Clone, Default)]
+pub struct Dkim {
+    /// Send a message unsigned (with a log line saying why) when signing
+    /// fails, instead of deferring it.
+    pub allow_unsigned: bool,
+    /// Signing keys; several per domain for rotation (the first is used).
+    pub keys: Vec<DkimKey>,
+}
+
+/// `[history]`: how much message history `petrel track` keeps.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// Entries older than this are dropped.
+    pub max_age: Duration,
+    /// The history is kept under this many octets.
+    pub max_size: u64,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
 }
 
 /// `[log]`.
@@ -623,6 +519,49 @@ pub struct Log {
     pub level: String,
     /// SMTP trace level 0–3.
     pub smtp_debug: u8,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// Policy of one inbound authentication check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMode {
+    /// Not checked.
+    Off,
+    /// Checked; the result goes into `Authentication-Results:` only.
+    Tag,
+    /// Checked and enforced.
+    Enforce,
+}
+
+/// `[smtp.inbound.checks]`.
+#[derive(Debug, Clone)]
+pub struct Checks {
+    /// SPF (RFC 7208).
+    pub spf: CheckMode,
+    /// DKIM (RFC 6376).
+    pub dkim: CheckMode,
+    /// DMARC (RFC 7489).
+    pub dmarc: CheckMode,
+    /// ARC (RFC 8617).
+    pub arc: CheckMode,
+    /// DNS blocklist zones.
+    pub dnsbl: Vec<String>,
+    /// DNS allowlist zones.
+    pub dnswl: Vec<String>,
+    /// Refuse clients without a forward-confirmed reverse name.
+    pub require_ptr: bool,
+}
+
+/// `[smtp.inbound.rate_limits]`: per client address; 0 is no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateLimits {
+    /// Connections per minute.
+    pub connections_per_minute: u32,
+    /// Messages per minute.
+    pub messages_per_minute: u32,
+    /// Recipients per minute.
+    pub recipients_per_minute: u32,
 }
 
 /// Collects errors with their keys while checking.
@@ -644,6 +583,40 @@ impl Checker {
             self.error(key, e);
             Duration::from_secs(1)
         })
+    }
+
+    fn check_mode(&mut self, key: &str, v: &str) -> CheckMode {
+        match v {
+            "off" => CheckMode::Off,
+            "tag" => CheckMode::Tag,
+            "enforce" => CheckMode::Enforce,
+            other => {
+                self.error(key, format!("{other:?} is not one of off, tag, enforce"));
+                CheckMode::Off
+            }
+        }
+    }
+
+    /// A count that may be 0 (no limit).
+    fn count(&mut self, key: &str, v: i64) -> u32 {
+        u32::try_from(v).unwrap_or_else(|_| {
+            self.error(key, format!("must be 0 (no limit) or more, not {v}"));
+            0
+        })
+    }
+
+    /// DNS zone names, lower case, without a trailing dot.
+    fn zones(&mut self, key: &str, list: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, z) in list.iter().enumerate() {
+            let z = z.trim().trim_end_matches('.').to_ascii_lowercase();
+            if valid_domain(&z) {
+                out.push(z);
+            } else {
+                self.error(format!("{key}[{i}]"), format!("{z:?} is not a DNS zone"));
+            }
+        }
+        out
     }
 
     fn positive(&mut self, key: &str, v: i64) -> usize {
@@ -783,37 +756,61 @@ fn valid_domain(d: &str) -> bool {
 }
 
 impl Config {
-    /// Loads the configuration the CLI should use: `path` if given, else
-    /// `$PETREL_CONFIG` (handled by clap), else `config/petrel.toml` if it
-    /// exists, else the built-in defaults.
+    /// Where the configuration is looked for when neither `-c` nor
+    /// `$PETREL_CONFIG` names one (in this order; then the built-in
+    /// defaults).
+    pub const SEARCH_PATH: [&'static str; 2] = ["config/petrel.toml", "/etc/petrel/petrel.toml"];
+
+    /// Loads the configuration the CLI and the daemon use: `path` if given
+    /// (`-c` or `$PETREL_CONFIG`, handled by clap), else the first file of
+    /// `SEARCH_PATH` that exists, else the built-in defaults. Relative
+    /// paths in a file are resolved against the file's directory; those of
+    /// the built-in defaults against `./config`, as if the shipped file
+    /// were there.
     pub fn load(path: Option<&Path>) -> Result<Config, LoadError> {
         let path = match path {
             Some(p) => Some(p.to_path_buf()),
-            None => {
-                let p = PathBuf::from("config/petrel.toml");
-                p.exists().then_some(p)
-            }
+            None => Self::SEARCH_PATH
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists()),
         };
         match path {
             Some(p) => {
                 let text =
                     std::fs::read_to_string(&p).map_err(|e| LoadError::Read(p.clone(), e))?;
-                let mut cfg = Config::parse(&text).map_err(|e| LoadError::Invalid(p.clone(), e))?;
-                cfg.path = Some(p);
+                let abs = std::path::absolute(&p).unwrap_or_else(|_| p.clone());
+                let base = abs.parent().map(Path::to_path_buf).unwrap_or_default();
+                let mut cfg =
+                    Config::parse_in(&text, &base).map_err(|e| LoadError::Invalid(p.clone(), e))?;
+                cfg.path = Some(abs);
                 Ok(cfg)
             }
-            None => Config::parse(DEFAULT_TOML)
-                .map_err(|e| LoadError::Invalid(PathBuf::from("<built-in>"), e)),
+            None => {
+                let base =
+                    std::path::absolute("config").unwrap_or_else(|_| PathBuf::from("config"));
+                Config::parse_in(DEFAULT_TOML, &base)
+                    .map_err(|e| LoadError::Invalid(PathBuf::from("<built-in>"), e))
+            }
         }
     }
 
-    /// Parses and checks configuration text.
+    /// Parses and checks configuration text; relative paths stay relative.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors {
+        Self::parse_in(text, Path::new(""))
+    }
+
+    /// Parses and checks configuration text, resolving relative paths
+    /// against `base`. Every problem is reported: each unknown key, each
+    /// section whose values have the wrong type, and each value that fails
+    /// its check.
+    pub fn parse_in(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        let file: toml::Table = toml::from_str(text).map_err(|e| ConfigErrors {
             errors: vec![toml_error(text, &e)],
         })?;
         let mut c = Checker::default();
-        let cfg = Config::check(raw, &mut c);
+        let raw = schema::read(file, &mut c.errors);
+        let cfg = Config::check(raw, base, &mut c);
         if c.errors.is_empty() {
             Ok(cfg)
         } else {
@@ -821,7 +818,25 @@ impl Config {
         }
     }
 
-    fn check(raw: RawConfig, c: &mut Checker) -> Config {
+    /// Whether the users' passwords include the shipped sample hash (whose
+    /// password is published in the README).
+    pub fn has_sample_passwords(&self) -> bool {
+        self.directory
+            .users
+            .iter()
+            .any(|u| u.password == SAMPLE_PASSWORD_HASH)
+    }
+
+    fn check(raw: RawConfig, base: &Path, c: &mut Checker) -> Config {
+        let resolve = |p: &str| -> PathBuf {
+            let p = Path::new(p.trim());
+            if p.is_absolute() || base.as_os_str().is_empty() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let kept = raw.clone();
         let hostname = if raw.server.hostname.is_empty() {
             system_hostname()
         } else {
@@ -927,15 +942,6 @@ impl Config {
                     Protocol::Smtp
                 }
             };
-            if matches!(protocol, Protocol::Imap | Protocol::Http) {
-                c.error(
-                    format!("{key}.protocol"),
-                    format!(
-                        "{:?} is not available in this version of petrel",
-                        l.protocol
-                    ),
-                );
-            }
             let bind = l.bind.parse::<SocketAddr>().unwrap_or_else(|_| {
                 c.error(
                     format!("{key}.bind"),
@@ -1041,6 +1047,29 @@ impl Config {
                 ri.max_connections_per_client,
             ),
             max_errors: c.positive("smtp.inbound.max_errors", ri.max_errors) as u32,
+            checks: Checks {
+                spf: c.check_mode("smtp.inbound.checks.spf", &ri.checks.spf),
+                dkim: c.check_mode("smtp.inbound.checks.dkim", &ri.checks.dkim),
+                dmarc: c.check_mode("smtp.inbound.checks.dmarc", &ri.checks.dmarc),
+                arc: c.check_mode("smtp.inbound.checks.arc", &ri.checks.arc),
+                dnsbl: c.zones("smtp.inbound.checks.dnsbl", &ri.checks.dnsbl),
+                dnswl: c.zones("smtp.inbound.checks.dnswl", &ri.checks.dnswl),
+                require_ptr: ri.checks.require_ptr,
+            },
+            rate_limits: RateLimits {
+                connections_per_minute: c.count(
+                    "smtp.inbound.rate_limits.connections_per_minute",
+                    ri.rate_limits.connections_per_minute,
+                ),
+                messages_per_minute: c.count(
+                    "smtp.inbound.rate_limits.messages_per_minute",
+                    ri.rate_limits.messages_per_minute,
+                ),
+                recipients_per_minute: c.count(
+                    "smtp.inbound.rate_limits.recipients_per_minute",
+                    ri.rate_limits.recipients_per_minute,
+                ),
+            },
         };
 
         let ro = &raw.smtp.outbound;
@@ -1088,11 +1117,29 @@ impl Config {
                 Err(e) => c.error(format!("{key}.host"), e),
             }
         }
+        let source_address = if ro.source_address.trim().is_empty() {
+            None
+        } else {
+            match ro.source_address.trim().parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    c.error(
+                        "smtp.outbound.source_address",
+                        format!(
+                            "{:?} is not an IP address such as \"127.0.0.2\"",
+                            ro.source_address
+                        ),
+                    );
+                    None
+                }
+            }
+        };
         let outbound = Outbound {
             smarthost,
             port,
             tls: outbound_tls,
             routes,
+            source_address,
         };
 
         let rq = &raw.queue;
@@ -1146,32 +1193,218 @@ impl Config {
                 0
             });
 
-        let directory = Directory::check(
-            &domains,
-            raw.users
-                .into_iter()
-                .map(|u| (u.name, u.password, u.addresses))
-                .collect(),
-            raw.mailin
-                .into_iter()
-                .map(|m| (m.name, m.addresses, m.readers))
-                .collect(),
-            raw.aliases
-                .into_iter()
-                .map(|a| (a.address, a.members))
-                .collect(),
-            c,
-        );
+        let log_format = match raw.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                c.error("log.format", format!("{other:?} is not one of text, json"));
+                LogFormat::Text
+            }
+        };
+
+        let rp = &raw.pop3;
+        let pop3 = Pop3 {
+            allow_plaintext_auth: rp.allow_plaintext_auth,
+            idle_timeout: c.duration("pop3.idle_timeout", &rp.idle_timeout),
+            max_connections: c.positive("pop3.max_connections", rp.max_connections),
+            max_connections_per_client: c.positive(
+                "pop3.max_connections_per_client",
+                rp.max_connections_per_client,
+            ),
+        };
+        let rim = &raw.imap;
+        let imap = Imap {
+            allow_plaintext_auth: rim.allow_plaintext_auth,
+            idle_timeout: c.duration("imap.idle_timeout", &rim.idle_timeout),
+            login_timeout: c.duration("imap.login_timeout", &rim.login_timeout),
+            max_connections: c.positive("imap.max_connections", rim.max_connections),
+            max_connections_per_client: c.positive(
+                "imap.max_connections_per_client",
+                rim.max_connections_per_client,
+            ),
+            max_connections_per_user: c.positive(
+                "imap.max_connections_per_user",
+                rim.max_connections_per_user,
+            ),
+        };
+        let web = Web {
+            session_lifetime: c.duration("web.session_lifetime", &raw.web.session_lifetime),
+            metrics_from: c.host_patterns("web.metrics_from", &raw.web.metrics_from),
+        };
+
+        let rs = &raw.store;
+        let store = match rs.backend.as_str() {
+            "embedded" => {
+                if rs.path.trim().is_empty() {
+                    c.error("store.path", "must not be empty");
+                }
+                MessageStore::Embedded {
+                    path: resolve(&rs.path),
+                }
+            }
+            "postgres" => {
+                if !(rs.url.starts_with("postgres://") || rs.url.starts_with("postgresql://")) {
+                    c.error(
+                        "store.url",
+                        format!(
+                            "{:?} is not a URL such as \"postgres://petrel@127.0.0.1:5432/petrel\"",
+                            rs.url
+                        ),
+                    );
+                }
+                MessageStore::Postgres {
+                    url: rs.url.clone(),
+                    pool_size: c.positive("store.pool_size", rs.pool_size),
+                }
+            }
+            other => {
+                c.error(
+                    "store.backend",
+                    format!("{other:?} is not one of embedded, postgres"),
+                );
+                MessageStore::Embedded {
+                    path: resolve(&rs.path),
+                }
+            }
+        };
+        let directory_backend = match raw.directory.backend.as_str() {
+            "config" => DirectoryBackend::Config,
+            "postgres" => {
+                if !matches!(store, MessageStore::Postgres { .. }) {
+                    c.error(
+                        "directory.backend",
+                        "\"postgres\" keeps the directory in the store's database: set store.backend = \"postgres\" too",
+                    );
+                }
+                DirectoryBackend::Postgres
+            }
+            other => {
+                c.error(
+                    "directory.backend",
+                    format!("{other:?} is not one of config, postgres"),
+                );
+                DirectoryBackend::Config
+            }
+        };
+
+        let mut dkim_keys = Vec::new();
+        for (i, k) in raw.dkim.keys.iter().enumerate() {
+            let key = format!("dkim.keys[{i}]");
+            let domain = k.domain.trim().trim_end_matches('.').to_ascii_lowercase();
+            if !valid_domain(&domain) {
+                c.error(
+                    format!("{key}.domain"),
+                    format!("{:?} is not a domain", k.domain),
+                );
+            }
+            let selector = k.selector.trim().to_string();
+            if selector.is_empty()
+                || !selector.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.chars()
+                            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+                })
+            {
+                c.error(
+                    format!("{key}.selector"),
+                    format!(
+                        "{:?} is not a DKIM selector (letters, digits, '-', '_', '.')",
+                        k.selector
+                    ),
+                );
+            }
+            if k.key.trim().is_empty() {
+                c.error(format!("{key}.key"), "must name the private key file");
+            }
+            dkim_keys.push(DkimKey {
+                domain,
+                selector,
+                key: resolve(&k.key),
+            });
+        }
+        let dkim = Dkim {
+            allow_unsigned: raw.dkim.allow_unsigned,
+            keys: dkim_keys,
+        };
+        let history = History {
+            max_age: c.duration("history.max_age", &raw.history.max_age),
+            max_size: parse_size(&raw.history.max_size).unwrap_or_else(|e| {
+                c.error("history.max_size", e);
+                0
+            }),
+        };
+
+        let directory = Directory::check(&domains, raw.users, raw.mailin, raw.aliases, c);
+
+        for (i, r) in outbound.routes.iter().enumerate() {
+            let d = r.domain.strip_prefix("*.").unwrap_or(&r.domain);
+            if domains.is_local(d) {
+                c.error(
+                    format!("smtp.outbound.routes[{i}].domain"),
+                    format!(
+                        "{:?} is a local domain (domains.primary or domains.aliases): its mail is delivered here and this route would never be used",
+                        r.domain
+                    ),
+                );
+            }
+        }
+        if let Some(h) = &outbound.smarthost
+            && (h.host == hostname || domains.is_local(&h.host))
+        {
+            c.error(
+                "smtp.outbound.smarthost",
+                format!(
+                    "{:?} names this server or a local domain: mail would be sent to itself",
+                    h.host
+                ),
+            );
+        }
+
+        let postmaster = raw.server.postmaster.trim().to_ascii_lowercase();
+        let postmaster = if postmaster.is_empty() && domains.primary.is_empty() {
+            None
+        } else if postmaster.is_empty() {
+            let fallback = format!("postmaster@{}", domains.primary);
+            if directory.expand(&fallback, &domains).is_empty() {
+                c.error(
+                    "server.postmaster",
+                    format!(
+                        "must be set: mail for postmaster@<every local domain> must go somewhere (RFC 5321 §4.5.1), and {fallback} is no user, mail-in or alias address"
+                    ),
+                );
+            }
+            None
+        } else {
+            match postmaster.rsplit_once('@') {
+                Some((l, d)) if !l.is_empty() && !d.is_empty() => {
+                    if domains.is_local(d) && directory.expand(&postmaster, &domains).is_empty() {
+                        c.error(
+                            "server.postmaster",
+                            format!("{postmaster:?} is in a local domain but no user, mail-in or alias address"),
+                        );
+                    }
+                }
+                _ => c.error(
+                    "server.postmaster",
+                    format!("{postmaster:?} is not an address"),
+                ),
+            }
+            Some(postmaster)
+        };
 
         Config {
             path: None,
             server: Server {
                 hostname,
-                spool: PathBuf::from(raw.server.spool.trim()),
+                spool: resolve(&raw.server.spool),
+                postmaster,
             },
             domains,
             listeners,
-            tls,
+            tls: Tls {
+                cert: tls.cert.map(|p| resolve(&p.to_string_lossy())),
+                key: tls.key.map(|p| resolve(&p.to_string_lossy())),
+            },
             inbound,
             outbound,
             queue,
@@ -1179,12 +1412,17 @@ impl Config {
             log: Log {
                 level: raw.log.level,
                 smtp_debug,
+                format: log_format,
             },
-            pop3: Pop3 {
-                allow_plaintext_auth: raw.pop3.allow_plaintext_auth,
-                idle_timeout: c.duration("pop3.idle_timeout", &raw.pop3.idle_timeout),
-            },
+            pop3,
+            imap,
+            web,
+            store,
+            directory_backend,
+            dkim,
+            history,
             directory,
+            raw: kept,
         }
     }
 }
@@ -1271,8 +1509,8 @@ mod tests {
     #[test]
     fn shipped_configurations_are_valid() {
         Config::parse(DEFAULT_TOML).expect("config/petrel.toml");
-        Config::parse(include_str!("../config/edge.toml")).expect("config/edge.toml");
-        Config::parse(include_str!("../config/internal.toml")).expect("config/internal.toml");
+        Config::parse(include_str!("../../config/edge.toml")).expect("config/edge.toml");
+        Config::parse(include_str!("../../config/internal.toml")).expect("config/internal.toml");
     }
 
     #[test]
@@ -1298,6 +1536,80 @@ relay_from = ["not a net"]
         assert!(keys.contains(&"listeners[0].bind"), "{keys:?}");
         assert!(keys.contains(&"smtp.inbound.max_message_size"), "{keys:?}");
         assert!(keys.contains(&"smtp.inbound.relay_from[0]"), "{keys:?}");
+    }
+
+    #[test]
+    fn every_key_the_parser_knows_is_documented() {
+        let doc = include_str!("../../docs/configuration.md");
+        let missing: Vec<String> = schema::known_keys()
+            .into_iter()
+            .filter(|k| !doc.contains(&format!("`{k}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing from docs/configuration.md: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_not_just_the_first() {
+        let text = r#"
+[server]
+hostnme = "typo"
+[queue]
+retry_initial = "soon"
+retry_inital = "5m"
+destination_concurrency = "many"
+[[listeners]]
+name = "mx"
+protocol = "smtp"
+bind = "nowhere"
+"#;
+        let errs = Config::parse(text).unwrap_err().errors;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        for want in [
+            "server.hostnme",
+            "queue.retry_inital",
+            "queue.retry_initial",
+            "queue.destination_concurrency",
+            "listeners[0].bind",
+            "domains.primary",
+        ] {
+            assert!(keys.contains(&want), "{want} not in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_files_directory() {
+        let c = Config::parse_in(
+            "[server]\nspool = \"../spool\"\npostmaster = \"x@remote.test\"\n[domains]\nprimary = \"example.test\"\n[tls]\ncert = \"/abs/cert.pem\"\nkey = \"tls/key.pem\"\n",
+            Path::new("/etc/petrel"),
+        )
+        .expect("valid");
+        assert_eq!(c.server.spool, Path::new("/etc/petrel/../spool"));
+        assert_eq!(c.tls.cert.as_deref(), Some(Path::new("/abs/cert.pem")));
+        assert_eq!(
+            c.tls.key.as_deref(),
+            Some(Path::new("/etc/petrel/tls/key.pem"))
+        );
+        assert_eq!(
+            c.store,
+            MessageStore::Embedded {
+                path: PathBuf::from("/etc/petrel/store")
+            }
+        );
+    }
+
+    #[test]
+    fn postmaster_needs_somewhere_to_go_and_routes_never_name_local_domains() {
+        let errs = Config::parse(
+            "[domains]\nprimary = \"example.test\"\naliases = [\"example.org\"]\n[[smtp.outbound.routes]]\ndomain = \"example.org\"\nhost = \"[10.0.0.2]:25\"\n",
+        )
+        .unwrap_err()
+        .errors;
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"server.postmaster"), "{keys:?}");
+        assert!(keys.contains(&"smtp.outbound.routes[0].domain"), "{keys:?}");
     }
 
     #[test]
