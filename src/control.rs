@@ -87,6 +87,15 @@ pub enum Request {
         /// Octets that follow.
         content_length: u64,
     },
+    /// `track`: message histories as JSON lines, one per message.
+    Track {
+        /// What to look for.
+        selector: crate::history::Selector,
+        /// Only events at or after this time (Unix ms).
+        since: i64,
+        /// At most this many messages.
+        limit: usize,
+    },
     /// `mailbox NAME [--uid N]`: list a mailbox, or print one message.
     Mailbox {
         /// Mailbox name.
@@ -325,6 +334,34 @@ pub async fn execute(
                 .await
                 .map_err(|e| e.to_string())?;
             emit(sink, Item::Json(json!({"queue_id": msg.id.to_string()}))).await
+        }
+        Request::Track {
+            selector,
+            since,
+            limit,
+        } => {
+            let history = match backend {
+                Backend::Daemon(d) => d.history.clone(),
+                Backend::Offline { spool, config } => crate::history::History::open(
+                    &spool.dir().join(crate::history::FILE_NAME),
+                    crate::history::Limits {
+                        max_age: config.history.max_age,
+                        max_size: config.history.max_size,
+                    },
+                )
+                .map_err(|e| e.to_string())?,
+            };
+            let traces = tokio::task::spawn_blocking(move || {
+                history.sync();
+                history.query(&selector, since, limit)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            for t in traces {
+                emit(sink, Item::Json(json!(t))).await?;
+            }
+            Ok(())
         }
         Request::Mailbox { name, uid } => {
             let config = backend.config();

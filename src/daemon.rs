@@ -66,6 +66,8 @@ pub struct Daemon {
     pub waker: Waker,
     /// State shared by SMTP sessions.
     pub smtp: Arc<SmtpShared>,
+    /// Message history (`petrel track`).
+    pub history: crate::history::History,
     log: LogControl,
     path: Option<PathBuf>,
 }
@@ -83,6 +85,10 @@ impl Daemon {
         self.smtp
             .debug
             .store(cfg.log.smtp_debug, std::sync::atomic::Ordering::Relaxed);
+        self.history.set_limits(crate::history::Limits {
+            max_age: cfg.history.max_age,
+            max_size: cfg.history.max_size,
+        });
         self.config.store(Arc::new(cfg.clone()));
         tracing::info!(path = ?self.path, "configuration reloaded");
         Ok(cfg)
@@ -133,6 +139,14 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         .context("cannot recover messages in flight")?;
     // No message count here: it would be a scan of the queue at every start.
     tracing::info!(spool = %spool_dir.display(), recovered, "spool open");
+    let history = crate::history::History::open(
+        &spool_dir.join(crate::history::FILE_NAME),
+        crate::history::Limits {
+            max_age: config.history.max_age,
+            max_size: config.history.max_size,
+        },
+    )
+    .context("cannot open the message history")?;
     let mailboxes = MailboxStore::open(&spool);
     let path = config.path.clone();
     let debug = Arc::new(AtomicU8::new(config.log.smtp_debug));
@@ -198,6 +212,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         spool: spool.clone(),
         waker: waker.clone(),
         smtp: smtp.clone(),
+        history: history.clone(),
         log,
         path,
     });
@@ -308,6 +323,10 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     }
     if let Err(e) = spool.commit().await {
         tracing::error!(error = %e, "final commit failed");
+    }
+    {
+        let history = history.clone();
+        let _ = tokio::task::spawn_blocking(move || history.sync()).await;
     }
     let _ = std::fs::remove_file(&socket_path);
     mailbox_arbiter.stop();

@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod directory;
 pub mod dsn;
 pub mod headers;
+pub mod history;
 pub mod intake;
 pub mod logging;
 pub mod mailbox;

@@ -8,6 +8,7 @@
 mod admin;
 mod queue;
 mod sendmail;
+mod track;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -97,6 +98,8 @@ enum Cmd {
     HashPassword,
     /// Validate the configuration; print each error with its key.
     CheckConfig,
+    /// The history of a message, also after it left the queue.
+    Track(track::Args),
     /// The effective configuration.
     Config {
         #[command(subcommand)]
@@ -266,6 +269,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Cmd::Config {
             what: ConfigCmd::Show { changed },
         } => admin::config_show(&config, changed),
+        Cmd::Track(args) => track::run(&config, &args),
         Cmd::CheckConfig | Cmd::HashPassword => {
             unreachable!("handled before loading the configuration")
         }
