@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
-"""petrel vs Postfix, same machine, same run, alternately (issue 6).
+"""petrel vs Postfix, same machine, same run, alternately (issues 6, 17).
 
-For each message size and session count, each run starts Postfix's
-smtp-sink on loopback (it exits after the last message), starts the MTA
-under test relaying everything to it, injects with Postfix's smtp-source
-(-d: messages reuse the session), and measures:
+Two workloads (WORKLOAD=new|reused|both, default both):
+  new      a new connection for every message (smtp-source without -d):
+           an Internet MX's workload, where most senders connect, send one
+           message and leave;
+  reused   messages reuse their sessions (smtp-source -d): a relay's.
+
+For each workload, message size and session count, each run starts
+Postfix's smtp-sink on loopback (it exits after the last message), starts
+the MTA under test relaying everything to it, injects with Postfix's
+smtp-source, and measures:
   inject   messages / time until smtp-source is done (all 250s received)
   e2e      messages / time until smtp-sink has every message
   CPU      user+system ms per message of the MTA's processes (Postfix: the
            master, every child it reaped, and the live ones)
   memory   peak of the MTA's summed proportional set size (PSS), sampled
            every 50 ms
+  batch    petrel only: messages per group commit (writers answered per
+           flush+fdatasync, from `petrel status --json`)
 Postfix runs as a private instance (own config and queue directories,
 loopback, default durability: it fsyncs each queue file), DNS look-ups off.
 petrel runs with its group commit (flush + fsync before each 250).
@@ -32,14 +40,18 @@ PETREL = os.path.join(ROOT, "target", "release", "petrel")
 RUNS = int(os.environ.get("RUNS", "3"))
 SIZES = [int(s) for s in os.environ.get("SIZES", "1024 4096 65536").split()]
 SESSIONS = [int(s) for s in os.environ.get("SESSIONS", "1 20 100").split()]
+WORKLOADS = {"both": ["new", "reused"], "new": ["new"], "reused": ["reused"]}[os.environ.get("WORKLOAD", "both")]
 LIMIT = 300
 HZ = os.sysconf("SC_CLK_TCK")
 
 
 def messages_for(size, sessions):
+    scale = float(os.environ.get("SCALE", "1"))
     if size >= 65536:
-        return 1000 if sessions == 1 else 2000
-    return 2000 if sessions == 1 else 5000
+        n = 1000 if sessions == 1 else 2000
+    else:
+        n = 2000 if sessions == 1 else 5000
+    return max(int(n * scale), sessions)
 
 
 def free_port():
@@ -218,10 +230,21 @@ nameservers = ["127.0.0.1:9"]
 [log]
 level = "info"
 """)
+        self.cfg = cfg
         self.log = open(os.path.join(self.dir, "log"), "w")
         self.proc = subprocess.Popen([PETREL, "-c", cfg, "serve"], stdout=subprocess.DEVNULL, stderr=self.log)
         wait_port(self.port)
         self.root = self.proc.pid
+
+    def commits(self):
+        """(group commits, writers answered) so far."""
+        import json
+        out = subprocess.run([PETREL, "-c", self.cfg, "status", "--json"], capture_output=True, text=True)
+        try:
+            j = json.loads(out.stdout)
+            return j.get("commits", 0), j.get("commit_waiters", 0)
+        except ValueError:
+            return 0, 0
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -233,7 +256,7 @@ level = "info"
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run_once(mta_class, size, sessions, count):
+def run_once(mta_class, size, sessions, count, workload):
     sink_port = free_port()
     sink = subprocess.Popen(["smtp-sink", "-u", "nobody", "-M", str(count), f"127.0.0.1:{sink_port}", "1000"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -250,9 +273,11 @@ def run_once(mta_class, size, sessions, count):
     sampler = threading.Thread(target=sample, daemon=True)
     try:
         sampler.start()
+        commits0 = mta.commits() if hasattr(mta, "commits") else (0, 0)
         cpu0 = cpu_ms(mta.root)
+        reuse = ["-d"] if workload == "reused" else []
         t0 = time.time()
-        subprocess.run(["smtp-source", "-d", "-s", str(sessions), "-l", str(size), "-m", str(count),
+        subprocess.run(["smtp-source"] + reuse + ["-s", str(sessions), "-l", str(size), "-m", str(count),
                         "-f", "load@example.test", "-t", "someone@remote.test", "-M", "source.test",
                         f"127.0.0.1:{mta.port}"], check=True, timeout=LIMIT,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -260,6 +285,7 @@ def run_once(mta_class, size, sessions, count):
         sink.wait(timeout=LIMIT)
         t2 = time.time()
         cpu1 = cpu_ms(mta.root)
+        commits1 = mta.commits() if hasattr(mta, "commits") else (0, 0)
     finally:
         done.set()
         sampler.join()
@@ -271,6 +297,9 @@ def run_once(mta_class, size, sessions, count):
         "e2e": count / (t2 - t0),
         "cpu": (cpu1 - cpu0) / count,
         "rss": peak[0] / 1024.0,
+        # Writers per commit during the run (intake and local delivery
+        # both wait on the group commit; relayed mail's results do not).
+        "batch": (commits1[1] - commits0[1]) / max(commits1[0] - commits0[0], 1),
     }
 
 
@@ -283,30 +312,36 @@ def main():
     os.environ["PATH"] += ":/usr/sbin"
     ver = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True, text=True).stdout.strip()
     print(f"# petrel vs Postfix {ver}; {os.cpu_count()} cores; runs={RUNS}; median (min-max)")
-    print("| size | sessions | msgs | MTA | inject msg/s | end-to-end msg/s | CPU ms/msg | peak PSS MiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     ratios = []
-    for size in SIZES:
-        for sessions in SESSIONS:
-            count = messages_for(size, sessions)
-            res = {"postfix": [], "petrel": []}
-            for _ in range(RUNS):
-                for cls in (Postfix, Petrel):
-                    res[cls.name].append(run_once(cls, size, sessions, count))
-            med = {}
-            for name, runs in res.items():
-                m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-                lo = {k: min(r[k] for r in runs) for k in runs[0]}
-                hi = {k: max(r[k] for r in runs) for k in runs[0]}
-                med[name] = m
-                print(f"| {size} | {sessions} | {count} | {name} | {m['inject']:.0f} ({lo['inject']:.0f}-{hi['inject']:.0f}) "
-                      f"| {m['e2e']:.0f} ({lo['e2e']:.0f}-{hi['e2e']:.0f}) | {m['cpu']:.2f} | {m['rss']:.0f} |", flush=True)
-            ratios.append((size, sessions, med["petrel"]["e2e"] / med["postfix"]["e2e"], med["petrel"]["cpu"] / max(med["postfix"]["cpu"], 1e-9)))
+    for workload in WORKLOADS:
+        print()
+        print(f"## workload: {workload} ({'a new connection per message' if workload == 'new' else 'sessions reused'})")
+        print("| size | sessions | msgs | MTA | inject msg/s | end-to-end msg/s | CPU ms/msg | peak PSS MiB | msgs/commit |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for size in SIZES:
+            for sessions in SESSIONS:
+                count = messages_for(size, sessions)
+                res = {"postfix": [], "petrel": []}
+                for _ in range(RUNS):
+                    for cls in (Postfix, Petrel):
+                        res[cls.name].append(run_once(cls, size, sessions, count, workload))
+                med = {}
+                for name, runs in res.items():
+                    m = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                    lo = {k: min(r[k] for r in runs) for k in runs[0]}
+                    hi = {k: max(r[k] for r in runs) for k in runs[0]}
+                    med[name] = m
+                    batch = f"{m['batch']:.1f}" if name == "petrel" else "-"
+                    print(f"| {size} | {sessions} | {count} | {name} | {m['inject']:.0f} ({lo['inject']:.0f}-{hi['inject']:.0f}) "
+                          f"| {m['e2e']:.0f} ({lo['e2e']:.0f}-{hi['e2e']:.0f}) | {m['cpu']:.2f} | {m['rss']:.0f} ({lo['rss']:.0f}-{hi['rss']:.0f}) | {batch} |", flush=True)
+                ratios.append((workload, size, sessions, med["petrel"]["e2e"] / med["postfix"]["e2e"],
+                               med["petrel"]["cpu"] / max(med["postfix"]["cpu"], 1e-9),
+                               med["petrel"]["rss"] / max(med["postfix"]["rss"], 1e-9)))
     print()
-    print("| size | sessions | end-to-end petrel/Postfix | CPU per msg petrel/Postfix |")
-    print("| --- | --- | --- | --- |")
-    for size, sessions, r, c in ratios:
-        print(f"| {size} | {sessions} | {r:.2f}x | {c:.2f}x |")
+    print("| workload | size | sessions | end-to-end petrel/Postfix | CPU per msg petrel/Postfix | peak PSS petrel/Postfix |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for workload, size, sessions, r, c, m in ratios:
+        print(f"| {workload} | {size} | {sessions} | {r:.2f}x | {c:.2f}x | {m:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -833,7 +833,7 @@ impl Config {
             if p.is_absolute() || base.as_os_str().is_empty() {
                 p.to_path_buf()
             } else {
-                base.join(p)
+                lexical_clean(&base.join(p))
             }
         };
         let kept = raw.clone();
@@ -1481,6 +1481,25 @@ fn key_at_line(text: &str, line: usize) -> String {
     }
 }
 
+/// `a/b/../c` as `a/c`, without touching the file system (so that paths
+/// in messages read as the administrator expects).
+fn lexical_clean(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// The kernel's host name, as a fallback for `server.hostname`.
 fn system_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -1586,7 +1605,7 @@ bind = "nowhere"
             Path::new("/etc/petrel"),
         )
         .expect("valid");
-        assert_eq!(c.server.spool, Path::new("/etc/petrel/../spool"));
+        assert_eq!(c.server.spool, Path::new("/etc/spool"));
         assert_eq!(c.tls.cert.as_deref(), Some(Path::new("/abs/cert.pem")));
         assert_eq!(
             c.tls.key.as_deref(),
