@@ -15,6 +15,7 @@ pub mod history;
 pub mod intake;
 pub mod logging;
 pub mod mailbox;
+pub mod metrics;
 pub mod mime;
 pub mod outcome;
 pub mod pop3;

@@ -522,9 +522,15 @@ fn commit_loop(gate: &Gate, shared: &Shared, stats: &CommitStats) {
         };
         // Every waiter in `batch` registered before this flush begins, and
         // its writes are in the generation flushed or were copied into it.
+        let started = std::time::Instant::now();
         let result = flush(gate);
         if let Err(e) = &result {
             tracing::error!(error = %e, "spool commit failed");
+        }
+        let m = crate::metrics::get();
+        m.commit_seconds.observe(started.elapsed().as_secs_f64());
+        if !batch.is_empty() {
+            m.commit_batch.observe(batch.len() as f64);
         }
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
