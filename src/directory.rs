@@ -47,6 +47,9 @@ pub struct Directory {
     aliases: HashMap<String, Vec<String>>,
     /// Address → mailbox name, for users and mail-in.
     mailbox_of: HashMap<String, String>,
+    /// `server.postmaster`: where `postmaster@<every local domain>` goes
+    /// when no entry names that address itself (RFC 5321 §4.5.1).
+    pub(crate) postmaster: Option<String>,
 }
 
 impl Directory {
@@ -240,6 +243,7 @@ impl Directory {
         seen: &mut BTreeSet<String>,
         out: &mut Vec<String>,
     ) {
+        let addr = &self.resolve(addr, domains);
         if let Some(mailbox) = self.mailbox_of.get(addr) {
             if seen.insert(mailbox.clone()) {
                 out.push(addr.to_string());
@@ -256,12 +260,64 @@ impl Directory {
                     out.push(m.clone());
                 }
             }
+        } else if let Some(target) = self.postmaster_target(addr, domains) {
+            if depth >= MAX_ALIAS_DEPTH {
+                return;
+            }
+            let is_local = target
+                .rsplit_once('@')
+                .is_some_and(|(_, d)| domains.is_local(d));
+            if is_local {
+                self.expand_into(&normalize(target), domains, depth + 1, seen, out);
+            } else if !out.iter().any(|o| o == target) {
+                out.push(target.to_string());
+            }
         }
     }
 
+    /// The entry an address in a local domain names: the address itself
+    /// when the directory has it; for an alternate domain (`domains.aliases`,
+    /// Domino's "alternate Internet domain aliases") without an entry of its
+    /// own, the same local part in the primary domain.
+    fn resolve(&self, addr: &str, domains: &Domains) -> String {
+        if self.mailbox_of.contains_key(addr) || self.aliases.contains_key(addr) {
+            return addr.to_string();
+        }
+        match addr.rsplit_once('@') {
+            Some((local, domain))
+                if !domains.primary.is_empty()
+                    && !domain.eq_ignore_ascii_case(&domains.primary)
+                    && domains.is_local(domain) =>
+            {
+                let primary = format!("{local}@{}", domains.primary);
+                if self.mailbox_of.contains_key(&primary) || self.aliases.contains_key(&primary) {
+                    primary
+                } else {
+                    addr.to_string()
+                }
+            }
+            _ => addr.to_string(),
+        }
+    }
+
+    /// `server.postmaster` for `postmaster@<a local domain>` (any case)
+    /// that no entry names, and for the bare `postmaster`.
+    fn postmaster_target(&self, addr: &str, domains: &Domains) -> Option<&str> {
+        let target = self.postmaster.as_deref()?;
+        let is_postmaster = match addr.rsplit_once('@') {
+            Some((local, domain)) => {
+                local.eq_ignore_ascii_case("postmaster") && domains.is_local(domain)
+            }
+            None => addr.eq_ignore_ascii_case("postmaster"),
+        };
+        (is_postmaster && !addr.eq_ignore_ascii_case(target)).then_some(target)
+    }
+
     /// The mailbox that receives mail for a local address.
-    pub fn mailbox_for(&self, address: &str) -> Option<&str> {
-        self.mailbox_of.get(&normalize(address)).map(String::as_str)
+    pub fn mailbox_for(&self, address: &str, domains: &Domains) -> Option<&str> {
+        self.mailbox_of
+            .get(&self.resolve(&normalize(address), domains))
+            .map(String::as_str)
     }
 
     /// The user with this login name.
@@ -332,7 +388,10 @@ members = ["team@example.test", "support@example.test"]
             d.expand("A.Smith@EXAMPLE.ORG", &c.domains),
             vec!["a.smith@example.org"]
         );
-        assert_eq!(d.mailbox_for("A.Smith@example.org."), Some("alice"));
+        assert_eq!(
+            d.mailbox_for("A.Smith@example.org.", &c.domains),
+            Some("alice")
+        );
         assert_eq!(
             d.expand("support@example.test", &c.domains),
             vec!["support@example.test"]

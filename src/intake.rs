@@ -151,7 +151,7 @@ pub fn expand_recipients(config: &Config, given: &[EnvelopeRcpt]) -> Vec<Recipie
                 return;
             }
             let canonical = config.domains.canonical(&address);
-            if let Some(m) = config.directory.mailbox_for(&canonical)
+            if let Some(m) = config.directory.mailbox_for(&canonical, &config.domains)
                 && !mailboxes.insert(m.to_string())
             {
                 return;

@@ -116,11 +116,7 @@ impl Metrics {
             history_dropped: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "messages_accepted",
-            "Messages queued",
-            m.accepted.clone(),
-        );
+        registry.register("messages_accepted", "Messages queued", m.accepted.clone());
         registry.register(
             "messages_rejected",
             "Refusals by stage and reply code",
@@ -151,7 +147,11 @@ impl Metrics {
             "Duration of a group commit (flush and fdatasync)",
             m.commit_seconds.clone(),
         );
-        registry.register("sessions", "Sessions opened by protocol", m.sessions.clone());
+        registry.register(
+            "sessions",
+            "Sessions opened by protocol",
+            m.sessions.clone(),
+        );
         registry.register(
             "sessions_active",
             "Sessions open now by protocol",
@@ -269,7 +269,13 @@ mod tests {
             text.contains("petrel_messages_rejected_total{stage=\"RCPT\",code=\"550\"}"),
             "{text}"
         );
-        assert!(text.contains("petrel_sessions_active{protocol=\"imap\"} 0"), "{text}");
-        assert!(text.contains("petrel_tls_sessions_total{protocol=\"imap\"} 1"), "{text}");
+        assert!(
+            text.contains("petrel_sessions_active{protocol=\"imap\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("petrel_tls_sessions_total{protocol=\"imap\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -75,7 +75,7 @@ pub fn route(config: &Config, address: &str) -> Destination {
     if config.domains.is_local(domain) {
         match config
             .directory
-            .mailbox_for(&config.domains.canonical(address))
+            .mailbox_for(&config.domains.canonical(address), &config.domains)
         {
             Some(mailbox) => Destination::Mailbox(mailbox.to_string()),
             None => Destination::Unknown,

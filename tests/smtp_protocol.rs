@@ -174,7 +174,10 @@ fn bare_cr_in_data_is_refused() {
 fn bare_lf_command_is_refused_not_executed() {
     let server = TestServer::start("");
     let mut s = Smtp::ready(server.mx());
+    // A bare LF does not end a command line: the line runs to the next
+    // CRLF and is refused as a whole, with one reply.
     s.send_raw(b"MAIL FROM:<a@partner.test>\n");
+    s.send_raw(b"RCPT TO:<alice@example.test>\r\n");
     assert_eq!(s.reply().0, 500);
     assert_eq!(
         s.cmd("RCPT TO:<alice@example.test>").0,

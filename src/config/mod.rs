@@ -1334,7 +1334,7 @@ impl Config {
             }),
         };
 
-        let directory = Directory::check(&domains, raw.users, raw.mailin, raw.aliases, c);
+        let mut directory = Directory::check(&domains, raw.users, raw.mailin, raw.aliases, c);
 
         for (i, r) in outbound.routes.iter().enumerate() {
             let d = r.domain.strip_prefix("*.").unwrap_or(&r.domain);
@@ -1391,6 +1391,7 @@ impl Config {
             }
             Some(postmaster)
         };
+        directory.postmaster = postmaster.clone();
 
         Config {
             path: None,

@@ -224,9 +224,25 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
     Ok(Command::Mail(mail))
 }
 
+/// The address of `RCPT TO:<Postmaster>` (no domain) as parsed.
+pub const BARE_POSTMASTER: &str = "postmaster";
+
 fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
     let v = after_keyword(rest, "TO").ok_or_else(|| syntax("Syntax: RCPT TO:<address>"))?;
-    let (address, params) = parse_path(v, false).map_err(|e| e.reply("recipient"))?;
+    // `<Postmaster>` without a domain is always a legal recipient
+    // (RFC 5321 §4.1.1.3); it names this host's postmaster. The session
+    // gives it the primary domain.
+    let bare_postmaster = v
+        .get(..12)
+        .is_some_and(|p| p.eq_ignore_ascii_case("<postmaster>"));
+    let (address, params) = if bare_postmaster {
+        (
+            BARE_POSTMASTER.to_string(),
+            params_after(&v[12..]).map_err(|e| e.reply("recipient"))?,
+        )
+    } else {
+        parse_path(v, false).map_err(|e| e.reply("recipient"))?
+    };
     let mut rcpt = RcptTo {
         address,
         notify: 0,

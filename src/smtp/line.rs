@@ -87,6 +87,45 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
+impl Line {
+    /// Joins the next segment of a command line to this one, which ended
+    /// in a bare LF: a command ends only at CRLF, so `NOOP<LF>NOOP<CRLF>` is
+    /// one malformed line with one reply, never a second command (RFC 5321
+    /// §2.3.8). Keeps `ending == BareLf` once the line is whole; `Eof` when
+    /// the peer closed or the joined line passed `cap` octets. Returns
+    /// whether more segments are needed.
+    pub fn absorb(&mut self, next: Line, cap: usize) -> bool {
+        self.wire_len += next.wire_len;
+        self.too_long |= next.too_long;
+        self.bare_cr |= next.bare_cr;
+        match next.ending {
+            Ending::Crlf => false,
+            Ending::BareLf if self.wire_len <= cap => true,
+            _ => {
+                self.ending = Ending::Eof;
+                false
+            }
+        }
+    }
+}
+
+/// Reads one command line: as `read_line`, but a bare LF does not end it
+/// (see `Line::absorb`).
+pub async fn read_command_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+    discard_cap: usize,
+) -> std::io::Result<Line> {
+    let mut line = read_line(reader, limit, discard_cap).await?;
+    while line.ending == Ending::BareLf {
+        let next = read_line(reader, limit, discard_cap).await?;
+        if !line.absorb(next, limit + discard_cap) {
+            break;
+        }
+    }
+    Ok(line)
+}
+
 /// Where the first `\n` in `buf` is.
 pub(crate) fn memchr_lf(buf: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', buf)
@@ -120,6 +159,22 @@ mod tests {
         assert!(ls[2].bare_cr);
         assert_eq!(ls[2].ending, Ending::Crlf);
         assert_eq!(ls[3].ending, Ending::Eof);
+    }
+
+    #[tokio::test]
+    async fn a_bare_lf_does_not_end_a_command_line() {
+        let mut r = tokio::io::BufReader::with_capacity(3, b"NOOP\nNOOP\r\nQUIT\r\n".as_slice());
+        let l = read_command_line(&mut r, 512, 100).await.expect("read");
+        assert_eq!(l.ending, Ending::BareLf);
+        assert_eq!(l.wire_len, 11);
+        let l = read_command_line(&mut r, 512, 100).await.expect("read");
+        assert_eq!(
+            (l.bytes.as_slice(), l.ending),
+            (b"QUIT".as_slice(), Ending::Crlf)
+        );
+        let mut r = tokio::io::BufReader::new(b"A\nB\nC".as_slice());
+        let l = read_command_line(&mut r, 512, 100).await.expect("read");
+        assert_eq!(l.ending, Ending::Eof);
     }
 
     #[tokio::test]

@@ -49,6 +49,8 @@ struct Transaction {
     rcpts: Vec<EnvelopeRcpt>,
     /// RCPT commands refused, to tell "no valid recipients" from "no RCPT".
     refused: usize,
+    /// Every RCPT command of this transaction, for `max_recipients`.
+    rcpt_commands: usize,
 }
 
 /// One client connection.
@@ -250,9 +252,25 @@ impl Session {
         }
     }
 
+    /// Reads a command line: a bare LF does not end it (`Line::absorb`).
+    async fn next_command(&mut self, wait: std::time::Duration) -> std::io::Result<Option<Line>> {
+        let Some(mut line) = self.next_line(COMMAND_LIMIT, COMMAND_DISCARD, wait).await? else {
+            return Ok(None);
+        };
+        while line.ending == Ending::BareLf {
+            let Some(next) = self.next_line(COMMAND_LIMIT, COMMAND_DISCARD, wait).await? else {
+                return Ok(None);
+            };
+            if !line.absorb(next, COMMAND_LIMIT + COMMAND_DISCARD) {
+                break;
+            }
+        }
+        Ok(Some(line))
+    }
+
     async fn step(&mut self) -> std::io::Result<Flow> {
         let wait = self.config.inbound.command_timeout;
-        let line = match self.next_line(COMMAND_LIMIT, COMMAND_DISCARD, wait).await {
+        let line = match self.next_command(wait).await {
             Ok(Some(l)) => l,
             Ok(None) => {
                 self.send(Reply::new(
@@ -453,6 +471,7 @@ impl Session {
             mail,
             rcpts: Vec::new(),
             refused: 0,
+            rcpt_commands: 0,
         });
         self.send(Reply::new(250, "2.1.0", "Ok"));
     }
@@ -472,11 +491,8 @@ impl Session {
 
     /// The RCPT policy: limits, deny list, relay control, local recipient
     /// verification.
-    fn rcpt_policy(&self, address: &str, count: usize) -> Result<(), Reply> {
+    fn rcpt_policy(&self, address: &str) -> Result<(), Reply> {
         let cfg = &self.config;
-        if count >= cfg.inbound.max_recipients {
-            return Err(Reply::new(452, "4.5.3", "Error: too many recipients"));
-        }
         let lower = address.to_lowercase();
         if cfg
             .inbound
@@ -530,7 +546,10 @@ impl Session {
         Ok(())
     }
 
-    fn rcpt(&mut self, rcpt: EnvelopeRcpt) {
+    fn rcpt(&mut self, mut rcpt: EnvelopeRcpt) {
+        if rcpt.address == command::BARE_POSTMASTER {
+            rcpt.address = format!("postmaster@{}", self.config.domains.primary);
+        }
         let address = rcpt.address.clone();
         let Some(tx) = &self.tx else {
             return self.send(Reply::new(503, "5.5.1", "Error: need MAIL command"));
@@ -542,6 +561,18 @@ impl Session {
                 "Non-ASCII recipient address needs SMTPUTF8 in MAIL FROM",
             ));
         }
+        // The limit counts every RCPT the client sends, duplicates and
+        // refused ones too: it bounds the client's work, not the list.
+        let count = tx.rcpt_commands;
+        if let Some(tx) = &mut self.tx {
+            tx.rcpt_commands += 1;
+        }
+        if count >= self.config.inbound.max_recipients {
+            let r = Reply::new(452, "4.5.3", "Error: too many recipients");
+            self.reject("RCPT", &r);
+            return self.send(r);
+        }
+        let Some(tx) = &self.tx else { return };
         if tx
             .rcpts
             .iter()
@@ -549,7 +580,7 @@ impl Session {
         {
             return self.send(Reply::new(250, "2.1.5", "Ok"));
         }
-        match self.rcpt_policy(&address, tx.rcpts.len()) {
+        match self.rcpt_policy(&address) {
             Ok(()) => {
                 if let Some(tx) = &mut self.tx {
                     tx.rcpts.push(rcpt);
@@ -807,7 +838,7 @@ impl Session {
             lines: vec![challenge.to_string()],
         });
         let wait = self.config.inbound.command_timeout;
-        let line = match self.next_line(COMMAND_LIMIT, COMMAND_DISCARD, wait).await? {
+        let line = match self.next_command(wait).await? {
             Some(l) => l,
             None => return Ok(Err(Reply::new(421, "4.3.2", "Service shutting down"))),
         };
