@@ -167,5 +167,8 @@ fn sigkill_under_load_loses_no_acknowledged_message() {
         unacked_delivered
     );
     assert!(lost.is_empty(), "lost acknowledged messages: {lost:?}");
+    // A local delivery repeated after a crash is recognised by its queue
+    // id: no message reaches a mailbox twice.
+    assert_eq!(duplicates, 0, "messages delivered twice");
     assert!(server.mailq().is_empty(), "queue did not drain");
 }

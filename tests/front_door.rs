@@ -367,9 +367,13 @@ fn reload_applies_to_new_sessions_and_refuses_a_bad_file() {
         good.replace("relay_from = [\"127.0.0.0/8\"]", "relay_from = []"),
     )
     .expect("write");
+    let reloads = server.log_count(&["configuration reloaded"]);
     server.signal(common::libc_sig::HUP);
-    assert!(server.wait_log(&["configuration reloaded"], Duration::from_secs(5)));
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(server.wait_log_count(
+        &["configuration reloaded"],
+        reloads + 1,
+        Duration::from_secs(5)
+    ));
     let mut hup = Smtp::ready(server.mx());
     assert_eq!(hup.cmd("MAIL FROM:<x@partner.test>").0, 250);
     assert_eq!(hup.cmd("RCPT TO:<carol@elsewhere.test>").0, 554);
@@ -409,7 +413,10 @@ fn debug_smtp_traces_at_run_time_with_secrets_masked() {
     assert!(server.cli(&["debug", "smtp", "0"]).status.success());
     let mut s = Smtp::ready(server.mx());
     assert_eq!(s.cmd("NOOP after").0, 250);
-    std::thread::sleep(Duration::from_millis(200));
+    // A barrier in the daemon's log: a trace of the NOOP would have been
+    // written before its reply, so before this line.
+    assert!(server.cli(&["debug", "smtp", "1"]).status.success());
+    assert!(server.wait_log(&["smtp_debug set", "level=1"], Duration::from_secs(5)));
     assert!(!server.log().contains("NOOP after"));
     assert_eq!(
         server.cli(&["debug", "smtp", "7"]).status.code(),
@@ -456,8 +463,9 @@ fn slow_data_is_timed_out() {
     assert_eq!(s.cmd("RCPT TO:<alice@example.test>").0, 250);
     assert_eq!(s.cmd("DATA").0, 354);
     s.send_raw(b"Subject: slow\r\n");
-    std::thread::sleep(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
     assert_eq!(s.reply().0, 421);
+    common::assert_about(started.elapsed(), Duration::from_secs(1), "data_timeout");
     assert!(server.mailbox("alice").is_empty());
 }
 

@@ -185,6 +185,11 @@ fn idle_sessions_time_out() {
     let cfg = config(dir.path(), true).replace("[pop3]\n", "[pop3]\nidle_timeout = \"1s\"\n");
     let server = TestServer::start_in(dir, &cfg);
     let mut p = Pop::connect(server.addr("pop3"));
-    std::thread::sleep(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
     assert!(p.line().starts_with("-ERR"));
+    common::assert_about(
+        started.elapsed(),
+        Duration::from_secs(1),
+        "pop3.idle_timeout",
+    );
 }

@@ -233,15 +233,24 @@ impl TestServer {
 
     /// Waits until a log line contains every one of `needles`.
     pub fn wait_log(&self, needles: &[&str], limit: Duration) -> bool {
+        self.wait_log_count(needles, 1, limit)
+    }
+
+    /// How many log lines contain every one of `needles`.
+    pub fn log_count(&self, needles: &[&str]) -> usize {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// Waits until `n` log lines contain every one of `needles`.
+    pub fn wait_log_count(&self, needles: &[&str], n: usize, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if self
-                .log
-                .lock()
-                .expect("log lock")
-                .iter()
-                .any(|l| needles.iter().all(|n| l.contains(n)))
-            {
+            if self.log_count(needles) >= n {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -330,6 +339,19 @@ impl TestServer {
             if m.len() >= n || Instant::now() > deadline {
                 return m;
             }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the queue is empty; panics with the queue at the limit.
+    pub fn wait_queue_empty(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let q = self.mailq();
+            if q.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "queue not empty: {q:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -540,4 +562,16 @@ impl Smtp {
 pub fn queued_id(reply: &(u16, String)) -> String {
     assert_eq!(reply.0, 250, "not accepted: {reply:?}");
     reply.1.trim().rsplit(' ').next().expect("id").to_string()
+}
+
+/// Asserts that a measured timeout fired near its configured value: not
+/// early, and not later than the timer's granularity and a loaded test
+/// machine explain (a timeout configured at 1 s that fires at 15 s fails).
+pub fn assert_about(measured: Duration, configured: Duration, what: &str) {
+    let low = configured.mul_f64(0.9);
+    let high = configured.mul_f64(1.5) + Duration::from_millis(1000);
+    assert!(
+        measured >= low && measured <= high,
+        "{what}: fired after {measured:?}, configured {configured:?} (allowed {low:?} to {high:?})"
+    );
 }
