@@ -75,7 +75,16 @@ pub struct Daemon {
 impl Daemon {
     /// Re-reads the configuration file and applies it to new sessions. An
     /// invalid file is refused and the running configuration kept.
+    /// A refused reload is logged here, whichever way it was asked for.
     pub fn reload(&self) -> Result<Config, String> {
+        let r = self.try_reload();
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "reload refused; the running configuration stays");
+        }
+        r
+    }
+
+    fn try_reload(&self) -> Result<Config, String> {
         let cfg = Config::load(self.path.as_deref()).map_err(|e| e.to_string())?;
         let old = self.config.load();
         if cfg.server.spool != old.server.spool {
@@ -300,9 +309,8 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                if let Err(e) = daemon.reload() {
-                    tracing::error!(error = %e, "reload refused; the running configuration stays");
-                }
+                // Refusals are logged by `reload`.
+                let _ = daemon.reload();
             }
         }
     }

@@ -64,6 +64,28 @@ pub fn simple(config: &Config, req: Request, done: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `reload` of a file that fails its check: the daemon it names is asked
+/// anyway, so that it logs the refusal (and keeps running on the old
+/// configuration) where the administrator looks.
+pub fn reload_invalid(path: Option<&std::path::Path>) {
+    let path = path.map(std::path::Path::to_path_buf).or_else(|| {
+        Config::SEARCH_PATH
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+    });
+    let Some(spool) = path.as_deref().and_then(Config::spool_of) else {
+        return;
+    };
+    match crate::control::call(&spool, &Request::Reload, &[], |_| {}) {
+        Err(crate::control::CallError::Failed(_)) => {
+            eprintln!("petrel: the daemon refused the reload and runs on; its log says why")
+        }
+        Ok(()) => eprintln!("petrel: the daemon reloaded (its view of the file differs)"),
+        Err(_) => {}
+    }
+}
+
 /// `petrel mailbox NAME [--uid N]`.
 pub fn mailbox(config: &Config, name: String, uid: Option<u64>, json: bool) -> Result<(), String> {
     let mut out = std::io::stdout().lock();

@@ -214,6 +214,9 @@ pub fn main(args: Vec<String>) -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprintln!("petrel: {e}");
+            if matches!(cli.command, Cmd::Reload) {
+                admin::reload_invalid(cli.config.as_deref());
+            }
             return if matches!(cli.command, Cmd::Sendmail { .. }) {
                 sendmail::EX_CONFIG
             } else {

@@ -795,6 +795,24 @@ impl Config {
         }
     }
 
+    /// The spool a configuration file names, read leniently from a file
+    /// that may not pass its check: `reload` of a broken file still
+    /// reaches the daemon, which logs the refusal.
+    pub fn spool_of(path: &Path) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let file: toml::Table = toml::from_str(&text).ok()?;
+        let spool = match file.get("server").and_then(|s| s.get("spool")) {
+            Some(v) => v.as_str()?.to_string(),
+            None => raw::RawServer::default().spool,
+        };
+        let p = Path::new(spool.trim());
+        if p.is_absolute() {
+            return Some(p.to_path_buf());
+        }
+        let abs = std::path::absolute(path).ok()?;
+        Some(lexical_clean(&abs.parent()?.join(p)))
+    }
+
     /// Parses and checks configuration text; relative paths stay relative.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Self::parse_in(text, Path::new(""))
