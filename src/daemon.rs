@@ -77,7 +77,9 @@ impl Daemon {
     /// invalid file is refused and the running configuration kept.
     /// A refused reload is logged here, whichever way it was asked for.
     pub fn reload(&self) -> Result<Config, String> {
+        crate::service::reloading();
         let r = self.try_reload();
+        crate::service::ready("reloaded");
         if let Err(e) = &r {
             tracing::error!(error = %e, "reload refused; the running configuration stays");
         }
@@ -299,6 +301,8 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     }
 
     tracing::info!(hostname = %config.load().server.hostname, "ready");
+    crate::service::ready("accepting mail");
+    crate::service::spawn_watchdog(waker.clone(), shutdown.signal());
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
@@ -316,6 +320,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     }
 
     tracing::info!("stopping: no new connections; finishing sessions");
+    crate::service::stopping();
     if !shutdown.drained(SESSION_DRAIN).await {
         tracing::warn!(
             "some sessions did not finish in time; their messages were not acknowledged"

@@ -22,6 +22,7 @@ pub mod pop3;
 pub mod queue_report;
 pub mod router;
 pub mod scheduler;
+pub mod service;
 pub mod shutdown;
 pub mod smtp;
 pub mod spool;
