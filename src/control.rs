@@ -294,7 +294,10 @@ pub async fn execute(
             emit(sink, Item::Json(json!({"done": done, "missing": missing}))).await
         }
         Request::Reload => match backend {
-            Backend::Daemon(d) => d.reload().map(|_| ()),
+            Backend::Daemon(d) => {
+                let report = d.reload().await?;
+                emit(sink, Item::Json(json!({ "reload": report }))).await
+            }
             Backend::Offline { .. } => Err("no daemon is running; nothing to reload".into()),
         },
         Request::DebugSmtp { level } => match backend {

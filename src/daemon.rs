@@ -15,14 +15,14 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, Protocol};
+use crate::config::{Config, Listener, Protocol};
 use crate::control;
 use crate::delivery::DeliveryPool;
 use crate::intake::Intake;
 use crate::logging::LogControl;
 use crate::mailbox::{MailboxActor, MailboxStore};
 use crate::scheduler::{Drain, Scheduler, Waker};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Signal};
 use crate::smtp::{SmtpShared, server};
 use crate::spool::{Spool, StoreError};
 
@@ -66,32 +66,156 @@ pub struct Daemon {
     pub waker: Waker,
     /// State shared by SMTP sessions.
     pub smtp: Arc<SmtpShared>,
+    /// State shared by POP3 sessions.
+    pub pop3: Arc<crate::pop3::Pop3Shared>,
     /// Message history (`petrel track`).
     pub history: crate::history::History,
+    /// The delivery pool's resolver (its name servers change on reload).
+    delivery_dns: crate::delivery::dns::Dns,
+    /// The delivery pool's `total_concurrency`.
+    total_limit: crate::delivery::TotalLimit,
+    /// The accept loops running now, by listener name; one reload at a time.
+    listeners: tokio::sync::Mutex<Vec<Running>>,
+    /// A stop signal for listeners a reload starts; taken (dropped) when
+    /// the stop begins, so that it does not hold up the drain.
+    signal: std::sync::Mutex<Option<Signal>>,
     log: LogControl,
     path: Option<PathBuf>,
 }
 
+/// One listener's accept loop.
+struct Running {
+    spec: Listener,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a reload did: what it changed, and what it could not change (each
+/// with its key and why). Both are logged; the CLI prints them.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReloadReport {
+    /// Changes now in force.
+    pub applied: Vec<String>,
+    /// Changes that are not in force, with the reason.
+    pub not_applied: Vec<String>,
+}
+
 impl Daemon {
-    /// Re-reads the configuration file and applies it to new sessions. An
-    /// invalid file is refused and the running configuration kept.
-    /// A refused reload is logged here, whichever way it was asked for.
-    pub fn reload(&self) -> Result<Config, String> {
+    /// Re-reads the configuration file and applies it: new sessions get the
+    /// new configuration; listeners are started, stopped or moved; the TLS
+    /// certificate and key are read again; name servers, delivery limits,
+    /// log level and trace level change at once. An invalid file, or one
+    /// that names another spool, is refused whole and the running
+    /// configuration kept; a change that cannot be applied (a port in use,
+    /// an unreadable certificate, a setting read only at start) is
+    /// reported and the rest applied. Everything is logged.
+    pub async fn reload(&self) -> Result<ReloadReport, String> {
         crate::service::reloading();
-        let r = self.try_reload();
+        let result = self.try_reload().await;
         crate::service::ready("reloaded");
-        if let Err(e) = &r {
-            tracing::error!(error = %e, "reload refused; the running configuration stays");
+        match &result {
+            Ok(r) => {
+                for a in &r.applied {
+                    tracing::info!(change = %a, "reload applied");
+                }
+                for n in &r.not_applied {
+                    tracing::warn!(change = %n, "reload could not apply");
+                }
+                tracing::info!(path = ?self.path, applied = r.applied.len(), not_applied = r.not_applied.len(), "configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(path = ?self.path, error = %e, "reload refused; the running configuration stays")
+            }
         }
-        r
+        result
     }
 
-    fn try_reload(&self) -> Result<Config, String> {
+    async fn try_reload(&self) -> Result<ReloadReport, String> {
+        let mut running = self.listeners.lock().await;
         let cfg = Config::load(self.path.as_deref()).map_err(|e| e.to_string())?;
-        let old = self.config.load();
+        let old = self.config.load_full();
         if cfg.server.spool != old.server.spool {
             return Err("server.spool: cannot change while running; restart the daemon".into());
         }
+        let mut report = ReloadReport::default();
+        let note = |v: &mut Vec<String>, key: &str, what: String| v.push(format!("{key}: {what}"));
+
+        // Read only at start.
+        if cfg.store != old.store {
+            note(
+                &mut report.not_applied,
+                "store",
+                "read only at start; restart the daemon".into(),
+            );
+        }
+        if cfg.log.format != old.log.format {
+            note(
+                &mut report.not_applied,
+                "log.format",
+                "read only at start; restart the daemon".into(),
+            );
+        }
+
+        // TLS: read the certificate and key again (renewed files), before
+        // listeners that need them start.
+        if cfg
+            .listeners
+            .iter()
+            .any(|l| l.tls != crate::config::TlsMode::None)
+        {
+            match crate::tls::server_config(&cfg.tls, &cfg.server.spool, &cfg.server.hostname) {
+                Ok(t) => {
+                    self.smtp.tls.set(Some(t));
+                    let from = cfg
+                        .tls
+                        .cert
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "the self-signed pair in the spool".into());
+                    note(
+                        &mut report.applied,
+                        "tls",
+                        format!("certificate and key read again from {from}"),
+                    );
+                }
+                Err(e) => note(
+                    &mut report.not_applied,
+                    "tls",
+                    format!("{e}; the running certificate stays"),
+                ),
+            }
+        }
+
+        if cfg.dns.nameservers != old.dns.nameservers {
+            let set = self
+                .delivery_dns
+                .set_nameservers(&cfg.dns.nameservers)
+                .and_then(|()| self.smtp.dns.set_nameservers(&cfg.dns.nameservers));
+            match set {
+                Ok(()) => note(
+                    &mut report.applied,
+                    "dns.nameservers",
+                    format!("{:?}", cfg.dns.nameservers),
+                ),
+                Err(e) => note(&mut report.not_applied, "dns.nameservers", e),
+            }
+        }
+        if cfg.queue.total_concurrency != old.queue.total_concurrency {
+            self.total_limit.set(cfg.queue.total_concurrency);
+            note(
+                &mut report.applied,
+                "queue.total_concurrency",
+                cfg.queue.total_concurrency.to_string(),
+            );
+        }
+        if cfg.queue.destination_concurrency != old.queue.destination_concurrency {
+            // Destination actors read it from the live configuration.
+            note(
+                &mut report.applied,
+                "queue.destination_concurrency",
+                cfg.queue.destination_concurrency.to_string(),
+            );
+        }
+
         self.log.set_level(&cfg.log.level)?;
         self.smtp
             .debug
@@ -100,9 +224,137 @@ impl Daemon {
             max_age: cfg.history.max_age,
             max_size: cfg.history.max_size,
         });
+        // Sessions that start from now on see the new configuration;
+        // listeners started below need it in place.
         self.config.store(Arc::new(cfg.clone()));
-        tracing::info!(path = ?self.path, "configuration reloaded");
-        Ok(cfg)
+        self.reconcile_listeners(&mut running, &cfg, &mut report)
+            .await;
+        Ok(report)
+    }
+
+    /// Starts, stops and moves listeners so that they match `cfg`.
+    async fn reconcile_listeners(
+        &self,
+        running: &mut Vec<Running>,
+        cfg: &Config,
+        report: &mut ReloadReport,
+    ) {
+        let signal = self
+            .signal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(signal) = signal else {
+            return; // stopping
+        };
+        // Removed, or changed on the same address: stopped first, so that
+        // the new one can bind it. Moved ones are stopped below, once their
+        // new address is bound.
+        let mut restarted: Vec<Listener> = Vec::new();
+        let mut i = 0;
+        while i < running.len() {
+            let spec = running[i].spec.clone();
+            match cfg.listeners.iter().find(|l| l.name == spec.name) {
+                Some(l) if *l == spec || l.bind != spec.bind => i += 1,
+                found => {
+                    let r = running.remove(i);
+                    r.task.abort();
+                    let _ = r.task.await;
+                    if found.is_some() {
+                        restarted.push(spec);
+                    } else {
+                        tracing::info!(listener = %spec.name, "listener stopped");
+                        report
+                            .applied
+                            .push(format!("listeners: {} removed", spec.name));
+                    }
+                }
+            }
+        }
+        for (idx, l) in cfg.listeners.iter().enumerate() {
+            let key = format!("listeners[{idx}]");
+            let current = running.iter().position(|r| r.spec.name == l.name);
+            if let Some(p) = current
+                && running[p].spec == *l
+            {
+                continue;
+            }
+            let old = restarted.iter().find(|o| o.name == l.name).cloned();
+            match self.start_listener(l, &key, signal.clone()).await {
+                Ok((r, addr)) => {
+                    let what = match (current, old) {
+                        (Some(p), _) => {
+                            let moved = running.remove(p);
+                            moved.task.abort();
+                            let _ = moved.task.await;
+                            format!("{} moved from {} to {addr}", l.name, moved.spec.bind)
+                        }
+                        (None, Some(_)) => {
+                            format!("{} restarted with new settings on {addr}", l.name)
+                        }
+                        (None, None) => format!("{} added on {addr}", l.name),
+                    };
+                    report.applied.push(format!("listeners: {what}"));
+                    running.push(r);
+                }
+                Err(e) => {
+                    let keeps = match (current, old) {
+                        (Some(p), _) => format!("; it stays on {}", running[p].spec.bind),
+                        (None, Some(o)) => {
+                            match self.start_listener(&o, &key, signal.clone()).await {
+                                Ok((r, addr)) => {
+                                    running.push(r);
+                                    format!("; it runs on with its old settings on {addr}")
+                                }
+                                Err(e2) => format!("; it is stopped ({e2})"),
+                            }
+                        }
+                        (None, None) => String::new(),
+                    };
+                    report
+                        .not_applied
+                        .push(format!("{key} ({}): {e}{keeps}", l.name));
+                }
+            }
+        }
+    }
+
+    /// Binds one listener and starts its accept loop.
+    async fn start_listener(
+        &self,
+        l: &Listener,
+        key: &str,
+        signal: Signal,
+    ) -> Result<(Running, std::net::SocketAddr), String> {
+        let tcp = tokio::net::TcpListener::bind(l.bind)
+            .await
+            .map_err(|e| format!("{key}.bind: cannot listen on {}: {e}", l.bind))?;
+        let addr = tcp.local_addr().map_err(|e| e.to_string())?;
+        let task = match l.protocol {
+            Protocol::Smtp | Protocol::Submission => {
+                tokio::spawn(server::serve(tcp, l.clone(), self.smtp.clone(), signal))
+            }
+            Protocol::Pop3 => tokio::spawn(crate::pop3::serve(
+                tcp,
+                l.clone(),
+                self.pop3.clone(),
+                signal,
+            )),
+            other => {
+                return Err(format!(
+                    "{key}.protocol: {} is not available in this version",
+                    other.as_str()
+                ));
+            }
+        };
+        tracing::info!(listener = %l.name, protocol = %l.protocol.as_str(), address = %addr, "listening");
+        Ok((
+            Running {
+                spec: l.clone(),
+                task,
+            },
+            addr,
+        ))
     }
 }
 
@@ -175,6 +427,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     let delivery_arbiter = Arbiter::new();
     let pool =
         DeliveryPool::new(config.clone()).map_err(|e| anyhow::anyhow!("dns.nameservers: {e}"))?;
+    let (delivery_dns, total_limit) = (pool.dns(), pool.total_limit());
     let delivery = DeliveryPool::start_in_arbiter(&delivery_arbiter.handle(), move |_| pool);
     let waker = Scheduler::start(
         &scheduler_arbiter.handle(),
@@ -199,6 +452,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
             None
         }
     };
+    let tls = crate::tls::ServerTls::new(tls);
     let smtp = Arc::new(SmtpShared {
         config: config.clone(),
         intake: Intake::new(spool.clone(), Some(waker.clone())),
@@ -211,6 +465,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         // name patterns), so a second cache costs little.
         dns: crate::delivery::dns::Dns::new(&config.load().dns.nameservers)
             .map_err(|e| anyhow::anyhow!("dns.nameservers: {e}"))?,
+        verify: Default::default(),
     });
     let pop3 = Arc::new(crate::pop3::Pop3Shared::new(
         config.clone(),
@@ -218,45 +473,31 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         spool.clone(),
         smtp.tls.clone(),
     ));
+    let shutdown = Shutdown::new();
     let daemon = Arc::new(Daemon {
         config: config.clone(),
         spool: spool.clone(),
         waker: waker.clone(),
         smtp: smtp.clone(),
+        pop3: pop3.clone(),
         history: history.clone(),
+        delivery_dns,
+        total_limit,
+        listeners: tokio::sync::Mutex::new(Vec::new()),
+        signal: std::sync::Mutex::new(Some(shutdown.signal())),
         log,
         path,
     });
 
-    let shutdown = Shutdown::new();
-    let listeners = config.load().listeners.clone();
-    for (i, l) in listeners.iter().enumerate() {
-        let tcp = tokio::net::TcpListener::bind(l.bind)
-            .await
-            .with_context(|| format!("listeners[{i}].bind: cannot listen on {}", l.bind))?;
-        let addr = tcp.local_addr()?;
-        tracing::info!(listener = %l.name, protocol = %l.protocol.as_str(), address = %addr, "listening");
-        match l.protocol {
-            Protocol::Smtp | Protocol::Submission => {
-                tokio::spawn(server::serve(
-                    tcp,
-                    l.clone(),
-                    smtp.clone(),
-                    shutdown.signal(),
-                ));
-            }
-            Protocol::Pop3 => {
-                tokio::spawn(crate::pop3::serve(
-                    tcp,
-                    l.clone(),
-                    pop3.clone(),
-                    shutdown.signal(),
-                ));
-            }
-            other => anyhow::bail!(
-                "listeners[{i}].protocol: {} is not available in this version",
-                other.as_str()
-            ),
+    {
+        let mut running = daemon.listeners.lock().await;
+        let listeners = config.load().listeners.clone();
+        for (i, l) in listeners.iter().enumerate() {
+            let (r, _) = daemon
+                .start_listener(l, &format!("listeners[{i}]"), shutdown.signal())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            running.push(r);
         }
     }
 
@@ -312,15 +553,18 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                // Refusals are logged by `reload`.
-                let _ = daemon.reload();
-            }
+            // `reload` logs what it did, and a refusal.
+            _ = hup.recv() => { let _ = daemon.reload().await; }
         }
     }
 
     tracing::info!("stopping: no new connections; finishing sessions");
     crate::service::stopping();
+    daemon
+        .signal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     if !shutdown.drained(SESSION_DRAIN).await {
         tracing::warn!(
             "some sessions did not finish in time; their messages were not acknowledged"

@@ -12,6 +12,39 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
+/// The server TLS configuration the listeners use now: `None` when no
+/// listener needs TLS. A reload puts a new one in (a renewed certificate);
+/// a session takes the current one when it starts a handshake.
+#[derive(Clone, Default)]
+pub struct ServerTls(Arc<arc_swap::ArcSwapOption<ServerConfig>>);
+
+impl ServerTls {
+    /// A holder with `config` in it.
+    pub fn new(config: Option<Arc<ServerConfig>>) -> ServerTls {
+        ServerTls(Arc::new(arc_swap::ArcSwapOption::new(config)))
+    }
+
+    /// The configuration for a handshake starting now.
+    pub fn get(&self) -> Option<Arc<ServerConfig>> {
+        self.0.load_full()
+    }
+
+    /// Whether TLS can be offered.
+    pub fn is_some(&self) -> bool {
+        self.0.load().is_some()
+    }
+
+    /// Whether TLS cannot be offered.
+    pub fn is_none(&self) -> bool {
+        !self.is_some()
+    }
+
+    /// Puts in a new configuration (reload).
+    pub fn set(&self, config: Option<Arc<ServerConfig>>) {
+        self.0.store(config);
+    }
+}
+
 /// The one crypto provider of the process.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

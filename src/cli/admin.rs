@@ -86,6 +86,33 @@ pub fn reload_invalid(path: Option<&std::path::Path>) {
     }
 }
 
+/// `petrel reload`: what the daemon changed on stdout; what it could not
+/// change on stderr, and then exit 1, so that a script notices.
+pub fn reload(config: &Config) -> Result<(), String> {
+    let mut report = crate::daemon::ReloadReport::default();
+    request(config, Request::Reload, Vec::new(), |item| {
+        if let Some(v) = item.into_json()
+            && let Some(r) = v.get("reload")
+            && let Ok(r) = serde_json::from_value(r.clone())
+        {
+            report = r;
+        }
+    })?;
+    println!("petrel: configuration reloaded");
+    for a in &report.applied {
+        println!("petrel: applied: {a}");
+    }
+    for n in &report.not_applied {
+        eprintln!("petrel: not applied: {n}");
+    }
+    match report.not_applied.len() {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} change(s) not applied; the daemon runs with the rest (see above)"
+        )),
+    }
+}
+
 /// `petrel mailbox NAME [--uid N]`.
 pub fn mailbox(config: &Config, name: String, uid: Option<u64>, json: bool) -> Result<(), String> {
     let mut out = std::io::stdout().lock();

@@ -260,7 +260,7 @@ pub fn main(args: Vec<String>) -> i32 {
         ),
         Cmd::Show { id, body, json } => queue::show(&config, id, body, json),
         Cmd::Status { json } => queue::status(&config, json),
-        Cmd::Reload => admin::simple(&config, Request::Reload, "configuration reloaded"),
+        Cmd::Reload => admin::reload(&config),
         Cmd::Debug {
             what: DebugCmd::Smtp { level },
         } => admin::simple(

@@ -210,7 +210,7 @@ pub enum AuthMode {
 }
 
 /// One `[[listeners]]` entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// Name used in logs.
     pub name: String,
@@ -316,6 +316,15 @@ pub struct Inbound {
     pub deny_recipients: Vec<String>,
     /// Refuse unknown local recipients at RCPT.
     pub verify_recipients: bool,
+    /// Recipients in relay domains are verified at RCPT by asking the
+    /// domain's next hop (a probe without DATA), with a cache.
+    pub verify_relay_recipients: bool,
+    /// How long a recipient the next hop accepted stays known.
+    pub verify_positive_ttl: Duration,
+    /// How long a recipient the next hop refused (5xx) stays refused.
+    pub verify_negative_ttl: Duration,
+    /// Time allowed for one probe (connect, EHLO, TLS, MAIL, RCPT).
+    pub verify_timeout: Duration,
     /// Allow AUTH without TLS.
     pub allow_plaintext_auth: bool,
     /// Idle time allowed between commands (RFC 5321 §4.5.3.2.7: 5 minutes).
@@ -1056,6 +1065,12 @@ impl Config {
             deny_senders: patterns(c, "smtp.inbound.deny_senders", &ri.deny_senders),
             deny_recipients: patterns(c, "smtp.inbound.deny_recipients", &ri.deny_recipients),
             verify_recipients: ri.verify_recipients,
+            verify_relay_recipients: ri.verify_relay_recipients,
+            verify_positive_ttl: c
+                .duration("smtp.inbound.verify_positive_ttl", &ri.verify_positive_ttl),
+            verify_negative_ttl: c
+                .duration("smtp.inbound.verify_negative_ttl", &ri.verify_negative_ttl),
+            verify_timeout: c.duration("smtp.inbound.verify_timeout", &ri.verify_timeout),
             allow_plaintext_auth: ri.allow_plaintext_auth,
             command_timeout: c.duration("smtp.inbound.command_timeout", &ri.command_timeout),
             data_timeout: c.duration("smtp.inbound.data_timeout", &ri.data_timeout),

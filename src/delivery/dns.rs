@@ -56,7 +56,9 @@ pub struct MailHost {
 /// The resolver used by delivery.
 #[derive(Clone)]
 pub struct Dns {
-    resolver: Arc<TokioResolver>,
+    /// Replaced whole when a reload changes the name servers; every clone
+    /// sees the new one.
+    resolver: Arc<arc_swap::ArcSwap<TokioResolver>>,
 }
 
 fn fqdn(name: &str) -> String {
@@ -75,47 +77,63 @@ fn classify(name: &str, e: &NetError) -> DnsError {
     }
 }
 
+/// A hickory resolver over `nameservers`, or the system's when empty.
+fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, String> {
+    let builder = if nameservers.is_empty() {
+        TokioResolver::builder_tokio()
+            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
+    } else {
+        let servers = nameservers
+            .iter()
+            .map(|ns| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = ns.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = ns.port();
+                NameServerConfig::new(ns.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(None, vec![], servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let mut builder = builder;
+    if !nameservers.is_empty() {
+        // Configured name servers are the whole truth: no /etc/hosts.
+        builder.options_mut().use_hosts_file = ResolveHosts::Never;
+    }
+    builder.options_mut().attempts = 2;
+    builder.options_mut().timeout = std::time::Duration::from_secs(5);
+    builder
+        .build()
+        .map_err(|e| format!("cannot start the resolver: {e}"))
+}
+
 impl Dns {
     /// A resolver over `nameservers`, or the system's when empty.
     pub fn new(nameservers: &[SocketAddr]) -> Result<Dns, String> {
-        let builder = if nameservers.is_empty() {
-            TokioResolver::builder_tokio()
-                .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|ns| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = ns.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = ns.port();
-                    NameServerConfig::new(ns.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_parts(None, vec![], servers),
-                TokioRuntimeProvider::default(),
-            )
-        };
-        let mut builder = builder;
-        if !nameservers.is_empty() {
-            // Configured name servers are the whole truth: no /etc/hosts.
-            builder.options_mut().use_hosts_file = ResolveHosts::Never;
-        }
-        builder.options_mut().attempts = 2;
-        builder.options_mut().timeout = std::time::Duration::from_secs(5);
-        let resolver = builder
-            .build()
-            .map_err(|e| format!("cannot start the resolver: {e}"))?;
         Ok(Dns {
-            resolver: Arc::new(resolver),
+            resolver: Arc::new(arc_swap::ArcSwap::from_pointee(resolver(nameservers)?)),
         })
+    }
+
+    /// Uses `nameservers` (empty: the system's) from now on (reload).
+    /// Look-ups under way finish with the old ones.
+    pub fn set_nameservers(&self, nameservers: &[SocketAddr]) -> Result<(), String> {
+        self.resolver.store(Arc::new(resolver(nameservers)?));
+        Ok(())
     }
 
     /// The mail hosts of `domain` in preference order (equal preferences in
     /// the order received). No MX records: the domain itself (implicit MX).
     pub async fn mail_hosts(&self, domain: &str) -> Result<Vec<MailHost>, DnsError> {
-        match self.resolver.lookup(fqdn(domain), RecordType::MX).await {
+        match self
+            .resolver
+            .load()
+            .lookup(fqdn(domain), RecordType::MX)
+            .await
+        {
             Ok(lookup) => {
                 let mut hosts: Vec<MailHost> = lookup
                     .answers()
@@ -170,7 +188,12 @@ impl Dns {
                 s
             }
         };
-        let lookup = self.resolver.lookup(arpa, RecordType::PTR).await.ok()?;
+        let lookup = self
+            .resolver
+            .load()
+            .lookup(arpa, RecordType::PTR)
+            .await
+            .ok()?;
         let mut names: Vec<String> = lookup
             .answers()
             .iter()
@@ -195,7 +218,7 @@ impl Dns {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        match self.resolver.lookup_ip(fqdn(host)).await {
+        match self.resolver.load().lookup_ip(fqdn(host)).await {
             Ok(ips) => {
                 let mut v: Vec<IpAddr> = ips.iter().collect();
                 v.sort_by_key(|ip| ip.is_ipv6());

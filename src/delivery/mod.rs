@@ -66,6 +66,35 @@ struct Shared {
     total: Arc<Semaphore>,
 }
 
+/// The `total_concurrency` limit, changed by a reload: raising it adds
+/// permits at once; lowering it takes permits away as connections end.
+#[derive(Clone)]
+pub struct TotalLimit {
+    permits: Arc<Semaphore>,
+    /// The limit in force (permits given out plus available).
+    size: Arc<std::sync::Mutex<usize>>,
+}
+
+impl TotalLimit {
+    /// Sets the limit to `n` (at least 1).
+    pub fn set(&self, n: usize) {
+        let n = n.max(1);
+        let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        if n > *size {
+            self.permits.add_permits(n - *size);
+        } else if n < *size {
+            let (permits, less) = (self.permits.clone(), (*size - n) as u32);
+            // Waits for connections in use to end, then keeps their permits.
+            tokio::spawn(async move {
+                if let Ok(p) = permits.acquire_many_owned(less).await {
+                    p.forget();
+                }
+            });
+        }
+        *size = n;
+    }
+}
+
 /// Makes and finds destination actors.
 pub struct DeliveryPool {
     shared: Shared,
@@ -83,6 +112,21 @@ impl DeliveryPool {
             shared: Shared { config, dns, total },
             destinations: HashMap::new(),
         })
+    }
+
+    /// The pool's resolver (a reload changes its name servers).
+    pub fn dns(&self) -> Dns {
+        self.shared.dns.clone()
+    }
+
+    /// The pool's `total_concurrency` limit (a reload changes it).
+    pub fn total_limit(&self) -> TotalLimit {
+        TotalLimit {
+            permits: self.shared.total.clone(),
+            size: Arc::new(std::sync::Mutex::new(
+                self.shared.config.load().queue.total_concurrency,
+            )),
+        }
     }
 }
 

@@ -29,7 +29,7 @@ pub struct Pop3Shared {
     /// For the commit after deletions.
     pub spool: Arc<Spool>,
     /// Server TLS, for STLS and implicit TLS.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: crate::tls::ServerTls,
     /// Mailboxes held by a session (RFC 1939 §8: exclusive access).
     locks: Mutex<HashSet<String>>,
 }
@@ -56,7 +56,7 @@ impl Pop3Shared {
         config: Arc<ArcSwap<Config>>,
         mailboxes: MailboxStore,
         spool: Arc<Spool>,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        tls: crate::tls::ServerTls,
     ) -> Pop3Shared {
         Pop3Shared {
             config,
@@ -86,7 +86,7 @@ pub async fn serve(listener: TcpListener, spec: Listener, shared: Arc<Pop3Shared
     crate::conn::accept_until(listener, &name, signal, |stream, peer, task_signal| {
         let (shared, spec) = (shared.clone(), spec.clone());
         tokio::spawn(async move {
-            let conn = match (spec.tls, shared.tls.clone()) {
+            let conn = match (spec.tls, shared.tls.get()) {
                 (TlsMode::Implicit, Some(cfg)) => {
                     match crate::conn::implicit_tls(stream, cfg, peer).await {
                         Some(c) => c,

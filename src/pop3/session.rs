@@ -240,7 +240,7 @@ impl Session {
         let Some(tcp) = self.stream.get_mut().take_plain() else {
             return Ok(Flow::Close);
         };
-        let Some(cfg) = self.shared.tls.clone() else {
+        let Some(cfg) = self.shared.tls.get() else {
             return Ok(Flow::Close);
         };
         match tokio::time::timeout(

@@ -526,6 +526,41 @@ impl Client {
         Ok(out)
     }
 
+    /// Address verification (as Postfix's `reject_unverified_recipient`):
+    /// `MAIL FROM:<>` and `RCPT TO:<address>`, never DATA, then RSET so the
+    /// connection could carry more. Returns the reply to RCPT; `Err` when
+    /// the connection broke or the peer refused the null sender (then
+    /// nothing is known about the address).
+    pub async fn probe_rcpt(&mut self, address: &str) -> Result<Reply, String> {
+        let peer = self.peer.clone();
+        let io_err = |e: std::io::Error| format!("lost connection with {peer}: {}", io_text(&e));
+        let utf8 = !address.is_ascii();
+        if utf8 && !self.ext.smtputf8 {
+            return Err(format!("host {} does not support SMTPUTF8", self.peer));
+        }
+        let mail = if utf8 {
+            "MAIL FROM:<> SMTPUTF8\r\n"
+        } else {
+            "MAIL FROM:<>\r\n"
+        };
+        self.write(mail.as_bytes()).await.map_err(io_err)?;
+        let m = self.read_reply(REPLY_TIMEOUT).await.map_err(io_err)?.0;
+        if m.code != 250 {
+            return Err(format!(
+                "host {} refused MAIL FROM:<>: {}",
+                self.peer,
+                m.line()
+            ));
+        }
+        self.write(format!("RCPT TO:<{address}>\r\n").as_bytes())
+            .await
+            .map_err(io_err)?;
+        let r = self.read_reply(REPLY_TIMEOUT).await.map_err(io_err)?.0;
+        self.write(b"RSET\r\n").await.map_err(io_err)?;
+        self.read_reply(REPLY_TIMEOUT).await.map_err(io_err)?;
+        Ok(r)
+    }
+
     /// Says QUIT and closes.
     pub async fn quit(mut self) -> std::io::Result<()> {
         self.write(b"QUIT\r\n").await?;

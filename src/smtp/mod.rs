@@ -8,6 +8,7 @@ pub mod line;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod verify;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU8;
@@ -28,9 +29,12 @@ pub struct SmtpShared {
     pub debug: Arc<AtomicU8>,
     /// Open sessions, in total and per client address.
     pub connections: server::ConnectionCount,
-    /// Server TLS configuration, when any listener uses TLS.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Server TLS configuration, when any listener uses TLS; replaced by a
+    /// reload (renewed certificates).
+    pub tls: crate::tls::ServerTls,
     /// For the client's host name, when a host pattern needs it.
     pub dns: crate::delivery::dns::Dns,
+    /// Relay recipients' verification at the next hop, and its cache.
+    pub verify: verify::Verifier,
 }
 pub mod client;

@@ -78,7 +78,7 @@ pub async fn serve(listener: TcpListener, spec: Listener, shared: Arc<SmtpShared
             let Some(_slot) = slot else {
                 return refuse_busy(stream, peer).await;
             };
-            let conn = match (spec.tls, shared.tls.clone()) {
+            let conn = match (spec.tls, shared.tls.get()) {
                 // Port 465 style (RFC 8314): TLS from the first byte.
                 (TlsMode::Implicit, Some(cfg)) => match conn::implicit_tls(stream, cfg, peer).await
                 {

@@ -372,11 +372,14 @@ impl Session {
                 self.send(Reply::new(250, "", self.config.server.hostname.clone()));
             }
             Command::Mail(mail) => self.mail(mail),
-            Command::Rcpt(rcpt) => self.rcpt(EnvelopeRcpt {
-                address: rcpt.address,
-                notify: rcpt.notify,
-                orcpt: rcpt.orcpt,
-            }),
+            Command::Rcpt(rcpt) => {
+                self.rcpt(EnvelopeRcpt {
+                    address: rcpt.address,
+                    notify: rcpt.notify,
+                    orcpt: rcpt.orcpt,
+                })
+                .await
+            }
             Command::Data => return self.data().await,
             Command::Rset => {
                 self.tx = None;
@@ -546,7 +549,7 @@ impl Session {
         Ok(())
     }
 
-    fn rcpt(&mut self, mut rcpt: EnvelopeRcpt) {
+    async fn rcpt(&mut self, mut rcpt: EnvelopeRcpt) {
         if rcpt.address == command::BARE_POSTMASTER {
             rcpt.address = format!("postmaster@{}", self.config.domains.primary);
         }
@@ -580,7 +583,17 @@ impl Session {
         {
             return self.send(Reply::new(250, "2.1.5", "Ok"));
         }
-        match self.rcpt_policy(&address) {
+        let verdict = match self.rcpt_policy(&address) {
+            Ok(()) => {
+                let shared = &self.shared;
+                shared
+                    .verify
+                    .rcpt(&self.config, &shared.dns, &address)
+                    .await
+            }
+            refused => refused,
+        };
+        match verdict {
             Ok(()) => {
                 if let Some(tx) = &mut self.tx {
                     tx.rcpts.push(rcpt);
@@ -798,7 +811,7 @@ impl Session {
         if pipelined > 0 {
             tracing::info!(client = %self.client, octets = pipelined, "discarded input pipelined after STARTTLS");
         }
-        let Some(acceptor) = self.shared.tls.clone().map(tokio_rustls::TlsAcceptor::from) else {
+        let Some(acceptor) = self.shared.tls.get().map(tokio_rustls::TlsAcceptor::from) else {
             return Ok(Flow::Close);
         };
         let Some(tcp) = self.stream.get_mut().take_plain() else {
