@@ -225,3 +225,198 @@ fn the_internal_server_talks_only_to_the_edge() {
         );
     }
 }
+
+/// A shipped configuration file (`config/NAME`) as a TOML table.
+fn shipped(name: &str) -> toml::Table {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name);
+    toml::from_str(&std::fs::read_to_string(&path).expect("read shipped config")).expect("toml")
+}
+
+fn set(t: &mut toml::Table, path: &[&str], v: toml::Value) {
+    let (last, parents) = path.split_last().expect("path");
+    let mut at = t;
+    for p in parents {
+        at = at
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("table");
+    }
+    at.insert(last.to_string(), v);
+}
+
+/// Every listener of a shipped file on a loopback port; `first` for the
+/// first listener (0: any free port).
+fn loopback_listeners(t: &mut toml::Table, first: u16) {
+    let list = t
+        .get_mut("listeners")
+        .and_then(|l| l.as_array_mut())
+        .expect("listeners");
+    for (i, l) in list.iter_mut().enumerate() {
+        let port = if i == 0 { first } else { 0 };
+        l.as_table_mut()
+            .expect("listener")
+            .insert("bind".into(), format!("127.0.0.1:{port}").into());
+    }
+}
+
+/// The shipped `config/edge.toml` and `config/internal.toml`, changed only
+/// where a test must: spools in temporary directories, loopback ports, the
+/// test's DNS server, and the edge's routes pointing at the internal
+/// server's port. Everything else — recipient verification, STARTTLS, the
+/// outbound TLS policy — is as shipped.
+fn shipped_pair() -> (TestServer, TestServer) {
+    let edge_port = free_port();
+    let internal_dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let mut internal = shipped("internal.toml");
+    set(
+        &mut internal,
+        &["server", "spool"],
+        internal_dir
+            .path()
+            .join("spool")
+            .display()
+            .to_string()
+            .into(),
+    );
+    set(
+        &mut internal,
+        &["store", "path"],
+        internal_dir
+            .path()
+            .join("store")
+            .display()
+            .to_string()
+            .into(),
+    );
+    loopback_listeners(&mut internal, 0);
+    set(
+        &mut internal,
+        &["smtp", "outbound", "smarthost"],
+        format!("[127.0.0.1]:{edge_port}").into(),
+    );
+    set(
+        &mut internal,
+        &["dns", "nameservers"],
+        vec![toml::Value::from(standard_dns().to_string())].into(),
+    );
+    // Sessions logged, so that the test sees the edge's TLS handshakes.
+    set(&mut internal, &["log", "smtp_debug"], 1.into());
+    let internal = TestServer::start_in(internal_dir, &internal.to_string());
+
+    let edge_dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let mut edge = shipped("edge.toml");
+    set(
+        &mut edge,
+        &["server", "spool"],
+        edge_dir.path().join("spool").display().to_string().into(),
+    );
+    loopback_listeners(&mut edge, edge_port);
+    let route = format!("[127.0.0.1]:{}", internal.mx().port());
+    for r in edge["smtp"]["outbound"]["routes"]
+        .clone()
+        .as_array()
+        .expect("routes")
+        .iter()
+        .enumerate()
+    {
+        let mut r = r.1.as_table().expect("route").clone();
+        r.insert("host".into(), route.clone().into());
+        let routes = edge
+            .get_mut("smtp")
+            .and_then(|s| s.get_mut("outbound"))
+            .and_then(|o| o.get_mut("routes"))
+            .and_then(|r| r.as_array_mut())
+            .expect("routes");
+        let i = routes
+            .iter()
+            .position(|x| x["domain"] == r["domain"])
+            .expect("route");
+        routes[i] = toml::Value::Table(r);
+    }
+    set(
+        &mut edge,
+        &["dns", "nameservers"],
+        vec![toml::Value::from(standard_dns().to_string())].into(),
+    );
+    let edge = TestServer::start_in(edge_dir, &edge.to_string());
+    (edge, internal)
+}
+
+#[test]
+fn shipped_edge_refuses_unknown_recipients_at_rcpt_by_asking_the_internal_server() {
+    let (edge, internal) = shipped_pair();
+    let mut s = Smtp::ready_from(edge.mx(), INTERNET_CLIENT);
+    let ehlo = s.cmd("EHLO internet-client.test");
+    assert!(
+        ehlo.1.contains("STARTTLS"),
+        "the Internet-facing listener offers STARTTLS: {ehlo:?}"
+    );
+    assert_eq!(s.cmd("MAIL FROM:<carol@internet.test>").0, 250);
+    let r = s.cmd("RCPT TO:<nobody@example.test>");
+    assert_eq!(r.0, 550, "unknown user refused at RCPT: {r:?}");
+    assert!(r.1.starts_with("5.1.1"), "{r:?}");
+    let r = s.cmd("RCPT TO:<nobody@example.org>");
+    assert_eq!(r.0, 550, "also in the alias domain: {r:?}");
+    assert_eq!(s.cmd("RCPT TO:<alice@example.test>").0, 250);
+    assert_eq!(s.cmd("RCPT TO:<alice@example.org>").0, 250);
+    assert_eq!(s.cmd("RCPT TO:<support@example.test>").0, 250);
+    assert_eq!(s.cmd("DATA").0, 354);
+    s.send_raw(b"Subject: verified\r\nMessage-ID: <verified@internet.test>\r\n\r\nhi\r\n.\r\n");
+    let id = queued_id(&s.reply());
+    let m = internal.wait_mailbox("alice", 1, WAIT);
+    assert_eq!(m.len(), 1, "{}", edge.log());
+    let raw = String::from_utf8(internal.mailbox_message("alice", 1)).expect("utf-8");
+    assert!(
+        raw.contains("by mail.example.test (petrel) with ESMTPS"),
+        "the edge -> internal hop is encrypted:\n{raw}"
+    );
+    assert!(edge.wait_log(&["delivery", &id, "status=sent"], WAIT));
+    // The probes went over TLS too, and none carried DATA: the internal
+    // server logged one accepted message (the real one) only.
+    let log = internal.log();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("TLS established"))
+            .count()
+            >= 2,
+        "{log}"
+    );
+    assert_eq!(
+        log.lines().filter(|l| l.contains(" accepted ")).count(),
+        1,
+        "{log}"
+    );
+    // Nothing was accepted for the unknown user, so nothing bounces.
+    assert!(edge.mailq().is_empty(), "{:?}", edge.mailq());
+}
+
+#[test]
+fn edge_answers_450_when_the_internal_server_cannot_be_asked_and_caches_answers() {
+    let (edge, mut internal) = shipped_pair();
+    let mut s = Smtp::ready_from(edge.mx(), INTERNET_CLIENT);
+    assert_eq!(s.cmd("MAIL FROM:<carol@internet.test>").0, 250);
+    assert_eq!(s.cmd("RCPT TO:<nobody@example.test>").0, 550);
+    assert_eq!(s.cmd("RCPT TO:<alice@example.test>").0, 250);
+    assert_eq!(s.cmd("RSET").0, 250);
+    assert_eq!(internal.stop(), Some(0));
+    // Answers already known stand without the internal server...
+    assert_eq!(s.cmd("MAIL FROM:<carol@internet.test>").0, 250);
+    let r = s.cmd("RCPT TO:<nobody@example.test>");
+    assert_eq!(r.0, 550, "negative answer cached: {r:?}");
+    assert_eq!(
+        s.cmd("RCPT TO:<alice@example.test>").0,
+        250,
+        "positive answer cached"
+    );
+    // ...and an address never asked about is deferred, not refused.
+    let r = s.cmd("RCPT TO:<bob@example.test>");
+    assert_eq!(r.0, 450, "internal server down: try again later: {r:?}");
+    assert!(r.1.starts_with("4.1.1"), "{r:?}");
+    assert!(edge.wait_log(
+        &["recipient verification", "bob@example.test", "cached=false"],
+        WAIT
+    ));
+}
