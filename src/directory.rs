@@ -110,13 +110,9 @@ impl Directory {
                 );
             }
             if !password.is_empty()
-                && !password.starts_with("$argon2")
-                && !password.starts_with("$6$")
+                && let Err(e) = crate::auth::check_hash(&password)
             {
-                c.error(
-                    format!("users[{i}].password"),
-                    "must be a hash from `petrel hash-password`",
-                );
+                c.error(format!("users[{i}].password"), e);
             }
             let addrs = addresses
                 .iter()

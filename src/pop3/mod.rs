@@ -32,6 +32,9 @@ pub struct Pop3Shared {
     pub tls: crate::tls::ServerTls,
     /// Mailboxes held by a session (RFC 1939 §8: exclusive access).
     locks: Mutex<HashSet<String>>,
+    /// Open POP3 sessions, in total and per client address
+    /// (`pop3.max_connections`, `pop3.max_connections_per_client`).
+    pub connections: crate::smtp::server::ConnectionCount,
 }
 
 /// A held mailbox lock; released on drop.
@@ -64,6 +67,7 @@ impl Pop3Shared {
             spool,
             tls,
             locks: Mutex::new(HashSet::new()),
+            connections: Default::default(),
         }
     }
 
@@ -84,8 +88,18 @@ impl Pop3Shared {
 pub async fn serve(listener: TcpListener, spec: Listener, shared: Arc<Pop3Shared>, signal: Signal) {
     let name = spec.name.clone();
     crate::conn::accept_until(listener, &name, signal, |stream, peer, task_signal| {
+        let config = shared.config.load();
+        let slot = shared.connections.try_take(
+            crate::config::canonical_ip(peer.ip()),
+            config.pop3.max_connections,
+            config.pop3.max_connections_per_client,
+        );
         let (shared, spec) = (shared.clone(), spec.clone());
         tokio::spawn(async move {
+            // Held for the whole session; its drop gives the place back.
+            let Some(_slot) = slot else {
+                return refuse_busy(stream, peer, spec.tls == TlsMode::Implicit, &shared).await;
+            };
             let conn = match (spec.tls, shared.tls.get()) {
                 (TlsMode::Implicit, Some(cfg)) => {
                     match crate::conn::implicit_tls(stream, cfg, peer).await {
@@ -102,4 +116,30 @@ pub async fn serve(listener: TcpListener, spec: Listener, shared: Arc<Pop3Shared
         });
     })
     .await
+}
+
+/// Too many sessions: `-ERR [SYS/TEMP]` (RFC 3206: try again later) and
+/// close. On an implicit-TLS listener the refusal is sent inside TLS, so
+/// the client can read it.
+async fn refuse_busy(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    implicit: bool,
+    shared: &Pop3Shared,
+) {
+    use tokio::io::AsyncWriteExt;
+    tracing::info!(client = %format!("[{}]", peer.ip()), stage = %"connect", protocol = "pop3", reason = "too many connections", "rejected");
+    let mut conn = if implicit {
+        let Some(cfg) = shared.tls.get() else { return };
+        match crate::conn::implicit_tls(stream, cfg, peer).await {
+            Some(c) => c,
+            None => return,
+        }
+    } else {
+        Conn::Plain(stream)
+    };
+    let _ = conn
+        .write_all(b"-ERR [SYS/TEMP] too many connections; try again later\r\n")
+        .await;
+    let _ = conn.shutdown().await;
 }
