@@ -41,9 +41,7 @@ pub fn check_hash(hash: &str) -> Result<(), String> {
             Some(r) if !(1000..=SHA_CRYPT_MAX_ROUNDS).contains(&r) => Err(format!(
                 "SHA-512-crypt rounds must be from 1000 to {SHA_CRYPT_MAX_ROUNDS}, not {r}"
             )),
-            Some(_) if salt.len() <= 16 && digest.len() == 86 && b64(salt) && b64(digest) => {
-                Ok(())
-            }
+            Some(_) if salt.len() <= 16 && digest.len() == 86 && b64(salt) && b64(digest) => Ok(()),
             _ => Err("not a SHA-512-crypt hash ($6$[rounds=N$]salt$hash)".into()),
         };
     }
@@ -52,7 +50,10 @@ pub fn check_hash(hash: &str) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| format!("not an argon2 hash: {e}"));
     }
-    Err("must be a hash from `petrel hash-password` (argon2id) or a SHA-512-crypt ($6$) hash".into())
+    Err(
+        "must be a hash from `petrel hash-password` (argon2id) or a SHA-512-crypt ($6$) hash"
+            .into(),
+    )
 }
 
 /// Whether `password` matches the stored `hash`. A malformed hash never
