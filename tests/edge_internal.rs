@@ -420,3 +420,53 @@ fn edge_answers_450_when_the_internal_server_cannot_be_asked_and_caches_answers(
         WAIT
     ));
 }
+
+/// A `config/trial/` file with its fixed ports replaced by free ones and
+/// the test's DNS server; spools stay relative (in the test's directory).
+fn trial(name: &str, ports: &[(u16, u16)]) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/trial")
+        .join(name);
+    let mut text = std::fs::read_to_string(path).expect("read trial config");
+    for (from, to) in ports {
+        text = text.replace(&format!(":{from}\""), &format!(":{to}\""));
+    }
+    text.replace(
+        "nameservers = []",
+        &format!("nameservers = [\"{}\"]", standard_dns()),
+    )
+    .replace("../../", "")
+}
+
+#[test]
+fn trial_pair_runs_on_one_host_and_carries_mail_from_edge_to_mailbox() {
+    let ports: Vec<(u16, u16)> = [2525, 2526, 5587, 1110]
+        .iter()
+        .map(|p| (*p, free_port()))
+        .collect();
+    let internal_dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let internal = TestServer::start_in(internal_dir, &trial("internal.toml", &ports));
+    assert_eq!(internal.mx().ip(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let edge_dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let edge = TestServer::start_in(edge_dir, &trial("edge.toml", &ports));
+    assert_eq!(edge.mx().ip(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+
+    let mut s = Smtp::ready_from(edge.mx(), INTERNET_CLIENT);
+    assert_eq!(s.cmd("MAIL FROM:<carol@internet.test>").0, 250);
+    let r = s.cmd("RCPT TO:<nobody@example.test>");
+    assert_eq!(r.0, 550, "{r:?}");
+    assert!(r.1.starts_with("5.1.1"), "{r:?}");
+    assert_eq!(s.cmd("RSET").0, 250);
+    let id = queued_id(&s.send_mail(
+        "carol@internet.test",
+        &["alice@example.org"],
+        "Subject: trial\r\nMessage-ID: <trial@internet.test>\r\n\r\nhello from the trial\r\n",
+    ));
+    let m = internal.wait_mailbox("alice", 1, WAIT);
+    assert_eq!(m.len(), 1, "{}", edge.log());
+    assert_eq!(m[0]["message_id"], "<trial@internet.test>");
+    assert!(edge.wait_log(&["delivery", &id, "status=sent", "relay=127.0.0.2"], WAIT));
+    let raw = String::from_utf8(internal.mailbox_message("alice", 1)).expect("utf-8");
+    assert!(raw.contains("hello from the trial"), "{raw}");
+    assert!(raw.contains("with ESMTPS"), "TLS between the two:\n{raw}");
+}
