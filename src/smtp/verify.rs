@@ -79,7 +79,11 @@ impl Verifier {
             return Ok(());
         }
         let (verdict, cached) = self.verdict(cfg, dns, address).await;
-        tracing::info!(to = %address, cached, verdict = ?verdict, "recipient verification");
+        if cached {
+            tracing::debug!(to = %address, cached, verdict = ?verdict, "recipient verification");
+        } else {
+            tracing::info!(to = %address, cached, verdict = ?verdict, "recipient verification");
+        }
         match verdict {
             Verdict::Exists => Ok(()),
             Verdict::Refused(said) => Err(Reply::new(
