@@ -470,3 +470,50 @@ fn trial_pair_runs_on_one_host_and_carries_mail_from_edge_to_mailbox() {
     assert!(raw.contains("hello from the trial"), "{raw}");
     assert!(raw.contains("with ESMTPS"), "TLS between the two:\n{raw}");
 }
+
+#[test]
+fn a_relay_domain_routed_back_to_the_edge_itself_is_deferred_at_once() {
+    let port = free_port();
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let cfg = format!(
+        r#"
+[server]
+hostname = "mx.example.test"
+spool = "{spool}"
+postmaster = "postmaster@example.test"
+[domains]
+primary = "mx.example.test"
+relay_domains = ["example.test"]
+[[listeners]]
+name = "mx"
+protocol = "smtp"
+bind = "127.0.0.1:{port}"
+[smtp.inbound]
+verify_relay_recipients = true
+verify_timeout = "15s"
+[[smtp.outbound.routes]]
+domain = "example.test"
+host = "[127.0.0.1]:{port}"
+[dns]
+nameservers = ["{dns}"]
+[[aliases]]
+address = "postmaster@mx.example.test"
+members = ["postmaster@example.test"]
+"#,
+        spool = dir.path().join("spool").display(),
+        dns = standard_dns()
+    );
+    let edge = TestServer::start_in(dir, &cfg);
+    let mut s = Smtp::ready_from(edge.mx(), INTERNET_CLIENT);
+    assert_eq!(s.cmd("MAIL FROM:<carol@internet.test>").0, 250);
+    let started = std::time::Instant::now();
+    let r = s.cmd("RCPT TO:<someone@example.test>");
+    let took = started.elapsed();
+    assert_eq!(r.0, 450, "a loop is no answer: defer, never accept: {r:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the loop is seen at once, not after verify_timeout: {took:?}"
+    );
+    assert!(edge.wait_log(&["recipient verification", "loops back here"], WAIT));
+    assert_eq!(s.cmd("QUIT").0, 221);
+}

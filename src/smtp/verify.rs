@@ -11,7 +11,7 @@
 //! It owns the cache and the probe's dialogue plan; the dialogue itself is
 //! `smtp::client::Client::probe_rcpt`. It never touches the queue.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -53,6 +53,12 @@ struct Entry {
 pub struct Verifier {
     cache: Mutex<HashMap<String, Entry>>,
     probes: Semaphore,
+    /// Addresses being probed now. A second RCPT for one of them while its
+    /// probe runs is answered "unverified" (450) without a probe of its
+    /// own: this ends a loop at once where the next hop is this server
+    /// (its probe would probe again, and so on), and keeps a burst of RCPTs
+    /// for one address to one probe.
+    in_flight: Mutex<HashSet<String>>,
 }
 
 impl Default for Verifier {
@@ -60,7 +66,23 @@ impl Default for Verifier {
         Verifier {
             cache: Mutex::new(HashMap::new()),
             probes: Semaphore::new(MAX_PROBES),
+            in_flight: Mutex::new(HashSet::new()),
         }
+    }
+}
+
+/// An address's place in `in_flight`; removed on drop.
+struct InFlight<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    key: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
     }
 }
 
@@ -108,6 +130,21 @@ impl Verifier {
         {
             return (e.verdict.clone(), true);
         }
+        let _in_flight = {
+            let mut set = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if !set.insert(key.clone()) {
+                return (
+                    Verdict::Unknown(
+                        "a verification of this address is under way (or loops back here)".into(),
+                    ),
+                    false,
+                );
+            }
+            InFlight {
+                set: &self.in_flight,
+                key: key.clone(),
+            }
+        };
         let timeout = cfg.inbound.verify_timeout;
         let verdict = match tokio::time::timeout(timeout, self.probe(cfg, dns, address)).await {
             Ok(v) => v,
