@@ -391,6 +391,39 @@ fn shipped_edge_refuses_unknown_recipients_at_rcpt_by_asking_the_internal_server
     );
     // Nothing was accepted for the unknown user, so nothing bounces.
     assert!(edge.mailq().is_empty(), "{:?}", edge.mailq());
+
+    // A real client (Python's smtplib) over the edge's STARTTLS gets the
+    // same answers inside TLS.
+    let script = r#"
+import smtplib, ssl, sys
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=30)
+s.ehlo("client.internet.test")
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s.starttls(context=ctx)
+s.ehlo("client.internet.test")
+s.mail("carol@internet.test")
+print("nobody", *s.rcpt("nobody@example.test"))
+print("bob", *s.rcpt("bob@example.test"))
+s.quit()
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-c",
+        script,
+        &edge.mx().ip().to_string(),
+        &edge.mx().port().to_string(),
+    ]);
+    let out = common::run_cmd(cmd, None);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("nobody 550 b'5.1.1"), "{said}");
+    assert!(said.contains("bob 250"), "{said}");
 }
 
 #[test]
