@@ -70,6 +70,23 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     }
 }
 
+/// Logs a failed login: the client, the protocol and mechanism, and the
+/// login name given (as Postfix's `sasl_username`), so an administrator can
+/// tell a mistyped password from a guessing run. The name is the client's
+/// input: control characters and non-ASCII are escaped and it is cut at
+/// 256 characters, so it cannot forge or flood a log line. The password is
+/// never logged.
+pub fn log_failure(client: &str, protocol: &str, mechanism: &str, login: &str) {
+    let shown: String = login.chars().take(256).collect();
+    tracing::info!(
+        client = %client,
+        protocol = %protocol,
+        mechanism = %mechanism,
+        login = %shown.escape_default(),
+        "authentication failed"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

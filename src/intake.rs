@@ -137,6 +137,28 @@ impl Intake {
     }
 }
 
+/// A report the scheduler composed (a DSN from `<>` to `to`) as a new
+/// message for the spool. It re-enters like any mail: its recipient is
+/// expanded here, so a report to an alias group or an alternate address
+/// reaches the mailboxes and members behind it. No report is ever made
+/// about a report (NOTIFY=NEVER).
+pub fn report(config: &Config, to: &str, content: &[u8]) -> NewMessage {
+    let mut rcpt = EnvelopeRcpt::plain(to);
+    rcpt.notify = crate::spool::notify::NEVER;
+    NewMessage {
+        id: None,
+        sender: String::new(),
+        recipients: expand_recipients(config, &[rcpt]),
+        client: "petrel".into(),
+        listener: "dsn".into(),
+        message_id: headers::first(content, "Message-ID"),
+        envid: None,
+        ret: None,
+        body_8bit: !content.is_ascii(),
+        smtputf8: !to.is_ascii(),
+    }
+}
+
 /// Expands local aliases; keeps the original address as ORCPT where it
 /// changed (unless the client gave one); drops duplicate addresses, and
 /// second addresses of a mailbox already reached (one copy per mailbox, as

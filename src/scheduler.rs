@@ -5,7 +5,7 @@
 //! queue records after intake, so administrator operations (requeue, hold,
 //! release, delete) come to it as messages too.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use crate::outcome::Outcome;
 use crate::router::{self, Destination};
 use crate::smtp::client::RcptSpec;
 use crate::spool::{
-    NewMessage, QueueId, QueuedMessage, RcptState, Recipient, Spool, StoreError, notify, now_ms,
+    QueueId, QueuedMessage, RcptState, Recipient, Spool, StoreError, notify, now_ms,
 };
 
 /// RFC 5321 §6.3: more `Received:` headers than this is a loop.
@@ -132,6 +132,11 @@ pub struct Scheduler {
     stopping: bool,
     /// Shared with `Waker`s; cleared when a `Wake` is handled.
     wake_pending: Arc<AtomicBool>,
+    /// Messages an administrator made due (`requeue`, `release`): their
+    /// next round is not one of the retry schedule, so a temporary failure
+    /// in it neither counts as an attempt nor lengthens the back-off. Kept
+    /// in memory only; after a restart such a round counts as usual.
+    forced: HashSet<QueueId>,
 }
 
 impl Scheduler {
@@ -156,6 +161,7 @@ impl Scheduler {
                 timer: None,
                 stopping: false,
                 wake_pending,
+                forced: HashSet::new(),
             }
         });
         Waker { addr, pending }
@@ -210,11 +216,15 @@ impl Scheduler {
             return;
         }
         self.in_flight.insert(msg.id);
+        let forced = self.forced.remove(&msg.id);
         let config = self.config.load_full();
         let now = now_ms();
         let mut outcomes = Vec::new();
         let mut locals = Vec::new();
         let mut remotes: Vec<(router::NextHopPlan, Vec<RcptSpec>)> = Vec::new();
+        // The next hop of each remote recipient, for the `relay=` of its
+        // log line when no remote host answered.
+        let mut relays: HashMap<usize, String> = HashMap::new();
         for (i, r) in msg.recipients.iter().enumerate() {
             if r.state.is_final() || r.next_attempt > now {
                 continue;
@@ -234,6 +244,7 @@ impl Scheduler {
                 )),
                 Destination::Remote(domain) => {
                     let plan = router::next_hop(&config, &domain);
+                    relays.insert(i, plan.key());
                     let spec = RcptSpec {
                         index: i,
                         address: r.address.clone(),
@@ -248,6 +259,12 @@ impl Scheduler {
             }
         }
         let id = msg.id;
+        // Every recipient handed to a job must come back with an outcome.
+        let dispatched: Vec<usize> = locals
+            .iter()
+            .map(|t| t.rcpt)
+            .chain(remotes.iter().flat_map(|(_, l)| l.iter().map(|r| r.index)))
+            .collect();
         let content = if locals.is_empty() && remotes.is_empty() {
             None
         } else {
@@ -346,15 +363,31 @@ impl Scheduler {
             }
         }
         let work = async move {
+            let mut failure = None;
             for r in futures_join_all(jobs).await {
-                outcomes.extend(r);
+                match r {
+                    Ok(r) => outcomes.extend(r),
+                    Err(e) => failure = Some(e),
+                }
+            }
+            // A job that panicked (or lost recipients) answers nothing for
+            // them: they get a temporary failure, so the attempt counts and
+            // the back-off applies, instead of being due again at once.
+            for i in dispatched {
+                if !outcomes.iter().any(|(k, _)| *k == i) {
+                    let why = failure
+                        .clone()
+                        .unwrap_or_else(|| "the delivery job gave no result".into());
+                    tracing::error!(queue_id = %id, rcpt = i, reason = %why, "delivery job failed");
+                    outcomes.push((i, Outcome::temp("4.3.0", format!("internal error: {why}"))));
+                }
             }
             (outcomes, content)
         };
-        ctx.spawn(
-            work.into_actor(self)
-                .map(move |(outcomes, content), act, ctx| act.complete(id, outcomes, content, ctx)),
-        );
+        let round = Round { forced, relays };
+        ctx.spawn(work.into_actor(self).map(move |(outcomes, content), act, ctx| {
+            act.complete(id, outcomes, content, round, ctx)
+        }));
     }
 
     fn complete(
@@ -362,6 +395,7 @@ impl Scheduler {
         id: QueueId,
         outcomes: Vec<(usize, Outcome)>,
         content: Option<Arc<Vec<u8>>>,
+        round: Round,
         ctx: &mut Context<Self>,
     ) {
         self.in_flight.remove(&id);
@@ -388,7 +422,10 @@ impl Scheduler {
             };
             let delivered_remote =
                 matches!(&outcome, Outcome::Delivered(d) if d.remote_mta.is_some());
-            if let Some(action) = apply_outcome(queue, msg.id, msg.arrival, now, r, outcome) {
+            let relay = round.relays.get(&i).map(String::as_str);
+            if let Some(action) =
+                apply_outcome(queue, msg.id, msg.arrival, now, r, outcome, relay, round.forced)
+            {
                 let action = if action == Action::Delivered && delivered_remote {
                     Action::Relayed
                 } else {
@@ -416,7 +453,14 @@ impl Scheduler {
             msg.warned = true;
             reports[1].1 = delayed;
         }
-        if !msg.sender.is_empty() {
+        if msg.sender.is_empty() {
+            // Nobody to tell: say so where the administrator looks.
+            for i in &reports[0].1 {
+                if let Some(r) = msg.recipients.get(*i) {
+                    tracing::warn!(queue_id = %id, to = %r.address, reason = %r.last_error.as_deref().unwrap_or(""), "undeliverable report discarded (from <>)");
+                }
+            }
+        } else {
             for (action, list) in &reports {
                 if list.is_empty() {
                     continue;
@@ -427,6 +471,7 @@ impl Scheduler {
             }
         }
         let result = if msg.is_done() {
+            self.forced.remove(&id);
             self.spool
                 .remove(&msg)
                 .map(|_| tracing::info!(queue_id = %id, "removed"))
@@ -484,25 +529,14 @@ impl Scheduler {
             now,
             until,
         );
-        let mut rcpt = Recipient::new(msg.sender.clone(), None);
-        rcpt.notify = notify::NEVER;
-        let new = NewMessage {
-            id: None,
-            sender: String::new(),
-            recipients: vec![rcpt],
-            client: "petrel".into(),
-            listener: "dsn".into(),
-            message_id: crate::headers::first(&report, "Message-ID"),
-            envid: None,
-            ret: None,
-            body_8bit: !report.is_ascii(),
-            smtputf8: !msg.sender.is_ascii(),
-        };
+        let new = crate::intake::report(config, &msg.sender, &report);
+        let nrcpt = new.recipients.len();
         match self.spool.write_message(new, &report) {
             Ok(dsn_msg) => tracing::info!(
                 queue_id = %msg.id,
                 dsn_queue_id = %dsn_msg.id,
                 action = action_name(action),
+                nrcpt,
                 to = %format!("<{}>", msg.sender),
                 "sender notified"
             ),
@@ -522,17 +556,23 @@ fn action_name(a: Action) -> &'static str {
     }
 }
 
+/// What a delivery round of one message carries to its completion.
+struct Round {
+    /// Made due by an administrator (see `Scheduler::forced`).
+    forced: bool,
+    /// Remote recipient index → next hop, for logs.
+    relays: HashMap<usize, String>,
+}
+
 /// Runs futures concurrently on the actor's thread and collects their
-/// outputs in order.
+/// outputs in order; a future that panicked gives the panic's text.
 async fn futures_join_all<T: 'static>(
     futs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T>>>>,
-) -> Vec<T> {
+) -> Vec<Result<T, String>> {
     let mut set = Vec::with_capacity(futs.len());
     let handles: Vec<_> = futs.into_iter().map(actix::spawn).collect();
     for h in handles {
-        if let Ok(v) = h.await {
-            set.push(v);
-        }
+        set.push(h.await.map_err(delivery::join_error_text));
     }
     set
 }
@@ -553,6 +593,12 @@ pub fn retry_delay(queue: &Queue, attempts: u32) -> Duration {
 /// Applies one outcome to a recipient and logs it. Returns the report the
 /// sender may get: `Failed` for a bounce or expiry, `Delivered` for a
 /// success.
+///
+/// `relay` is the next hop of a remote recipient (logged when no remote
+/// host answered). `forced`: the round was an administrator's `requeue` or
+/// `release`; a temporary failure in it is not counted as an attempt and
+/// keeps the back-off where it was (a first attempt still counts).
+#[allow(clippy::too_many_arguments)]
 fn apply_outcome(
     queue: &Queue,
     id: QueueId,
@@ -560,11 +606,20 @@ fn apply_outcome(
     now: i64,
     r: &mut Recipient,
     outcome: Outcome,
+    relay: Option<&str>,
+    forced: bool,
 ) -> Option<Action> {
-    r.attempts += 1;
+    let uncounted = forced && r.attempts > 0 && matches!(outcome, Outcome::TempFail(_));
+    if !uncounted {
+        r.attempts += 1;
+    }
     let delay = format!("{:.2}", (now - arrival).max(0) as f64 / 1000.0);
     let detail = outcome.detail().clone();
-    let relay = detail.remote_mta.clone().unwrap_or_else(|| "local".into());
+    let relay = detail
+        .remote_mta
+        .clone()
+        .or_else(|| relay.map(str::to_string))
+        .unwrap_or_else(|| "local".into());
     r.status = Some(detail.status.clone());
     r.remote_mta = detail.remote_mta.clone();
     r.diagnostic = detail.smtp_reply.clone();
@@ -619,14 +674,28 @@ impl Handler<Admin> for Scheduler {
 
     fn handle(&mut self, msg: Admin, ctx: &mut Self::Context) -> Self::Result {
         let mut report = AdminReport::default();
+        let mut changed = Vec::new();
         for id in msg.ids {
             match msg.op.apply(&self.spool, id) {
-                Ok(true) => report.done += 1,
+                Ok(true) => {
+                    report.done += 1;
+                    changed.push(id);
+                }
                 Ok(false) => report.missing.push(id),
                 Err(e) => return Err(e.to_string()),
             }
         }
+        if msg.op == AdminOp::Delete {
+            for id in &changed {
+                self.forced.remove(id);
+            }
+        }
         if matches!(msg.op, AdminOp::Release | AdminOp::Requeue) {
+            // A round already under way answers for itself: its results
+            // overwrite the requeue, and the next round is a normal one.
+            let in_flight = &self.in_flight;
+            self.forced
+                .extend(changed.into_iter().filter(|id| !in_flight.contains(id)));
             self.pump(ctx);
         }
         Ok(report)

@@ -127,8 +127,10 @@ pub fn verifying_client() -> Arc<ClientConfig> {
 
 /// The server configuration for STARTTLS, STLS and implicit TLS: the
 /// certificate chain and key from `[tls]`, or — when they are not set — a
-/// self-signed pair for `hostname`, made once in `<spool>/tls` (a warning
-/// says so; clients that verify will refuse it).
+/// self-signed pair issued to `hostname` (subject CN and subjectAltName),
+/// made in `<spool>/tls` on first start and again when `server.hostname`
+/// changes (the name it was made for is kept in `<spool>/tls/hostname`). A
+/// warning says so; clients that verify refuse it unless told to trust it.
 pub fn server_config(
     tls: &crate::config::Tls,
     spool: &std::path::Path,
@@ -139,7 +141,9 @@ pub fn server_config(
         _ => {
             let dir = spool.join("tls");
             let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-            if !c.exists() || !k.exists() {
+            let made_for = std::fs::read_to_string(dir.join("hostname")).ok();
+            if !c.exists() || !k.exists() || made_for.as_deref().map(str::trim) != Some(hostname)
+            {
                 make_self_signed(&dir, &c, &k, hostname)?;
                 tracing::warn!(cert = %c.display(), "no [tls] cert and key configured: made a self-signed certificate; set tls.cert and tls.key for clients that verify");
             }
@@ -169,15 +173,20 @@ pub fn server_config(
 
 fn make_self_signed(
     dir: &std::path::Path,
-    cert: &std::path::Path,
+    cert_path: &std::path::Path,
     key: &std::path::Path,
     hostname: &str,
 ) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let pair = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
-        .map_err(|e| format!("cannot make a certificate: {e}"))?;
+    let failed = |e: rcgen::Error| format!("cannot make a certificate for {hostname}: {e}");
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()]).map_err(failed)?;
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(rcgen::DnType::CommonName, hostname);
+    params.distinguished_name = name;
+    let signing_key = rcgen::KeyPair::generate().map_err(failed)?;
+    let cert = params.self_signed(&signing_key).map_err(failed)?;
     let mut k = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -185,9 +194,11 @@ fn make_self_signed(
         .mode(0o600)
         .open(key)
         .map_err(|e| format!("cannot write {}: {e}", key.display()))?;
-    k.write_all(pair.signing_key.serialize_pem().as_bytes())
+    k.write_all(signing_key.serialize_pem().as_bytes())
         .map_err(|e| e.to_string())?;
-    std::fs::write(cert, pair.cert.pem())
-        .map_err(|e| format!("cannot write {}: {e}", cert.display()))?;
+    std::fs::write(cert_path, cert.pem())
+        .map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
+    std::fs::write(dir.join("hostname"), format!("{hostname}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", dir.join("hostname").display()))?;
     Ok(())
 }

@@ -222,6 +222,7 @@ pub fn run(config: &Config, args: &[String]) -> i32 {
         opts.full_name.as_deref(),
         &config.server.hostname,
     );
+    content = add_received(content, &config.server.hostname, &recipients);
     if content.len() as u64 > max {
         eprintln!("sendmail: message is larger than the {max}-octet limit");
         return EX_DATAERR;
@@ -245,6 +246,30 @@ pub fn run(config: &Config, args: &[String]) -> i32 {
             }
         }
     }
+}
+
+/// Prepends the trace field of a local submission (RFC 5321 §4.4, as
+/// Postfix's pickup writes it): who submitted it, where, and when. Without
+/// it a locally submitted message carries no trace of this host, and its
+/// hop count misses one.
+fn add_received(content: Vec<u8>, hostname: &str, recipients: &[String]) -> Vec<u8> {
+    // SAFETY: getuid has no preconditions and cannot fail (POSIX).
+    let uid = unsafe { libc::getuid() };
+    let for_clause = match recipients {
+        [one] => format!("\r\n\tfor <{one}>"),
+        _ => String::new(),
+    };
+    let field = format!(
+        "Received: by {hostname} (petrel, from userid {uid}){for_clause};\r\n\t{}\r\n",
+        chrono::Local::now().to_rfc2822()
+    );
+    let mut out = Vec::with_capacity(field.len() + content.len());
+    out.extend_from_slice(field.as_bytes());
+    if headers::section(&content).is_empty() && !content.starts_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(&content);
+    out
 }
 
 /// Adds `From:`, `Date:` and `Message-ID:` where missing (RFC 5322 §3.6

@@ -11,16 +11,17 @@ pub mod dns;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::config::{Config, OutboundTls};
+use crate::config::Config;
 use crate::outcome::Outcome;
 use crate::router::NextHopPlan;
-use crate::smtp::client::{Client, ConnectError, RcptSpec, Transaction};
+use crate::smtp::client::{Client, ConnectError, ConnectOptions, RcptSpec, Transaction};
 use crate::spool::{QueueId, Ret};
 use dns::{Dns, DnsError};
 
@@ -64,6 +65,8 @@ struct Shared {
     dns: Dns,
     /// `total_concurrency` permits; each connection in use holds one.
     total: Arc<Semaphore>,
+    /// The SMTP trace level the daemon's sessions share.
+    trace: Arc<AtomicU8>,
 }
 
 /// The `total_concurrency` limit, changed by a reload: raising it adds
@@ -102,14 +105,23 @@ pub struct DeliveryPool {
 }
 
 impl DeliveryPool {
-    /// A pool over the live configuration.
-    pub fn new(config: Arc<ArcSwap<Config>>) -> Result<DeliveryPool, String> {
+    /// A pool over the live configuration; `trace` is the SMTP trace level
+    /// (`log.smtp_debug`) shared with the listeners.
+    pub fn new(
+        config: Arc<ArcSwap<Config>>,
+        trace: Arc<AtomicU8>,
+    ) -> Result<DeliveryPool, String> {
         let cfg = config.load();
         let dns = Dns::new(&cfg.dns.nameservers)?;
         let total = Arc::new(Semaphore::new(cfg.queue.total_concurrency));
         drop(cfg);
         Ok(DeliveryPool {
-            shared: Shared { config, dns, total },
+            shared: Shared {
+                config,
+                dns,
+                total,
+                trace,
+            },
             destinations: HashMap::new(),
         })
     }
@@ -242,8 +254,10 @@ impl DestinationActor {
             self.active += 1;
             self.last_busy = Instant::now();
             let conn = self.idle.pop().map(|i| i.client);
+            let rcpts: Vec<usize> = job.rcpts.iter().map(|r| r.index).collect();
+            let key = self.key.clone();
             let (shared, plan) = (self.shared.clone(), self.plan.clone());
-            let work = run_transaction(shared, plan, conn, job, permit);
+            let work = contained(run_transaction(shared, plan, conn, job, permit), rcpts, key);
             ctx.spawn(work.into_actor(self).map(move |(outcomes, conn, connect_failed), act, ctx| {
                 act.active -= 1;
                 act.last_busy = Instant::now();
@@ -320,6 +334,56 @@ impl Handler<Send> for DestinationActor {
     }
 }
 
+/// The text of a task that did not finish: the panic's message.
+pub fn join_error_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return "the delivery job was cancelled".into();
+    }
+    let p = e.into_panic();
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into());
+    format!("the delivery job panicked: {msg}")
+}
+
+/// Runs a transaction as a task of its own, so that a panic in it costs
+/// only this transaction (a temporary failure for its recipients, logged),
+/// not the destination actor with its queue and connections.
+async fn contained(
+    work: impl std::future::Future<Output = (Vec<(usize, Outcome)>, Option<Client>, Option<Outcome>)>
+    + 'static,
+    rcpts: Vec<usize>,
+    destination: String,
+) -> (Vec<(usize, Outcome)>, Option<Client>, Option<Outcome>) {
+    match actix::spawn(work).await {
+        Ok(r) => r,
+        Err(e) => {
+            let why = join_error_text(e);
+            tracing::error!(destination = %destination, reason = %why, "delivery job failed");
+            let o = Outcome::temp("4.3.0", format!("internal error: {why}"));
+            (rcpts.into_iter().map(|i| (i, o.clone())).collect(), None, None)
+        }
+    }
+}
+
+/// Test-only fault injection, compiled into debug builds only: when the
+/// environment variable `PETREL_TEST_PANIC_RCPT` (documented as test-only
+/// in docs/configuration.md) names a recipient of a transaction, the
+/// transaction panics, as a defect in delivery would.
+#[cfg(debug_assertions)]
+fn injected_fault(job: &Send) {
+    if let Ok(target) = std::env::var("PETREL_TEST_PANIC_RCPT")
+        && job
+            .rcpts
+            .iter()
+            .any(|r| r.address.eq_ignore_ascii_case(&target))
+    {
+        panic!("fault injected for <{target}> (PETREL_TEST_PANIC_RCPT)");
+    }
+}
+
 /// Carries one transaction on a reused or new connection. Returns the
 /// outcomes, the connection if it can be reused, and the failure if no
 /// connection could be made (for the destination's backoff).
@@ -336,6 +400,8 @@ async fn run_transaction(
             .map(|r| (r.index, o.clone()))
             .collect::<Vec<_>>()
     };
+    #[cfg(debug_assertions)]
+    injected_fault(&job);
     let t = Transaction {
         sender: &job.sender,
         envid: job.envid.as_deref(),
@@ -366,8 +432,12 @@ async fn run_transaction(
 /// outcome for every recipient (temporary, or permanent for DNS facts).
 async fn connect(shared: &Shared, plan: &NextHopPlan) -> Result<Client, Outcome> {
     let cfg = shared.config.load_full();
-    let helo = cfg.server.hostname.clone();
-    let policy = cfg.outbound.tls;
+    let opts = ConnectOptions {
+        helo: cfg.server.hostname.clone(),
+        policy: cfg.outbound.tls,
+        source: cfg.outbound.source_address,
+        trace: shared.trace.clone(),
+    };
     let dns_outcome = |e: DnsError| {
         if e.is_permanent() {
             let r = e.reason();
@@ -385,7 +455,7 @@ async fn connect(shared: &Shared, plan: &NextHopPlan) -> Result<Client, Outcome>
         NextHopPlan::Mx(d) => (d.clone(), cfg.outbound.port, true),
         NextHopPlan::Literal(ip) => {
             let addr = SocketAddr::new(*ip, cfg.outbound.port);
-            return try_host(&[addr], &ip.to_string(), &helo, policy).await;
+            return try_host(&[addr], &ip.to_string(), &opts).await;
         }
     };
     let hosts = if mx {
@@ -413,7 +483,7 @@ async fn connect(shared: &Shared, plan: &NextHopPlan) -> Result<Client, Outcome>
             .into_iter()
             .map(|ip| SocketAddr::new(ip, port))
             .collect();
-        match try_host(&addrs, &host.name, &helo, policy).await {
+        match try_host(&addrs, &host.name, &opts).await {
             Ok(c) => return Ok(c),
             Err(o) => last = o,
         }
@@ -424,12 +494,11 @@ async fn connect(shared: &Shared, plan: &NextHopPlan) -> Result<Client, Outcome>
 async fn try_host(
     addrs: &[SocketAddr],
     name: &str,
-    helo: &str,
-    policy: OutboundTls,
+    opts: &ConnectOptions,
 ) -> Result<Client, Outcome> {
     let mut last = Outcome::temp("4.4.1", format!("no address for {name}"));
     for a in addrs {
-        match Client::connect(*a, name, helo, policy).await {
+        match Client::connect(*a, name, opts).await {
             Ok(c) => return Ok(c),
             Err(ConnectError::NextHost(e)) => last = Outcome::temp("4.4.1", e),
             Err(ConnectError::Policy(e)) => return Err(Outcome::temp("4.7.5", e)),

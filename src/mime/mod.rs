@@ -12,6 +12,8 @@
 //! words left encoded), because IMAP returns them raw; `decode` helpers
 //! turn them into text for people.
 
+pub mod downgrade;
+
 use serde::{Deserialize, Serialize};
 
 /// What is cached about one message.

@@ -4,16 +4,18 @@
 //! recipient; a broken connection is reported so the caller can retry the
 //! transaction elsewhere.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::command::xtext_encode;
 use crate::config::OutboundTls;
 use crate::conn::Conn;
+use crate::mime::downgrade;
 use crate::outcome::{Detail, Outcome};
 use crate::spool::{Ret, notify};
 
@@ -153,6 +155,42 @@ pub struct Transaction<'a> {
     pub content: &'a [u8],
 }
 
+/// How connections are opened.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Our name in EHLO/HELO (`server.hostname`).
+    pub helo: String,
+    /// STARTTLS policy (`smtp.outbound.tls`).
+    pub policy: OutboundTls,
+    /// Local address the socket is bound to (`smtp.outbound.source_address`),
+    /// used for peers of the same address family; `None`: the system picks.
+    pub source: Option<IpAddr>,
+    /// The daemon's SMTP trace level (`log.smtp_debug`, `petrel debug
+    /// smtp`), read at each line so a change applies to open connections:
+    /// 1 connections, 2 commands and replies, 3 the message content too.
+    pub trace: Arc<AtomicU8>,
+}
+
+/// Opens a TCP connection to `addr`, from `source` when it is of the same
+/// family (RFC 5321 leaves the source to the host; Postfix's
+/// `smtp_bind_address` does the same).
+async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(src) = source.filter(|s| s.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(src, 0)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot bind to source address {src}: {}", io_text(&e)),
+            )
+        })?;
+    }
+    socket.connect(addr).await
+}
+
 /// An open SMTP connection to a peer.
 pub struct Client {
     io: BufReader<Conn>,
@@ -166,6 +204,8 @@ pub struct Client {
     pub tls: bool,
     /// A transaction was carried: RSET before the next.
     used: bool,
+    /// The trace level (see `ConnectOptions::trace`).
+    trace: Arc<AtomicU8>,
 }
 
 impl Client {
@@ -174,11 +214,12 @@ impl Client {
     pub async fn connect(
         addr: SocketAddr,
         host: &str,
-        helo: &str,
-        policy: OutboundTls,
+        opts: &ConnectOptions,
     ) -> Result<Client, ConnectError> {
+        let (helo, policy) = (opts.helo.as_str(), opts.policy);
         let peer = format!("{host}[{}]:{}", addr.ip(), addr.port());
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, tcp_connect(addr, opts.source)).await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 return Err(ConnectError::NextHost(format!(
@@ -193,6 +234,7 @@ impl Client {
             }
         };
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let mut c = Client {
             io: BufReader::new(Conn::Plain(tcp)),
             peer: peer.clone(),
@@ -200,7 +242,11 @@ impl Client {
             ext: Extensions::default(),
             tls: false,
             used: false,
+            trace: opts.trace.clone(),
         };
+        if c.trace_level() >= 1 {
+            tracing::info!(peer = %peer, local = %local, "outbound connection");
+        }
         let greet = c
             .read_reply(REPLY_TIMEOUT)
             .await
@@ -220,8 +266,11 @@ impl Client {
                     // Opportunistic: a failed handshake leaves the connection
                     // unusable; try again without TLS.
                     tracing::info!(peer = %peer, error = %e.reason(), "STARTTLS failed; retrying in plain text");
-                    let mut plain =
-                        Box::pin(Client::connect(addr, host, helo, OutboundTls::Off)).await?;
+                    let plain_opts = ConnectOptions {
+                        policy: OutboundTls::Off,
+                        ..opts.clone()
+                    };
+                    let mut plain = Box::pin(Client::connect(addr, host, &plain_opts)).await?;
                     plain.tls = false;
                     return Ok(plain);
                 }
@@ -295,7 +344,32 @@ impl Client {
         Ok(())
     }
 
+    fn trace_level(&self) -> u8 {
+        self.trace.load(Ordering::Relaxed)
+    }
+
+    /// Writes commands (traced at level 2 as `C:` lines).
     async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if self.trace_level() >= 2 {
+            for l in String::from_utf8_lossy(data).lines() {
+                tracing::info!(peer = %self.peer, "C: {l}");
+            }
+        }
+        self.write_raw(data).await
+    }
+
+    /// Writes the dot-stuffed content (each line traced at level 3).
+    async fn write_content(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if self.trace_level() >= 3 {
+            for l in data.split(|&b| b == b'\n') {
+                let l = l.strip_suffix(b"\r").unwrap_or(l);
+                tracing::info!(peer = %self.peer, "C: {}", String::from_utf8_lossy(l));
+            }
+        }
+        self.write_raw(data).await
+    }
+
+    async fn write_raw(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.io.get_mut().write_all(data).await?;
         self.io.get_mut().flush().await
     }
@@ -324,6 +398,9 @@ impl Client {
                 ));
             }
             let l = line.trim_end();
+            if self.trace_level() >= 2 {
+                tracing::info!(peer = %self.peer, "S: {l}");
+            }
             let c: u16 = l.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
             if !(200..=599).contains(&c) {
                 return Err(std::io::Error::new(
@@ -381,24 +458,40 @@ impl Client {
                 ),
             )));
         }
-        if t.body_8bit && !self.ext.eightbitmime {
-            return Ok(all(Outcome::perm(
-                "5.6.3",
-                format!(
-                    "host {} does not support 8BITMIME, which the message needs",
-                    self.peer
-                ),
-            )));
+        // RFC 6152 §3: 8-bit mail for a peer without 8BITMIME is converted
+        // to 7 bits; and no line over 998 characters goes to any peer
+        // (RFC 5321 §4.5.3.1.6, as Postfix's `smtp_line_length_limit`): the
+        // parts concerned are re-encoded, nothing of the content is lost.
+        let converted;
+        let mut content: &[u8] = t.content;
+        let eight = t.body_8bit || !content.is_ascii();
+        if (eight && !self.ext.eightbitmime) || downgrade::has_long_line(content) {
+            match downgrade::downgrade(content, self.ext.eightbitmime) {
+                Ok(c) => {
+                    converted = c;
+                    content = &converted;
+                }
+                Err(e) => {
+                    return Ok(all(Outcome::perm(
+                        "5.6.3",
+                        format!(
+                            "host {} does not support 8BITMIME, and the message cannot be converted: {e}",
+                            self.peer
+                        ),
+                    )));
+                }
+            }
         }
+        let body_8bit = self.ext.eightbitmime && (t.body_8bit || !content.is_ascii());
         if let Some(limit) = self.ext.size
             && limit > 0
-            && t.content.len() as u64 > limit
+            && content.len() as u64 > limit
         {
             return Ok(all(Outcome::perm(
                 "5.3.4",
                 format!(
                     "message size {} exceeds the limit {limit} of host {}",
-                    t.content.len(),
+                    content.len(),
                     self.peer
                 ),
             )));
@@ -411,9 +504,9 @@ impl Client {
         }
         let mut mail = format!("MAIL FROM:<{}>", t.sender);
         if self.ext.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", t.content.len()));
+            mail.push_str(&format!(" SIZE={}", content.len()));
         }
-        if t.body_8bit {
+        if body_8bit {
             mail.push_str(" BODY=8BITMIME");
         }
         if t.smtputf8 {
@@ -516,10 +609,10 @@ impl Client {
             out.extend(accepted.iter().map(|i| (*i, o.clone())));
             return Ok(out);
         }
-        let mut body = Vec::with_capacity(t.content.len() + t.content.len() / 50 + 5);
-        dot_stuff(t.content, &mut body);
+        let mut body = Vec::with_capacity(content.len() + content.len() / 50 + 5);
+        dot_stuff(content, &mut body);
         body.extend_from_slice(b".\r\n");
-        self.write(&body).await.map_err(io_err)?;
+        self.write_content(&body).await.map_err(io_err)?;
         let end = self.read_reply(DATA_END_TIMEOUT).await.map_err(io_err)?.0;
         let o = self.result(&end, "end of DATA command");
         out.extend(accepted.iter().map(|i| (*i, o.clone())));

@@ -1010,6 +1010,7 @@ impl Session {
                 // Slow down guessing: 1 s, 2 s, 3 s, then goodbye.
                 tokio::time::sleep(std::time::Duration::from_secs(self.auth_failures as u64)).await;
                 let r = Reply::new(535, "5.7.8", "Authentication credentials invalid");
+                crate::auth::log_failure(&self.client, "SMTP", &mech, &login);
                 self.reject("AUTH", &r);
                 self.send(r);
                 if self.auth_failures >= MAX_AUTH_FAILURES {
