@@ -20,6 +20,8 @@ pub struct Received {
     pub data: Vec<u8>,
     /// Whether the session was under TLS.
     pub tls: bool,
+    /// The client's address (petrel's source address).
+    pub peer: Option<SocketAddr>,
 }
 
 /// How the sink behaves.
@@ -138,6 +140,7 @@ fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let peer = tcp.peer_addr().ok();
     let mut stream: Box<dyn Stream> = Box::new(tcp.try_clone()?);
     let mut under_tls = false;
     if let Some(code) = opts.greeting {
@@ -237,6 +240,7 @@ fn serve(
                 rcpt_lines: rcpt_lines.clone(),
                 data,
                 tls: under_tls,
+                peer,
             });
             reader
                 .get_mut()
