@@ -425,8 +425,8 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         })
     };
     let delivery_arbiter = Arbiter::new();
-    let pool =
-        DeliveryPool::new(config.clone(), debug.clone()).map_err(|e| anyhow::anyhow!("dns.nameservers: {e}"))?;
+    let pool = DeliveryPool::new(config.clone(), debug.clone())
+        .map_err(|e| anyhow::anyhow!("dns.nameservers: {e}"))?;
     let (delivery_dns, total_limit) = (pool.dns(), pool.total_limit());
     let delivery = DeliveryPool::start_in_arbiter(&delivery_arbiter.handle(), move |_| pool);
     let waker = Scheduler::start(

@@ -385,9 +385,12 @@ impl Scheduler {
             (outcomes, content)
         };
         let round = Round { forced, relays };
-        ctx.spawn(work.into_actor(self).map(move |(outcomes, content), act, ctx| {
-            act.complete(id, outcomes, content, round, ctx)
-        }));
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |(outcomes, content), act, ctx| {
+                    act.complete(id, outcomes, content, round, ctx)
+                }),
+        );
     }
 
     fn complete(
@@ -423,9 +426,16 @@ impl Scheduler {
             let delivered_remote =
                 matches!(&outcome, Outcome::Delivered(d) if d.remote_mta.is_some());
             let relay = round.relays.get(&i).map(String::as_str);
-            if let Some(action) =
-                apply_outcome(queue, msg.id, msg.arrival, now, r, outcome, relay, round.forced)
-            {
+            if let Some(action) = apply_outcome(
+                queue,
+                msg.id,
+                msg.arrival,
+                now,
+                r,
+                outcome,
+                relay,
+                round.forced,
+            ) {
                 let action = if action == Action::Delivered && delivered_remote {
                     Action::Relayed
                 } else {

@@ -142,8 +142,7 @@ pub fn server_config(
             let dir = spool.join("tls");
             let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
             let made_for = std::fs::read_to_string(dir.join("hostname")).ok();
-            if !c.exists() || !k.exists() || made_for.as_deref().map(str::trim) != Some(hostname)
-            {
+            if !c.exists() || !k.exists() || made_for.as_deref().map(str::trim) != Some(hostname) {
                 make_self_signed(&dir, &c, &k, hostname)?;
                 tracing::warn!(cert = %c.display(), "no [tls] cert and key configured: made a self-signed certificate; set tls.cert and tls.key for clients that verify");
             }

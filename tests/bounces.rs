@@ -77,6 +77,29 @@ fn a_failure_report_to_an_alias_group_reaches_every_member() {
 }
 
 #[test]
+fn a_failure_report_to_an_alternate_domain_address_reaches_the_mailbox() {
+    // bob@example.org: bob@example.test's address in the alternate domain
+    // example.org, not listed in his addresses.
+    let sink = Sink::start("127.0.0.2:0", SinkOptions::default());
+    let server = TestServer::start_with("", "", sink.addr.port());
+    let id = send(
+        &server,
+        "bob@example.org",
+        &["reject@partner.test"],
+        "from-the-alias-domain",
+    );
+    assert!(server.wait_log(&["delivery", &id, "status=bounced"], WAIT));
+    let list = server.wait_mailbox("bob", 1, WAIT);
+    assert_eq!(list.len(), 1, "no report for bob: {}", server.log());
+    let raw = String::from_utf8_lossy(&server.mailbox_message("bob", 1)).into_owned();
+    assert!(raw.contains("To: <bob@example.org>"), "{raw}");
+    assert!(
+        raw.contains("Final-Recipient: rfc822; reject@partner.test"),
+        "{raw}"
+    );
+}
+
+#[test]
 fn an_undeliverable_report_is_logged_not_dropped_silently() {
     // A report to a local address nobody has (the sender was forged):
     // nothing to tell, but the administrator sees why in the log.
@@ -115,7 +138,12 @@ fn start_with_fault(port: u16) -> TestServer {
 fn a_panicking_delivery_job_is_a_counted_temporary_failure() {
     let sink = Sink::start("127.0.0.2:0", SinkOptions::default());
     let server = start_with_fault(sink.addr.port());
-    let id = send(&server, "alice@example.test", &["doom@partner.test"], "doom");
+    let id = send(
+        &server,
+        "alice@example.test",
+        &["doom@partner.test"],
+        "doom",
+    );
     assert!(
         server.wait_log(
             &[
@@ -160,7 +188,12 @@ fn a_panicking_delivery_job_is_a_counted_temporary_failure() {
         "show says {counted}, the log {logged}: {text}"
     );
     // The destination still works: the panic cost only its transaction.
-    let ok = send(&server, "alice@example.test", &["dave@partner.test"], "after");
+    let ok = send(
+        &server,
+        "alice@example.test",
+        &["dave@partner.test"],
+        "after",
+    );
     assert!(
         server.wait_log(&["delivery", &ok, "status=sent"], WAIT),
         "{}",

@@ -40,7 +40,9 @@ fn hex(b: &[u8]) -> String {
 /// The original, with 8-bit headers, an 8-bit text part, an 8-bit
 /// attachment with a non-ASCII name and an enclosed 8-bit message.
 fn eight_bit_message() -> (Vec<u8>, Vec<u8>) {
-    let attachment: Vec<u8> = (0x80u8..=0xff).chain(b" ascii too".iter().copied()).collect();
+    let attachment: Vec<u8> = (0x80u8..=0xff)
+        .chain(b" ascii too".iter().copied())
+        .collect();
     let mut m = "From: J\u{f6}rg M\u{fc}ller <alice@example.test>\r\n\
 To: dave@partner.test\r\n\
 Subject: Gr\u{fc}\u{df}e aus K\u{f6}ln\r\n\
@@ -133,7 +135,10 @@ fn eight_bit_mail_to_a_seven_bit_peer_is_converted_and_decodes_to_the_original()
     assert!(!got[0].mail.contains("BODY=8BITMIME"), "{}", got[0].mail);
     // What we sent is the original after our own Received: header.
     let text = String::from_utf8_lossy(&got[0].data).into_owned();
-    assert!(text.contains("Content-Transfer-Encoding: quoted-printable"), "{text}");
+    assert!(
+        text.contains("Content-Transfer-Encoding: quoted-printable"),
+        "{text}"
+    );
     assert!(text.contains("Content-Transfer-Encoding: base64"), "{text}");
     assert!(text.contains("Subject: =?utf-8?B?"), "{text}");
     check_same_reading(&original, &got[0]);
@@ -148,9 +153,18 @@ fn an_over_long_line_is_reencoded_for_the_peer_and_nothing_is_lost() {
     let sink = Sink::start("127.0.0.2:0", SinkOptions::default());
     let server = TestServer::start_with("", "", sink.addr.port());
     let long = format!("{} end", "0123456789".repeat(300));
-    let body = format!("Subject: long line\r\nFrom: alice@example.test\r\n\r\nfirst\r\n{long}\r\nlast\r\n");
-    let out = server.cli_stdin(&["sendmail", "-f", "alice@example.test", "dave@partner.test"], body.as_bytes());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body = format!(
+        "Subject: long line\r\nFrom: alice@example.test\r\n\r\nfirst\r\n{long}\r\nlast\r\n"
+    );
+    let out = server.cli_stdin(
+        &["sendmail", "-f", "alice@example.test", "dave@partner.test"],
+        body.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = sink.wait(1, WAIT);
     assert_eq!(got.len(), 1, "{}", server.log());
     let after = python_reads(&got[0].data);

@@ -35,7 +35,11 @@ fn attempts_logged(server: &TestServer, id: &str) -> usize {
 fn wait_attempts(server: &TestServer, id: &str, n: usize) {
     let deadline = Instant::now() + WAIT;
     while attempts_logged(server, id) < n {
-        assert!(Instant::now() < deadline, "no attempt {n}: {}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "no attempt {n}: {}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -81,7 +85,11 @@ fn requeue_is_not_a_failed_attempt_and_keeps_the_back_off() {
     assert!((17..=20).contains(&wait), "first retry in {wait} s");
     for round in 2..=3 {
         let out = server.cli(&["requeue", &id]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         wait_attempts(&server, &id, round);
         let (attempts, wait) = schedule(&server, &id);
         // The administrator's round is not one of the schedule: still one
@@ -102,7 +110,11 @@ fn sendmail_submission_gets_a_received_header() {
         &["sendmail", "-f", "bob@example.test", "alice@example.test"],
         b"Subject: from cron\n\nhello\n",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list = server.wait_mailbox("alice", 1, WAIT);
     assert_eq!(list.len(), 1);
     let raw = String::from_utf8_lossy(&server.mailbox_message("alice", 1)).into_owned();
@@ -151,7 +163,10 @@ fn a_failed_auth_is_logged_with_the_login_name() {
     let creds = base64::engine::general_purpose::STANDARD.encode(b"\0mallory\0wrong-password");
     assert_eq!(s.cmd(&format!("AUTH PLAIN {creds}")).0, 535);
     assert!(
-        server.wait_log(&["authentication failed", "login=mallory", "mechanism=PLAIN"], WAIT),
+        server.wait_log(
+            &["authentication failed", "login=mallory", "mechanism=PLAIN"],
+            WAIT
+        ),
         "{}",
         server.log()
     );
@@ -192,12 +207,22 @@ fn the_self_signed_certificate_is_issued_to_the_hostname() {
     );
     let cert = server.dir.path().join("spool/tls/cert.pem");
     let out = std::process::Command::new("openssl")
-        .args(["x509", "-noout", "-subject", "-ext", "subjectAltName", "-in"])
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-ext",
+            "subjectAltName",
+            "-in",
+        ])
         .arg(&cert)
         .output()
         .expect("openssl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains("CN = mx.example.test") || text.contains("CN=mx.example.test"), "{text}");
+    assert!(
+        text.contains("CN = mx.example.test") || text.contains("CN=mx.example.test"),
+        "{text}"
+    );
     assert!(text.contains("DNS:mx.example.test"), "{text}");
     // A client told to trust the certificate checks the name and succeeds.
     let addr = server.addr("tls");

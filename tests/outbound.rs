@@ -491,7 +491,11 @@ fn utf8_mail_bounces_and_8bit_mail_is_converted_at_a_peer_without_the_extensions
     );
     assert!(server.wait_log(&["delivery", &ascii, "status=sent"], WAIT));
     let got = mx1.expect("mx1").received();
-    assert_eq!(got.len(), 2, "the converted and the 7-bit message were sent");
+    assert_eq!(
+        got.len(),
+        2,
+        "the converted and the 7-bit message were sent"
+    );
     assert!(got[0].data.is_ascii());
     assert!(
         String::from_utf8_lossy(&got[0].data).contains("Gr=C3=BC=C3=9Fe"),

@@ -107,10 +107,7 @@ pub struct DeliveryPool {
 impl DeliveryPool {
     /// A pool over the live configuration; `trace` is the SMTP trace level
     /// (`log.smtp_debug`) shared with the listeners.
-    pub fn new(
-        config: Arc<ArcSwap<Config>>,
-        trace: Arc<AtomicU8>,
-    ) -> Result<DeliveryPool, String> {
+    pub fn new(config: Arc<ArcSwap<Config>>, trace: Arc<AtomicU8>) -> Result<DeliveryPool, String> {
         let cfg = config.load();
         let dns = Dns::new(&cfg.dns.nameservers)?;
         let total = Arc::new(Semaphore::new(cfg.queue.total_concurrency));
@@ -363,7 +360,11 @@ async fn contained(
             let why = join_error_text(e);
             tracing::error!(destination = %destination, reason = %why, "delivery job failed");
             let o = Outcome::temp("4.3.0", format!("internal error: {why}"));
-            (rcpts.into_iter().map(|i| (i, o.clone())).collect(), None, None)
+            (
+                rcpts.into_iter().map(|i| (i, o.clone())).collect(),
+                None,
+                None,
+            )
         }
     }
 }

@@ -111,12 +111,11 @@ fn split_entity(e: &[u8]) -> (Vec<Field<'_>>, &[u8], &[u8]) {
             }
         } else {
             match bare.iter().position(|&b| b == b':') {
-                Some(c) if c > 0 && bare[..c].iter().all(|&b| (33..=126).contains(&b)) => {
-                    fields.push(Field {
+                Some(c) if c > 0 && bare[..c].iter().all(|&b| (33..=126).contains(&b)) => fields
+                    .push(Field {
                         name: String::from_utf8_lossy(&bare[..c]).to_ascii_lowercase(),
                         raw: line,
-                    })
-                }
+                    }),
                 _ => return (fields, &[], &e[pos..]),
             }
         }
@@ -147,7 +146,9 @@ fn content_type(value: &[u8]) -> Option<ContentType> {
         let Some(eq) = p.iter().position(|&b| b == b'=') else {
             continue;
         };
-        let name = String::from_utf8_lossy(&p[..eq]).trim().to_ascii_lowercase();
+        let name = String::from_utf8_lossy(&p[..eq])
+            .trim()
+            .to_ascii_lowercase();
         if name == "boundary" {
             let v = trim(&p[eq + 1..]);
             let v = match v.strip_prefix(b"\"").and_then(|x| x.strip_suffix(b"\"")) {
@@ -163,8 +164,14 @@ fn content_type(value: &[u8]) -> Option<ContentType> {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let e = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(s, |i| i + 1);
+    let s = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let e = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(s, |i| i + 1);
     &b[s..e.max(s)]
 }
 
@@ -222,9 +229,15 @@ enum Cte {
 }
 
 fn cte(fields: &[Field]) -> Cte {
-    match fields.iter().rev().find(|f| f.name == "content-transfer-encoding") {
+    match fields
+        .iter()
+        .rev()
+        .find(|f| f.name == "content-transfer-encoding")
+    {
         Some(f) => {
-            let v = String::from_utf8_lossy(&f.value()).trim().to_ascii_lowercase();
+            let v = String::from_utf8_lossy(&f.value())
+                .trim()
+                .to_ascii_lowercase();
             match v.as_str() {
                 "quoted-printable" => Cte::QuotedPrintable,
                 "base64" => Cte::Base64,
@@ -336,7 +349,9 @@ fn leaf(
         } else {
             "unknown-8bit"
         };
-        out.extend_from_slice(format!("Content-Type: text/plain; charset={charset}\r\n").as_bytes());
+        out.extend_from_slice(
+            format!("Content-Type: text/plain; charset={charset}\r\n").as_bytes(),
+        );
     }
     if blank.is_empty() {
         out.extend_from_slice(b"\r\n");
@@ -362,7 +377,10 @@ fn multipart(
     while pos < body.len() {
         let end = memchr::memchr(b'\n', &body[pos..]).map_or(body.len(), |i| pos + i + 1);
         let line = &body[pos..end];
-        if let Some(rest) = line.strip_prefix(b"--").and_then(|l| l.strip_prefix(boundary)) {
+        if let Some(rest) = line
+            .strip_prefix(b"--")
+            .and_then(|l| l.strip_prefix(boundary))
+        {
             let closing = rest.starts_with(b"--");
             let rest = if closing { &rest[2..] } else { rest };
             if rest.iter().all(|b| b.is_ascii_whitespace()) {
@@ -449,14 +467,14 @@ fn write_fields(
 ) -> Result<(), Error> {
     let mut cte_written = false;
     for f in fields {
-        if f.name == "content-transfer-encoding" {
-            if let Some(c) = new_cte {
-                if !cte_written {
-                    out.extend_from_slice(format!("Content-Transfer-Encoding: {c}\r\n").as_bytes());
-                    cte_written = true;
-                }
-                continue;
+        if f.name == "content-transfer-encoding"
+            && let Some(c) = new_cte
+        {
+            if !cte_written {
+                out.extend_from_slice(format!("Content-Transfer-Encoding: {c}\r\n").as_bytes());
+                cte_written = true;
             }
+            continue;
         }
         if !keep_8bit && has_8bit(f.raw) {
             encode_field(f, out)?;
@@ -486,7 +504,10 @@ fn fold_long(raw: &[u8], out: &mut Vec<u8>) {
     for line in raw.split_inclusive(|&b| b == b'\n') {
         let mut rest = line;
         while line_len(rest) > MAX_LINE {
-            match rest[1..MAX_LINE].iter().rposition(|&b| b == b' ' || b == b'\t') {
+            match rest[1..MAX_LINE]
+                .iter()
+                .rposition(|&b| b == b' ' || b == b'\t')
+            {
                 Some(i) => {
                     out.extend_from_slice(&rest[..i + 1]);
                     out.extend_from_slice(b"\r\n");
@@ -591,7 +612,10 @@ fn fold(line: &[u8], out: &mut Vec<u8>) {
     while !rest.is_empty() {
         // The next piece: up to (not including) the white space after the
         // next word.
-        let skip = rest.iter().take_while(|b| **b == b' ' || **b == b'\t').count();
+        let skip = rest
+            .iter()
+            .take_while(|b| **b == b' ' || **b == b'\t')
+            .count();
         let word = rest[skip..]
             .iter()
             .position(|b| *b == b' ' || *b == b'\t')
@@ -721,10 +745,15 @@ pub fn qp_encode(content: &[u8]) -> Vec<u8> {
         let mut col = 0;
         for (i, &b) in line.iter().enumerate() {
             let at_end = i + 1 == line.len();
-            let literal = (b == b' ' || b == b'\t') && !at_end || (33..=126).contains(&b) && b != b'=';
+            let literal =
+                (b == b' ' || b == b'\t') && !at_end || (33..=126).contains(&b) && b != b'=';
             let width = if literal { 1 } else { 3 };
             // Room for the soft break's `=` unless this is the line's end.
-            let limit = if at_end { ENCODED_LINE } else { ENCODED_LINE - 1 };
+            let limit = if at_end {
+                ENCODED_LINE
+            } else {
+                ENCODED_LINE - 1
+            };
             if col + width > limit {
                 out.extend_from_slice(b"=\r\n");
                 col = 0;
@@ -789,7 +818,11 @@ pub fn qp_decode(content: &[u8]) -> Vec<u8> {
 }
 
 fn base64_encode(content: &[u8]) -> Vec<u8> {
-    wrap(base64::engine::general_purpose::STANDARD.encode(content).as_bytes())
+    wrap(
+        base64::engine::general_purpose::STANDARD
+            .encode(content)
+            .as_bytes(),
+    )
 }
 
 /// Re-wraps base64 text at 76 characters; octets outside the alphabet
@@ -854,7 +887,11 @@ mod tests {
         let d = downgrade(&m, false).expect("converts");
         all_lines_short_and_7bit(&d);
         let p = MessageParser::default().parse(&d).expect("parses");
-        let leaves: Vec<_> = p.parts.iter().filter(|x| x.content_type().is_some_and(|c| c.ctype() != "multipart")).collect();
+        let leaves: Vec<_> = p
+            .parts
+            .iter()
+            .filter(|x| x.content_type().is_some_and(|c| c.ctype() != "multipart"))
+            .collect();
         assert_eq!(leaves.len(), 3);
         assert_eq!(leaves[0].contents(), "caf\u{e9}".as_bytes());
         assert_eq!(leaves[1].contents(), &bin[..]);
@@ -876,7 +913,10 @@ mod tests {
     #[test]
     fn an_8bit_address_cannot_be_encoded() {
         let m = "To: j\u{f6}rg@x.test\r\n\r\nhi\r\n".as_bytes();
-        assert!(matches!(downgrade(m, false), Err(Error::EightBitAddress(_))));
+        assert!(matches!(
+            downgrade(m, false),
+            Err(Error::EightBitAddress(_))
+        ));
     }
 
     #[test]
