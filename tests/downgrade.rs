@@ -148,11 +148,13 @@ fn eight_bit_mail_to_a_seven_bit_peer_is_converted_and_decodes_to_the_original()
 
 #[test]
 fn an_over_long_line_is_reencoded_for_the_peer_and_nothing_is_lost() {
-    // The peer offers 8BITMIME; the only problem is a line of 3,000
-    // characters (submitted locally, where no line limit applies).
+    // The peer offers 8BITMIME; the only problem is a line of 300,000
+    // characters (submitted locally).
     let sink = Sink::start("127.0.0.2:0", SinkOptions::default());
     let server = TestServer::start_with("", "", sink.addr.port());
-    let long = format!("{} end", "0123456789".repeat(300));
+    // 300,000 characters: large enough to be converted off the delivery
+    // thread.
+    let long = format!("{} end", "0123456789".repeat(30_000));
     let body = format!(
         "Subject: long line\r\nFrom: alice@example.test\r\n\r\nfirst\r\n{long}\r\nlast\r\n"
     );

@@ -23,6 +23,9 @@ use crate::spool::{Ret, notify};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Greeting and command replies (RFC 5321 §4.5.3.2.1–5: 5 minutes).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Messages up to this size are converted for a 7-bit peer on the
+/// delivery thread; larger ones on the blocking pool.
+const DOWNGRADE_INLINE: usize = 256 * 1024;
 /// After the final dot (RFC 5321 §4.5.3.2.6: 10 minutes).
 const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -466,7 +469,18 @@ impl Client {
         let mut content: &[u8] = t.content;
         let eight = t.body_8bit || !content.is_ascii();
         if (eight && !self.ext.eightbitmime) || downgrade::has_long_line(content) {
-            match downgrade::downgrade(content, self.ext.eightbitmime) {
+            let keep_8bit = self.ext.eightbitmime;
+            // CPU work in proportion to the size: a large message is
+            // converted off the delivery arbiter's thread.
+            let result = if content.len() > DOWNGRADE_INLINE {
+                let owned = content.to_vec();
+                tokio::task::spawn_blocking(move || downgrade::downgrade(&owned, keep_8bit))
+                    .await
+                    .map_err(|e| format!("the conversion failed: {e}"))?
+            } else {
+                downgrade::downgrade(content, keep_8bit)
+            };
+            match result {
                 Ok(c) => {
                     converted = c;
                     content = &converted;
