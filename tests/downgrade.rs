@@ -180,3 +180,59 @@ fn an_over_long_line_is_reencoded_for_the_peer_and_nothing_is_lost() {
     assert_eq!(after["parts"][0]["cte"], "quoted-printable");
     assert_eq!(after["subject"], "long line");
 }
+
+#[test]
+fn a_real_postfix_without_8bitmime_receives_the_converted_message() {
+    let Some(peer) = common::postfix::PostfixPeer::start("smtpd_discard_ehlo_keywords = 8bitmime")
+    else {
+        return;
+    };
+    let server = TestServer::start_with(
+        "",
+        &format!(
+            "[smtp.outbound]\nport = {0}\n[[smtp.outbound.routes]]\ndomain = \"postfix.test\"\nhost = \"[127.0.0.1]:{0}\"",
+            peer.port
+        ),
+        peer.port,
+    );
+    let (original, attachment) = eight_bit_message();
+    let mut s = Smtp::ready(server.mx());
+    assert_eq!(s.cmd("MAIL FROM:<alice@example.test> BODY=8BITMIME").0, 250);
+    assert_eq!(s.cmd("RCPT TO:<user@postfix.test>").0, 250);
+    assert_eq!(s.cmd("DATA").0, 354);
+    let mut stuffed = Vec::new();
+    for line in original.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            stuffed.push(b'.');
+        }
+        stuffed.extend_from_slice(line);
+    }
+    s.send_raw(&stuffed);
+    s.send_raw(b".\r\n");
+    let id = queued_id(&s.reply());
+    assert!(
+        server.wait_log(&["delivery", &id, "status=sent"], Duration::from_secs(20)),
+        "{}",
+        server.log()
+    );
+    let files = peer.wait_maildir(1, Duration::from_secs(20));
+    assert_eq!(files.len(), 1, "one message in Postfix's maildir");
+    // The maildir holds LF lines; the canonical form has CRLF.
+    let mut crlf = Vec::with_capacity(files[0].len() + files[0].len() / 20);
+    for &b in &files[0] {
+        if b == b'\n' {
+            crlf.push(b'\r');
+        }
+        crlf.push(b);
+    }
+    let got = Received {
+        mail: String::new(),
+        rcpts: vec![],
+        rcpt_lines: vec![],
+        data: crlf,
+        tls: false,
+        peer: None,
+    };
+    check_same_reading(&original, &got);
+    assert_eq!(python_reads(&got.data)["parts"][1]["hex"], hex(&attachment));
+}

@@ -2,7 +2,8 @@
 # Runs a private Postfix instance as a test peer: loopback only, DNS
 # look-ups off, mail for postfix.test delivered to maildir DIR/mail/box/,
 # reject@postfix.test refused with 550. Runs in the foreground until killed.
-# Usage: postfix_peer.sh DIR PORT   (as root; DIR must not exist yet)
+# Usage: postfix_peer.sh DIR PORT   (as root; DIR must not exist yet;
+# $POSTFIX_PEER_EXTRA: more main.cf lines)
 set -euo pipefail
 DIR=$1
 PORT=$2
@@ -58,4 +59,8 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 CF
+# Extra main.cf lines for a test, e.g. "smtpd_discard_ehlo_keywords = 8bitmime".
+if [ -n "${POSTFIX_PEER_EXTRA:-}" ]; then
+    printf '%s\n' "$POSTFIX_PEER_EXTRA" >> "$DIR/etc/main.cf"
+fi
 exec postfix -c "$DIR/etc" start-fg
