@@ -373,8 +373,9 @@ impl Scheduler {
             // A job that panicked (or lost recipients) answers nothing for
             // them: they get a temporary failure, so the attempt counts and
             // the back-off applies, instead of being due again at once.
+            let answered: HashSet<usize> = outcomes.iter().map(|(k, _)| *k).collect();
             for i in dispatched {
-                if !outcomes.iter().any(|(k, _)| *k == i) {
+                if !answered.contains(&i) {
                     let why = failure
                         .clone()
                         .unwrap_or_else(|| "the delivery job gave no result".into());
