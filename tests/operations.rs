@@ -70,7 +70,7 @@ fn schedule(server: &TestServer, id: &str) -> (u32, i64) {
 }
 
 #[test]
-fn requeue_is_not_a_failed_attempt_and_keeps_the_back_off() {
+fn requeue_and_release_are_not_failed_attempts_and_keep_the_back_off() {
     // The sink defers defer@partner.test with 450.
     let sink = Sink::start("127.0.0.2:0", SinkOptions::default());
     let server = TestServer::start_with(
@@ -83,22 +83,29 @@ fn requeue_is_not_a_failed_attempt_and_keeps_the_back_off() {
     let (attempts, wait) = schedule(&server, &id);
     assert_eq!(attempts, 1);
     assert!((17..=20).contains(&wait), "first retry in {wait} s");
+    // Round 2 by `requeue`, round 3 by `hold` and `release`.
     for round in 2..=3 {
-        let out = server.cli(&["requeue", &id]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let ops: &[&str] = if round == 2 {
+            &["requeue"]
+        } else {
+            &["hold", "release"]
+        };
+        for op in ops {
+            let out = server.cli(&[op, &id]);
+            assert!(
+                out.status.success(),
+                "{op}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         wait_attempts(&server, &id, round);
         let (attempts, wait) = schedule(&server, &id);
         // The administrator's round is not one of the schedule: still one
         // counted attempt, and the next retry 20 s away (not 40 s, 80 s).
-        assert_eq!(attempts, 1, "after requeue {}", round - 1);
+        assert_eq!(attempts, 1, "after {ops:?}");
         assert!(
             (17..=20).contains(&wait),
-            "after requeue {}: next retry in {wait} s",
-            round - 1
+            "after {ops:?}: next retry in {wait} s"
         );
     }
 }

@@ -337,7 +337,9 @@ fn leaf(
     let (encoded, name) = match encoding {
         Cte::Base64 => (rewrap_base64(content), "base64"),
         Cte::QuotedPrintable => (qp_encode(&qp_decode(content)), "quoted-printable"),
-        Cte::Identity if media == "text" || media == "message" => {
+        // Text, and what should have been structure (a multipart without
+        // a boundary), stay readable as quoted-printable.
+        Cte::Identity if matches!(media, "text" | "message" | "multipart") => {
             (qp_encode(content), "quoted-printable")
         }
         Cte::Identity => (base64_encode(content), "base64"),
