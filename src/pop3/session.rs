@@ -354,7 +354,7 @@ impl Session {
         let (Some(target), true) = (target, verified) else {
             self.auth_failures += 1;
             tokio::time::sleep(Duration::from_secs(self.auth_failures as u64)).await;
-            crate::auth::log_failure(&self.client, "POP3", "USER/PASS", login);
+            crate::auth::log_failure(&self.client, "POP3", "password", login);
             tracing::info!(client = %self.client, stage = %"POP3 login", code = %"-ERR", reason = "invalid credentials", "rejected");
             self.err("[AUTH] invalid user name or password");
             if self.auth_failures >= MAX_AUTH_FAILURES {
