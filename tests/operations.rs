@@ -158,10 +158,12 @@ fn a_failed_remote_delivery_is_logged_with_its_relay() {
 }
 
 #[test]
-fn a_failed_auth_is_logged_with_the_login_name() {
+fn a_failed_login_is_logged_with_the_login_name() {
     let server = TestServer::start_with(
         "allow_plaintext_auth = true",
-        "[[listeners]]\nname = \"sub\"\nprotocol = \"submission\"\nbind = \"127.0.0.1:0\"\nauth = \"optional\"",
+        "[[listeners]]\nname = \"sub\"\nprotocol = \"submission\"\nbind = \"127.0.0.1:0\"\nauth = \"optional\"\n\
+         [[listeners]]\nname = \"pop\"\nprotocol = \"pop3\"\nbind = \"127.0.0.1:0\"\n\
+         [pop3]\nallow_plaintext_auth = true",
         free_port(),
     );
     let (mut s, g) = Smtp::connect(server.addr("sub"));
@@ -178,6 +180,31 @@ fn a_failed_auth_is_logged_with_the_login_name() {
         server.log()
     );
     assert!(!server.log().contains("wrong-password"));
+    // POP3 logs the same way.
+    let stream = std::net::TcpStream::connect(server.addr("pop")).expect("connect pop3");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut w = stream.try_clone().expect("clone");
+    let mut r = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    use std::io::{BufRead, Write};
+    r.read_line(&mut line).expect("greeting");
+    assert!(line.starts_with("+OK"), "{line}");
+    for cmd in ["USER eve\r\n", "PASS guess\r\n"] {
+        w.write_all(cmd.as_bytes()).expect("write");
+        line.clear();
+        r.read_line(&mut line).expect("reply");
+    }
+    assert!(line.starts_with("-ERR"), "{line}");
+    assert!(
+        server.wait_log(
+            &["authentication failed", "protocol=POP3", "login=eve"],
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
 }
 
 #[test]
