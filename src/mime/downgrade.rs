@@ -935,6 +935,40 @@ mod tests {
         }
     }
 
+    /// The decoded octets of every leaf part, as mail-parser reads them.
+    fn leaves(m: &[u8]) -> Vec<Vec<u8>> {
+        let p = MessageParser::default().parse(m).expect("parses");
+        p.parts
+            .iter()
+            .filter(|x| {
+                !matches!(
+                    x.body,
+                    mail_parser::PartType::Multipart(_) | mail_parser::PartType::Message(_)
+                )
+            })
+            .map(|x| x.contents().to_vec())
+            .collect()
+    }
+
+    /// A body line from pieces: 8-bit text, ASCII, `=`, spaces, long runs.
+    fn body_strategy() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                Just("caf\u{e9} ".as_bytes().to_vec()),
+                Just(b"plain words ".to_vec()),
+                Just(b"= 100% =3D ".to_vec()),
+                Just(b"trailing \r\n".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(b".dot\r\n".to_vec()),
+                Just(vec![b'x'; 1200]),
+                Just(vec![0xE9, 0xFF, 0x80]),
+            ],
+            1..8,
+        )
+        .prop_map(|v| v.concat())
+    }
+
     proptest::proptest! {
         #[test]
         fn any_bytes_round_trip_through_quoted_printable(
@@ -943,6 +977,38 @@ mod tests {
             let e = qp_encode(&s);
             proptest::prop_assert!(e.is_ascii());
             proptest::prop_assert_eq!(qp_decode(&e), s);
+        }
+
+        #[test]
+        fn converted_parts_decode_to_the_original_octets(
+            bodies in proptest::collection::vec((body_strategy(), 0u8..3), 1..4),
+            keep_8bit in proptest::bool::ANY,
+        ) {
+            let mut m = b"Subject: t\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"o\"\r\n\r\n".to_vec();
+            for (body, kind) in &bodies {
+                m.extend_from_slice(b"--o\r\n");
+                match kind {
+                    0 => m.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"),
+                    1 => m.extend_from_slice(b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"),
+                    _ => m.extend_from_slice(b"Content-Type: multipart/alternative; boundary=\"i\"\r\n\r\n--i\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"),
+                }
+                m.extend_from_slice(body);
+                if *kind == 2 {
+                    m.extend_from_slice(b"\r\n--i\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>");
+                    m.extend_from_slice(body);
+                    m.extend_from_slice(b"</p>\r\n--i--");
+                }
+                m.extend_from_slice(b"\r\n");
+            }
+            m.extend_from_slice(b"--o--\r\n");
+            let d = downgrade(&m, keep_8bit).expect("converts");
+            proptest::prop_assert!(!has_long_line(&d));
+            if !keep_8bit {
+                proptest::prop_assert!(d.is_ascii());
+            }
+            let expected = bodies.iter().map(|(_, k)| if *k == 2 { 2 } else { 1 }).sum::<usize>();
+            proptest::prop_assert_eq!(leaves(&m).len(), expected);
+            proptest::prop_assert_eq!(leaves(&d), leaves(&m));
         }
 
         #[test]
