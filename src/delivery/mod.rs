@@ -433,12 +433,7 @@ async fn run_transaction(
 /// outcome for every recipient (temporary, or permanent for DNS facts).
 async fn connect(shared: &Shared, plan: &NextHopPlan) -> Result<Client, Outcome> {
     let cfg = shared.config.load_full();
-    let opts = ConnectOptions {
-        helo: cfg.server.hostname.clone(),
-        policy: cfg.outbound.tls,
-        source: cfg.outbound.source_address,
-        trace: shared.trace.clone(),
-    };
+    let opts = ConnectOptions::new(&cfg, shared.trace.clone());
     let dns_outcome = |e: DnsError| {
         if e.is_permanent() {
             let r = e.reason();

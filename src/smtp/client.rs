@@ -174,6 +174,19 @@ pub struct ConnectOptions {
     pub trace: Arc<AtomicU8>,
 }
 
+impl ConnectOptions {
+    /// The options `config` gives (`server.hostname`, `smtp.outbound.tls`,
+    /// `smtp.outbound.source_address`), traced at the level `trace` holds.
+    pub fn new(config: &crate::config::Config, trace: Arc<AtomicU8>) -> ConnectOptions {
+        ConnectOptions {
+            helo: config.server.hostname.clone(),
+            policy: config.outbound.tls,
+            source: config.outbound.source_address,
+            trace,
+        }
+    }
+}
+
 /// Opens a TCP connection to `addr`, from `source` when it is of the same
 /// family (RFC 5321 leaves the source to the host; Postfix's
 /// `smtp_bind_address` does the same).

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
-use super::client::{Client, ConnectError};
+use super::client::{Client, ConnectError, ConnectOptions};
 use super::reply::Reply;
 use crate::config::Config;
 use crate::delivery::dns::Dns;
@@ -189,10 +189,11 @@ impl Verifier {
             Ok(h) => h,
             Err(why) => return Verdict::Unknown(why),
         };
-        let helo = &cfg.server.hostname;
+        // Probes leave from the same source address as deliveries.
+        let opts = ConnectOptions::new(cfg, Default::default());
         let mut last = format!("no host for {domain}");
         for (name, addr) in hosts {
-            let mut client = match Client::connect(addr, &name, helo, cfg.outbound.tls).await {
+            let mut client = match Client::connect(addr, &name, &opts).await {
                 Ok(c) => c,
                 Err(ConnectError::NextHost(e) | ConnectError::Policy(e)) => {
                     last = e;
