@@ -287,6 +287,8 @@ impl Scheduler {
                             .drain(..)
                             .flat_map(|(_, l)| l.into_iter().map(|r| fail(r.index))),
                     );
+                    // Decided here: no next hop was involved.
+                    relays.clear();
                     Some(Arc::new(c))
                 }
                 Ok(c) => Some(Arc::new(c)),
@@ -298,6 +300,7 @@ impl Scheduler {
                             .drain(..)
                             .flat_map(|(_, l)| l.into_iter().map(|r| fail(r.index))),
                     );
+                    relays.clear();
                     None
                 }
             }
