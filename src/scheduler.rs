@@ -265,13 +265,30 @@ impl Scheduler {
             .map(|t| t.rcpt)
             .chain(remotes.iter().flat_map(|(_, l)| l.iter().map(|r| r.index)))
             .collect();
-        let content = if locals.is_empty() && remotes.is_empty() {
-            None
-        } else {
-            match self.spool.content(&msg) {
+        // The content is read off the actor's thread (a whole message may
+        // be megabytes of sled reads), then the jobs start. Recipients
+        // failed already (unknown here) need it for their report.
+        let reading = (!locals.is_empty() || !remotes.is_empty() || !outcomes.is_empty())
+            .then(|| msg.clone());
+        let spool = self.spool.clone();
+        let mailbox = self.mailbox.clone();
+        let pool = self.delivery.clone();
+        let work = async move {
+            let content = match reading {
+                None => None,
+                Some(m) => Some(
+                    tokio::task::spawn_blocking(move || spool.content(&m))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(StoreError::Io(format!("reading the content: {e}")))
+                        }),
+                ),
+            };
+            let content = match content {
+                None => None,
                 // RFC 5321 §6.3: a message that has crossed too many hosts
                 // is looping (this also catches local submissions).
-                Ok(c) if crate::headers::count(&c, "Received") > MAX_HOPS => {
+                Some(Ok(c)) if crate::headers::count(&c, "Received") > MAX_HOPS => {
                     let fail = |i| {
                         (
                             i,
@@ -291,8 +308,8 @@ impl Scheduler {
                     relays.clear();
                     Some(Arc::new(c))
                 }
-                Ok(c) => Some(Arc::new(c)),
-                Err(e) => {
+                Some(Ok(c)) => Some(Arc::new(c)),
+                Some(Err(e)) => {
                     let fail = |i| (i, Outcome::temp("4.3.0", e.to_string()));
                     outcomes.extend(locals.drain(..).map(|t| fail(t.rcpt)));
                     outcomes.extend(
@@ -303,69 +320,72 @@ impl Scheduler {
                     relays.clear();
                     None
                 }
+            };
+            let mut jobs = Vec::new();
+            if let Some(content) = &content {
+                if !locals.is_empty() {
+                    let rcpts: Vec<usize> = locals.iter().map(|t| t.rcpt).collect();
+                    let d = Deliver {
+                        queue_id: id,
+                        sender: msg.sender.clone(),
+                        message_id: msg.message_id.clone(),
+                        content: content.clone(),
+                        targets: locals,
+                    };
+                    jobs.push(Box::pin(async move {
+                        match mailbox.send(d).await {
+                            Ok(results) => results,
+                            Err(_) => rcpts
+                                .into_iter()
+                                .map(|r| {
+                                    (
+                                        r,
+                                        Outcome::temp(
+                                            "4.3.0",
+                                            "the mailbox service is not running",
+                                        ),
+                                    )
+                                })
+                                .collect(),
+                        }
+                    })
+                        as std::pin::Pin<
+                            Box<dyn std::future::Future<Output = Vec<(usize, Outcome)>>>,
+                        >);
+                }
+                for (plan, rcpts) in remotes {
+                    let job = delivery::Send {
+                        queue_id: id,
+                        plan,
+                        sender: msg.sender.clone(),
+                        envid: msg.envid.clone(),
+                        ret: msg.ret,
+                        body_8bit: msg.body_8bit,
+                        smtputf8: msg.smtputf8,
+                        rcpts,
+                        content: content.clone(),
+                    };
+                    let indexes: Vec<usize> = job.rcpts.iter().map(|r| r.index).collect();
+                    let pool = pool.clone();
+                    jobs.push(Box::pin(async move {
+                        match pool.send(job).await {
+                            Ok(results) => results,
+                            Err(_) => indexes
+                                .into_iter()
+                                .map(|r| {
+                                    (
+                                        r,
+                                        Outcome::temp(
+                                            "4.3.0",
+                                            "the delivery service is not running",
+                                        ),
+                                    )
+                                })
+                                .collect(),
+                        }
+                    }));
+                }
             }
-        };
-        let mut jobs = Vec::new();
-        if let Some(content) = &content {
-            if !locals.is_empty() {
-                let rcpts: Vec<usize> = locals.iter().map(|t| t.rcpt).collect();
-                let d = Deliver {
-                    queue_id: id,
-                    sender: msg.sender.clone(),
-                    message_id: msg.message_id.clone(),
-                    content: content.clone(),
-                    targets: locals,
-                };
-                let mailbox = self.mailbox.clone();
-                jobs.push(Box::pin(async move {
-                    match mailbox.send(d).await {
-                        Ok(results) => results,
-                        Err(_) => rcpts
-                            .into_iter()
-                            .map(|r| {
-                                (
-                                    r,
-                                    Outcome::temp("4.3.0", "the mailbox service is not running"),
-                                )
-                            })
-                            .collect(),
-                    }
-                })
-                    as std::pin::Pin<
-                        Box<dyn std::future::Future<Output = Vec<(usize, Outcome)>>>,
-                    >);
-            }
-            for (plan, rcpts) in remotes {
-                let job = delivery::Send {
-                    queue_id: id,
-                    plan,
-                    sender: msg.sender.clone(),
-                    envid: msg.envid.clone(),
-                    ret: msg.ret,
-                    body_8bit: msg.body_8bit,
-                    smtputf8: msg.smtputf8,
-                    rcpts,
-                    content: content.clone(),
-                };
-                let indexes: Vec<usize> = job.rcpts.iter().map(|r| r.index).collect();
-                let pool = self.delivery.clone();
-                jobs.push(Box::pin(async move {
-                    match pool.send(job).await {
-                        Ok(results) => results,
-                        Err(_) => indexes
-                            .into_iter()
-                            .map(|r| {
-                                (
-                                    r,
-                                    Outcome::temp("4.3.0", "the delivery service is not running"),
-                                )
-                            })
-                            .collect(),
-                    }
-                }));
-            }
-        }
-        let work = async move {
             let mut failure = None;
             for r in futures_join_all(jobs).await {
                 match r {
@@ -386,12 +406,12 @@ impl Scheduler {
                     outcomes.push((i, Outcome::temp("4.3.0", format!("internal error: {why}"))));
                 }
             }
-            (outcomes, content)
+            (outcomes, content, relays)
         };
-        let round = Round { forced, relays };
         ctx.spawn(
             work.into_actor(self)
-                .map(move |(outcomes, content), act, ctx| {
+                .map(move |(outcomes, content, relays), act, ctx| {
+                    let round = Round { forced, relays };
                     act.complete(id, outcomes, content, round, ctx)
                 }),
         );
