@@ -400,6 +400,10 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     let recovered = spool
         .recover_active()
         .context("cannot recover messages in flight")?;
+    // Content a crash left without its record (nothing is writing yet).
+    spool
+        .sweep_orphans()
+        .context("cannot sweep orphaned content")?;
     // No message count here: it would be a scan of the queue at every start.
     tracing::info!(spool = %spool_dir.display(), recovered, "spool open");
     let history = crate::history::History::open(

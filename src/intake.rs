@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::headers;
 use crate::scheduler::Waker;
-use crate::spool::{NewMessage, QueuedMessage, Recipient, Ret, Spool, StoreError};
+use crate::spool::{ContentWriter, NewMessage, QueuedMessage, Recipient, Ret, Spool, StoreError};
 
 /// An envelope ready to be queued.
 #[derive(Debug, Clone)]
@@ -88,6 +88,37 @@ impl Intake {
         Ok(msg)
     }
 
+    /// `Full` when the spool has no room for new content (below its
+    /// reserve, `spool::MIN_FREE`): the SMTP session refuses DATA at once.
+    pub fn check_space(&self) -> Result<(), StoreError> {
+        self.spool.store().check_space()
+    }
+
+    /// Starts a message whose content the caller streams into the spool as
+    /// it arrives (SMTP DATA); its id is the writer's. Dropping the writer
+    /// removes what it wrote.
+    pub fn begin(&self) -> ContentWriter {
+        self.spool.begin()
+    }
+
+    /// Queues a streamed message durably: `prefix` (trace headers) goes in
+    /// front of the content written through `writer`; `message_id` is its
+    /// `Message-ID:` as the reader found it. When this returns `Ok`, the
+    /// message survives a crash and the caller may acknowledge it.
+    pub async fn accept_stream(
+        &self,
+        config: &Config,
+        env: Envelope,
+        writer: ContentWriter,
+        prefix: &[u8],
+        message_id: Option<String>,
+    ) -> Result<QueuedMessage, StoreError> {
+        let new = self.prepare_with(config, env, message_id);
+        let msg = self.spool.enqueue_stream(writer, new, prefix).await?;
+        self.accepted(&msg);
+        Ok(msg)
+    }
+
     /// Blocking form for the CLI's direct spool access.
     pub fn accept_blocking(
         &self,
@@ -106,13 +137,22 @@ impl Intake {
     }
 
     fn prepare(&self, config: &Config, env: Envelope, content: &[u8]) -> NewMessage {
+        self.prepare_with(config, env, headers::first(content, "Message-ID"))
+    }
+
+    fn prepare_with(
+        &self,
+        config: &Config,
+        env: Envelope,
+        message_id: Option<String>,
+    ) -> NewMessage {
         NewMessage {
             id: env.id,
             sender: env.sender,
             recipients: expand_recipients(config, &env.recipients),
             client: env.client,
             listener: env.listener,
-            message_id: headers::first(content, "Message-ID"),
+            message_id,
             envid: env.envid,
             ret: env.ret,
             body_8bit: env.body_8bit,

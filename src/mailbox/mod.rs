@@ -81,6 +81,9 @@ impl Handler<Deliver> for MailboxActor {
     fn handle(&mut self, msg: Deliver, _ctx: &mut Self::Context) -> Self::Result {
         let mut outcomes = Vec::with_capacity(msg.targets.len());
         let mut written = Vec::new();
+        // A commit covers these writes only if the store did not reopen its
+        // database in between (after a write error, e.g. a full disk).
+        let epoch = self.spool.store().epoch();
         for t in &msg.targets {
             let form = stored_form(&msg.sender, &t.address, &msg.content);
             match self
@@ -98,7 +101,16 @@ impl Handler<Deliver> for MailboxActor {
         }
         let spool = self.spool.clone();
         Box::pin(async move {
-            match spool.commit().await {
+            let committed = spool.commit().await.and_then(|()| {
+                if spool.store().epoch() == epoch {
+                    Ok(())
+                } else {
+                    Err(crate::spool::StoreError::Io(
+                        "the spool database was reopened before the commit".into(),
+                    ))
+                }
+            });
+            match committed {
                 Ok(()) => outcomes.extend(written.into_iter().map(|(r, d)| {
                     (
                         r,

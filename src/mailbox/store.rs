@@ -169,7 +169,7 @@ impl MailboxStore {
     /// Every message in the mailbox, in UID order.
     pub fn list(&self, mailbox: &str) -> Result<Vec<MailMeta>, StoreError> {
         let mut out = Vec::new();
-        for item in self.tree.snapshot().scan_prefix(key(b'm', mailbox, &[])) {
+        for item in self.tree.snapshot()?.scan_prefix(key(b'm', mailbox, &[])) {
             let (_, v) = item?;
             out.push(decode_io(&v)?);
         }

@@ -1,9 +1,10 @@
 //! The SMTP front door: listeners (`server`), one session per connection
-//! (`session`), and the protocol pieces (`command`, `line`, `reply`).
+//! (`session`), and the protocol pieces (`command`, `line`, `data`, `reply`).
 //! Listeners speak the protocol and apply the inbound policy; they never
 //! route, and reply `250` only after intake returns from the group commit.
 
 pub mod command;
+pub mod data;
 pub mod line;
 pub mod reply;
 pub mod server;

@@ -10,27 +10,23 @@ use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::SmtpShared;
 use super::command::{self, Command, MailFrom};
+use super::data::DataScanner;
 use super::line::{Ending, Line, memchr_lf, read_line};
 use super::reply::Reply;
 use crate::config::{AuthMode, Config, Listener, Protocol, TlsMode, glob_match};
 use crate::conn::{Conn, HANDSHAKE_TIMEOUT};
-use crate::headers;
 use crate::intake::{Envelope, EnvelopeRcpt};
 use crate::shutdown::Signal;
 use crate::spool::StoreError;
 
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with CRLF.
 const COMMAND_LIMIT: usize = 512;
-/// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with CRLF.
-const TEXT_LIMIT: usize = 1000;
 /// Octets of an over-long command line read and dropped before closing.
 const COMMAND_DISCARD: usize = 64 * 1024;
-/// Octets of an over-long text line read and dropped before closing.
-const TEXT_DISCARD: usize = 16 * 1024 * 1024;
 /// RFC 5321 §6.3: a message that has crossed this many hosts is looping.
 const MAX_HOPS: usize = 50;
 /// Failed AUTH attempts after which the session is closed; each failure
@@ -624,103 +620,125 @@ impl Session {
             self.send(r);
             return Ok(Flow::Continue);
         }
+        // A spool without room refuses at once, before the client sends
+        // the message (RFC 5321 §4.2.5 / RFC 3463 4.3.1).
+        if let Err(e) = self.shared.intake.check_space() {
+            let r = store_reply(&self.client, &e);
+            self.reject("DATA", &r);
+            self.send(r);
+            self.tx = None;
+            return Ok(Flow::Continue);
+        }
         self.send(Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
         let max = self.config.inbound.max_message_size;
         let wait = self.config.inbound.data_timeout;
-        let mut body: Vec<u8> = Vec::with_capacity(8 * 1024);
-        let mut size: u64 = 0;
-        let (mut bad_ending, mut long_line) = (false, false);
-        // Whether the previous line ended in CRLF: only `<CRLF>.<CRLF>` ends
-        // the data (RFC 5321 §4.1.1.4), never `<LF>.<CRLF>` or `<CRLF>.<LF>`.
-        let mut prev_crlf = true;
+        // The content goes to the spool as it arrives, a chunk at a time;
+        // `None` once the message is refused (too large, bare CR/LF, the
+        // spool failed): its chunks are removed and the rest is read and
+        // dropped.
+        let mut writer = Some(self.shared.intake.begin());
+        let mut store_error: Option<crate::spool::StoreError> = None;
+        let mut scan = DataScanner::new();
+        let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+        let mut stopping = false;
         loop {
-            let line = match self.next_line(TEXT_LIMIT, TEXT_DISCARD, wait).await {
-                Ok(Some(l)) => l,
-                // Stop during DATA: keep reading; the drain limit bounds it.
-                Ok(None) => match tokio::time::timeout(
-                    wait,
-                    read_line(&mut self.stream, TEXT_LIMIT, TEXT_DISCARD),
-                )
-                .await
-                {
-                    Ok(l) => l?,
-                    Err(_) => {
-                        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout"));
+            if self.stream.buffer().is_empty() {
+                self.flush().await?;
+                let mut signal = self.signal.clone();
+                let read = if stopping {
+                    // Stop during DATA: keep reading; the drain limit bounds it.
+                    tokio::time::timeout(wait, self.stream.fill_buf())
+                        .await
+                        .map(|r| r.map(|b| b.len()))
+                } else {
+                    tokio::select! {
+                        r = tokio::time::timeout(wait, self.stream.fill_buf()) => r.map(|r| r.map(|b| b.len())),
+                        _ = signal.triggered() => {
+                            stopping = true;
+                            continue;
+                        }
                     }
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    self.send(self.timeout_reply());
-                    return Ok(Flow::Close);
+                };
+                match read {
+                    Ok(Ok(0)) => {
+                        tracing::info!(client = %self.client, "lost connection during DATA; nothing stored");
+                        return Ok(Flow::Close);
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        self.send(self.timeout_reply());
+                        return Ok(Flow::Close);
+                    }
                 }
-                Err(e) => return Err(e),
-            };
-            if line.ending == Ending::Eof {
-                tracing::info!(client = %self.client, "lost connection during DATA; nothing stored");
-                return Ok(Flow::Close);
             }
+            let input = self.stream.buffer();
+            let (used, end) = scan.feed(input, &mut out);
             if self.debug() >= 3 {
-                tracing::info!(client = %self.client, "C: {}", String::from_utf8_lossy(&line.bytes));
+                for l in String::from_utf8_lossy(&input[..used]).lines() {
+                    tracing::info!(client = %self.client, "C: {l}");
+                }
             }
-            let crlf = line.ending == Ending::Crlf && !line.bare_cr;
-            if crlf && prev_crlf && !line.too_long && line.bytes == b"." {
+            self.stream.consume(used);
+            if scan.bad_ending || scan.size > max {
+                writer = None;
+            }
+            if let Some(w) = &mut writer
+                && let Err(e) = w.write(&out)
+            {
+                store_error = Some(e);
+                writer = None;
+            }
+            out.clear();
+            if end {
                 break;
-            }
-            prev_crlf = line.ending == Ending::Crlf;
-            bad_ending |= !crlf;
-            long_line |= line.too_long;
-            let text = line.bytes.strip_prefix(b".").unwrap_or(&line.bytes);
-            size += text.len() as u64 + 2;
-            if size <= max && !bad_ending && !long_line {
-                body.extend_from_slice(text);
-                body.extend_from_slice(b"\r\n");
             }
         }
         let tx = self.tx.take().expect("checked at the start of DATA");
-        let refusal = if bad_ending {
+        let refusal = if scan.bad_ending {
             Some(Reply::new(
                 550,
                 "5.6.0",
                 "Message refused: bare <CR> or <LF> in message; lines must end with <CR><LF>",
             ))
-        } else if long_line {
-            Some(Reply::new(
-                550,
-                "5.6.0",
-                "Message refused: text line longer than 1000 octets",
-            ))
-        } else if size > max {
+        } else if scan.size > max {
             Some(Reply::new(552, "5.3.4", "Message size exceeds fixed limit"))
-        } else if headers::count(&body, "Received") > MAX_HOPS {
+        } else if scan.headers.received > MAX_HOPS {
             Some(Reply::new(
                 554,
                 "5.4.6",
                 "Too many hops: mail loop detected",
             ))
         } else {
-            None
+            store_error.as_ref().map(|e| store_reply(&self.client, e))
         };
-        if let Some(r) = refusal {
-            self.reject("DATA", &r);
-            self.send(r);
-            return Ok(Flow::Continue);
-        }
-        let id = self.shared.intake.new_id();
-        let mut content = self.received_header(&tx, id).into_bytes();
+        let writer = match (refusal, writer) {
+            (None, Some(w)) => w,
+            (r, _) => {
+                let r = r.unwrap_or_else(|| {
+                    Reply::new(451, "4.3.0", "Error: queue file write error")
+                });
+                self.reject("DATA", &r);
+                self.send(r);
+                return Ok(Flow::Continue);
+            }
+        };
+        let id = writer.id();
+        let mut prefix = self.received_header(&tx, id).into_bytes();
+        let mut message_id = scan.headers.message_id.take();
         if self.listener.protocol == Protocol::Submission {
             // RFC 6409 §8.2, §8.3: a submission server may add these.
-            if headers::first(&body, "Date").is_none() {
-                content.extend_from_slice(
+            if !scan.headers.date {
+                prefix.extend_from_slice(
                     format!("Date: {}\r\n", chrono::Local::now().to_rfc2822()).as_bytes(),
                 );
             }
-            if headers::first(&body, "Message-ID").is_none() {
-                content.extend_from_slice(
-                    format!("Message-ID: <{id}@{}>\r\n", self.config.server.hostname).as_bytes(),
-                );
+            if message_id.is_none() {
+                let value = format!("<{id}@{}>", self.config.server.hostname);
+                prefix.extend_from_slice(format!("Message-ID: {value}\r\n").as_bytes());
+                message_id = Some(value);
             }
         }
-        content.extend_from_slice(&body);
-        drop(body);
         let env = Envelope {
             id: Some(id),
             sender: tx.mail.address,
@@ -732,16 +750,14 @@ impl Session {
             body_8bit: tx.mail.body_8bit,
             smtputf8: tx.mail.smtputf8,
         };
-        let reply = match self.shared.intake.accept(&self.config, env, &content).await {
+        let reply = match self
+            .shared
+            .intake
+            .accept_stream(&self.config, env, writer, &prefix, message_id)
+            .await
+        {
             Ok(msg) => Reply::new(250, "2.0.0", format!("Ok: queued as {}", msg.id)),
-            Err(StoreError::Full(e)) => {
-                tracing::error!(client = %self.client, error = %e, "spool full");
-                Reply::new(452, "4.3.1", "Insufficient system storage")
-            }
-            Err(e) => {
-                tracing::error!(client = %self.client, error = %e, "spool write failed");
-                Reply::new(451, "4.3.0", "Error: queue file write error")
-            }
+            Err(e) => store_reply(&self.client, &e),
         };
         self.send(reply);
         Ok(Flow::Continue)
@@ -776,6 +792,22 @@ impl Session {
             host = self.config.server.hostname,
             date = chrono::Local::now().to_rfc2822(),
         )
+    }
+}
+
+/// The reply to a message the spool could not take: `452 4.3.1` when it
+/// is full (or below its reserve), `451 4.3.0` for any other failure
+/// (SPEC: nothing half-stored either way).
+fn store_reply(client: &str, e: &StoreError) -> Reply {
+    match e {
+        StoreError::Full(_) => {
+            tracing::error!(client = %client, error = %e, "spool full");
+            Reply::new(452, "4.3.1", "Insufficient system storage")
+        }
+        _ => {
+            tracing::error!(client = %client, error = %e, "spool write failed");
+            Reply::new(451, "4.3.0", "Error: queue file write error")
+        }
     }
 }
 

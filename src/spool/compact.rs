@@ -75,7 +75,7 @@ pub(super) fn compact(
         });
     }
     // Decided without stopping writers; the copy below re-reads anyway.
-    let db = read(gate).db.clone();
+    let db = read(gate).db()?.clone();
     let live = live_bytes(&db, limit)?;
     drop(db);
     if live > limit {
@@ -87,14 +87,16 @@ pub(super) fn compact(
 
     let mut g = write(gate);
     let paused = std::time::Instant::now();
-    if g.broken {
+    // A database that failed a write is reopened first (by the next write),
+    // never copied: its memory may hold writes that never reached the disk.
+    if g.broken || g.needs_reopen() {
         return Ok(Look {
             compacted: None,
             live_floor: live,
         });
     }
     let copy = spool.join(COPY_DIR);
-    if let Err(e) = write_copy(&g.db, &copy, spool) {
+    if let Err(e) = write_copy(g.db()?, &copy, spool) {
         let _ = std::fs::remove_dir_all(&copy);
         return Err(e);
     }
@@ -113,7 +115,9 @@ pub(super) fn compact(
     // From here the copy is the truth; the old files go away.
     let new = swap(spool).and_then(|_| Generation::open(&path, spool));
     match new {
-        Ok(new) => {
+        Ok(mut new) => {
+            // The copy holds every write of the old database: same epoch.
+            new.epoch = g.epoch;
             let old = std::mem::replace(&mut *g, new);
             drop(g);
             let paused = paused.elapsed();

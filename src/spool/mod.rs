@@ -21,13 +21,17 @@ pub mod compact;
 pub mod id;
 pub mod record;
 pub mod store;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 pub use compact::Compacted;
 pub use id::{BadQueueId, QueueId};
 pub use record::{QueuedMessage, RcptState, Recipient, Ret, notify};
-pub use store::{CHUNK_SIZE, CommitStats, StoreError};
+pub use store::{CHUNK_SIZE, CommitStats, MIN_FREE, StoreError};
+pub use writer::ContentWriter;
 
 use id::IdGenerator;
 use store::{Keyspace, Ops, Store, TreeHandle};
@@ -167,6 +171,11 @@ pub struct Spool {
     store: Store,
     tree: TreeHandle,
     ids: IdGenerator,
+    /// Ids whose content is being written (`ContentWriter`s alive): their
+    /// chunks have no record yet and are not orphans.
+    writing: std::sync::Mutex<std::collections::HashSet<QueueId>>,
+    /// The store epoch after which `recover_reopened` last ran.
+    recovered_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Spool {
@@ -176,18 +185,21 @@ impl Spool {
         let store = Store::open(dir)?;
         let tree = store.handle(Keyspace::Queue);
         let newest = tree
-            .snapshot()
+            .snapshot()?
             .scan_prefix([MSG])
             .next_back()
             .transpose()?
             .and_then(|(k, _)| QueueId::from_key(&k[1..]))
             .map(|id| id.0)
             .unwrap_or(0);
+        let epoch = tree.epoch();
         Ok(Spool {
             dir: dir.to_path_buf(),
             tree,
             store,
             ids: IdGenerator::new(newest),
+            writing: std::sync::Mutex::new(std::collections::HashSet::new()),
+            recovered_epoch: std::sync::atomic::AtomicU64::new(epoch),
         })
     }
 
@@ -272,13 +284,152 @@ impl Spool {
         new: NewMessage,
         content: &[u8],
     ) -> Result<QueuedMessage, StoreError> {
+        let epoch = self.tree.epoch();
         let msg = self.write_message(new, content)?;
-        if let Err(e) = self.commit().await {
+        self.commit_covering(msg, epoch).await
+    }
+
+    /// Starts a new message whose content arrives in pieces (SMTP DATA):
+    /// see `writer`. Finish it with `enqueue_stream`; dropping the writer
+    /// instead removes what it wrote.
+    pub fn begin(self: &Arc<Self>) -> ContentWriter {
+        self.recover_reopened();
+        ContentWriter::new(self.clone(), self.ids.next())
+    }
+
+    /// Writes the rest of a streamed message (`prefix` goes in front of its
+    /// content) and its record, and waits for the commit: when this
+    /// returns `Ok`, the message survives a crash.
+    pub async fn enqueue_stream(
+        &self,
+        writer: ContentWriter,
+        new: NewMessage,
+        prefix: &[u8],
+    ) -> Result<QueuedMessage, StoreError> {
+        let (msg, epoch) = writer.finish(new, prefix)?;
+        self.commit_covering(msg, epoch).await
+    }
+
+    /// Waits for the commit of a new message written in store epoch
+    /// `epoch`; a failed commit, or one of a database reopened since (the
+    /// writes are lost), removes the message and refuses it.
+    async fn commit_covering(
+        &self,
+        msg: QueuedMessage,
+        epoch: u64,
+    ) -> Result<QueuedMessage, StoreError> {
+        let r = self.commit().await.and_then(|()| {
+            if self.tree.epoch() == epoch {
+                Ok(())
+            } else {
+                Err(StoreError::Io(
+                    "the spool database was reopened after a write error before the commit".into(),
+                ))
+            }
+        });
+        if let Err(e) = r {
             // Nothing half-stored is left behind for a message we refuse.
             let _ = self.remove(&msg);
             return Err(e);
         }
         Ok(msg)
+    }
+
+    fn writing_insert(&self, id: QueueId) {
+        self.writing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+    }
+
+    fn writing_remove(&self, id: QueueId) {
+        self.writing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Ids that have content chunks but neither a record nor a writer:
+    /// left by a crash (or a removal that failed) between the chunks and
+    /// the record. One look-up per message, not per chunk.
+    pub fn orphaned_content(&self) -> Result<Vec<QueueId>, StoreError> {
+        let tree = self.tree.snapshot()?;
+        let mut out = Vec::new();
+        let mut from = vec![BODY];
+        while let Some(item) = tree.range(from.as_slice()..).next() {
+            let (k, _) = item?;
+            if k.first() != Some(&BODY) {
+                break;
+            }
+            let Some(id) = k.get(1..9).and_then(QueueId::from_key) else {
+                break;
+            };
+            // The writer set first, then the record: a writer leaves the
+            // set only after its record is written (or its chunks removed).
+            let writing = self
+                .writing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id);
+            if !writing && !self.tree.contains_key(msg_key(id))? {
+                out.push(id);
+            }
+            match id.0.checked_add(1) {
+                Some(next) => from = chunk_key(QueueId(next), 0).to_vec(),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes orphaned content chunks (see `orphaned_content`). Run at
+    /// start and after the store reopened its database; safe while
+    /// messages are being written.
+    pub fn sweep_orphans(&self) -> Result<usize, StoreError> {
+        let ids = self.orphaned_content()?;
+        for id in &ids {
+            let mut ops = Ops::default();
+            let mut prefix = vec![BODY];
+            prefix.extend_from_slice(&id.to_key());
+            for item in self.tree.snapshot()?.scan_prefix(&prefix) {
+                ops.remove(&item?.0);
+            }
+            self.tree.apply(ops)?;
+        }
+        if !ids.is_empty() {
+            tracing::info!(
+                messages = ids.len(),
+                "removed orphaned content left by an interrupted write"
+            );
+        }
+        Ok(ids.len())
+    }
+
+    /// After the store reopened its database (a write failed, e.g. the disk
+    /// was full), writes that were not flushed are gone: the end of a
+    /// delivery round may be among them, leaving a message in `active`,
+    /// and an interrupted message may have left chunks. Puts the first back
+    /// in the due index (the scheduler skips what it still has in flight)
+    /// and sweeps the second. Runs once per reopen, from whichever of
+    /// intake or the scheduler comes first.
+    fn recover_reopened(&self) {
+        let now = self.tree.epoch();
+        let seen = self.recovered_epoch.load(Ordering::Acquire);
+        if now == seen
+            || self
+                .recovered_epoch
+                .compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        match self.recover_active() {
+            Ok(n) => tracing::info!(recovered = n, "spool reopened: messages in flight are due again"),
+            Err(e) => tracing::error!(error = %e, "cannot recover messages in flight after a reopen"),
+        }
+        if let Err(e) = self.sweep_orphans() {
+            tracing::error!(error = %e, "cannot sweep orphaned content after a reopen");
+        }
     }
 
     /// Reads a message record.
@@ -332,10 +483,11 @@ impl Spool {
 
     /// Up to `limit` messages due at or before `now`, earliest first.
     pub fn take_due(&self, now: i64, limit: usize) -> Result<Vec<QueuedMessage>, StoreError> {
+        self.recover_reopened();
         let mut out = Vec::new();
         let start = [DUE];
         let end = due_key(now, QueueId(u64::MAX));
-        for item in self.tree.snapshot().range(&start[..]..=&end[..]) {
+        for item in self.tree.snapshot()?.range(&start[..]..=&end[..]) {
             let (key, _) = item?;
             let time = i64::from_be_bytes(key[1..9].try_into().unwrap_or([0; 8]));
             let Some(id) = QueueId::from_key(&key[9..]) else {
@@ -374,7 +526,7 @@ impl Spool {
     pub fn next_due_time(&self) -> Result<Option<i64>, StoreError> {
         Ok(self
             .tree
-            .snapshot()
+            .snapshot()?
             .scan_prefix([DUE])
             .next()
             .transpose()?
@@ -402,7 +554,7 @@ impl Spool {
     /// Ids left in `active` by a previous run (a crash or a stop mid-delivery).
     pub fn active_ids(&self) -> Result<Vec<QueueId>, StoreError> {
         let mut ids = Vec::new();
-        for item in self.tree.snapshot().scan_prefix([ACTIVE]) {
+        for item in self.tree.snapshot()?.scan_prefix([ACTIVE]) {
             let (k, _) = item?;
             if let Some(id) = QueueId::from_key(&k[1..]) {
                 ids.push(id);
@@ -443,15 +595,25 @@ impl Spool {
     /// Every message record in id (arrival) order. Unreadable records are
     /// reported as errors in the stream, not skipped silently.
     pub fn messages(&self) -> impl Iterator<Item = Result<QueuedMessage, StoreError>> + '_ {
-        self.tree.snapshot().scan_prefix([MSG]).map(|item| {
-            let (_, v) = item?;
-            record::decode(&v).map_err(|e| StoreError::Io(e.to_string()))
-        })
+        let (tree, err) = match self.tree.snapshot() {
+            Ok(t) => (Some(t), None),
+            Err(e) => (None, Some(Err(e))),
+        };
+        err.into_iter().chain(
+            tree.into_iter()
+                .flat_map(|t| t.scan_prefix([MSG]))
+                .map(|item| {
+                    let (_, v) = item?;
+                    record::decode(&v).map_err(|e| StoreError::Io(e.to_string()))
+                }),
+        )
     }
 
-    /// Whether the queue is empty.
+    /// Whether the queue is empty (an unreadable queue is not).
     pub fn is_empty(&self) -> bool {
-        self.tree.snapshot().scan_prefix([MSG]).next().is_none()
+        self.tree
+            .snapshot()
+            .is_ok_and(|t| t.scan_prefix([MSG]).next().is_none())
     }
 
     /// Keeps a message from delivery. When it is in flight, only the flag

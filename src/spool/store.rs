@@ -24,7 +24,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 use std::thread::JoinHandle;
 
@@ -178,7 +178,9 @@ pub struct CommitStats {
 }
 
 struct Pending {
-    waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// Each waiter with the epoch current when it registered: a flush of
+    /// another epoch (the database was reopened since) does not cover it.
+    waiters: Vec<(oneshot::Sender<Result<(), StoreError>>, u64)>,
     stopping: bool,
     /// A flush was asked for without a waiter (`commit_soon`).
     soon: bool,
@@ -210,42 +212,180 @@ impl Keyspace {
     }
 }
 
-/// One open database: what a compaction replaces.
-pub(super) struct Generation {
+/// sled's database, its trees and our handle of its data file.
+pub(super) struct OpenDb {
     pub(super) db: sled::Db,
     /// sled's data file, through a handle of our own, for `fdatasync`.
     data_file: File,
     queue: sled::Tree,
     mailbox: sled::Tree,
+}
+
+impl OpenDb {
+    /// Opens the database at `path` and makes its files and their
+    /// directory entries durable: the data file, and sled's `conf`, which
+    /// sled writes at creation without syncing it (after a power loss it
+    /// would come back empty).
+    fn open(path: &Path, spool: &Path) -> Result<OpenDb, StoreError> {
+        let db = open_db(path, spool)?;
+        let data_file = File::open(path.join("db"))?;
+        data_file.sync_all()?;
+        File::open(path.join("conf"))?.sync_all()?;
+        File::open(path)?.sync_all()?;
+        File::open(spool)?.sync_all()?;
+        Ok(OpenDb {
+            queue: db.open_tree(Keyspace::Queue.name())?,
+            mailbox: db.open_tree(Keyspace::Mailbox.name())?,
+            db,
+            data_file,
+        })
+    }
+}
+
+/// One open database: what a compaction replaces, and what a write error
+/// makes the store reopen.
+pub(super) struct Generation {
+    /// `None` while the database is closed after a write error (see
+    /// `recover`).
+    open: Option<OpenDb>,
+    /// The spool directory (the database is `DB_DIR` inside it).
+    spool: PathBuf,
     /// A compaction swapped the files but could not open the new
     /// database: the files under this handle are gone, so writes are
     /// refused until a restart (which opens the swapped-in copy).
     pub(super) broken: bool,
+    /// How many times the database was closed after a write error. Writes
+    /// made before such a reopen that were not flushed are lost, so a
+    /// writer compares the epoch of its writes with the one its commit
+    /// flushed (see `TreeHandle::epoch`).
+    pub(super) epoch: u64,
+    /// sled failed a write or a flush (a full disk, an I/O error). sled
+    /// then refuses every later write (its "global error") until the
+    /// database is opened again; the next write reopens it.
+    poisoned: AtomicBool,
+    /// When the last reopen was tried: at most one per `REOPEN_INTERVAL`.
+    last_reopen: Option<std::time::Instant>,
+}
+
+/// The shortest time between two attempts to reopen a failed database.
+const REOPEN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Free space kept on the spool's file system: new content is refused
+/// (`452 4.3.1`) below it, so that sled, which cannot recover from a
+/// failed write without a reopen, does not meet a full disk in normal
+/// operation, and the records of messages already accepted (delivery
+/// results, bounces) still have room. Four log segments.
+pub const MIN_FREE: u64 = 4 * SEGMENT_SIZE as u64;
+
+/// Octets free for unprivileged writers on the file system holding `dir`.
+pub fn free_space(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `statvfs` fills the zeroed struct we own from a valid,
+    // NUL-terminated path; no other memory is involved.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// `Full` when the spool's file system has less than `MIN_FREE` left.
+pub fn check_space(spool: &Path) -> Result<(), StoreError> {
+    let free = free_space(spool)?;
+    if free < MIN_FREE {
+        return Err(StoreError::Full(format!(
+            "{} KiB free on the spool's file system, below the reserve of {} MiB",
+            free / 1024,
+            MIN_FREE >> 20
+        )));
+    }
+    Ok(())
 }
 
 impl Generation {
     /// Opens the database at `path` and makes its files' directory
     /// entries durable.
     pub(super) fn open(path: &Path, spool: &Path) -> Result<Generation, StoreError> {
-        let db = open_db(path, spool)?;
-        // The data file and its directory entry must be durable too.
-        let data_file = File::open(path.join("db"))?;
-        data_file.sync_all()?;
-        File::open(path)?.sync_all()?;
-        File::open(spool)?.sync_all()?;
         Ok(Generation {
-            queue: db.open_tree(Keyspace::Queue.name())?,
-            mailbox: db.open_tree(Keyspace::Mailbox.name())?,
-            db,
-            data_file,
+            open: Some(OpenDb::open(path, spool)?),
+            spool: spool.to_path_buf(),
             broken: false,
+            epoch: 0,
+            poisoned: AtomicBool::new(false),
+            last_reopen: None,
         })
     }
 
-    fn tree(&self, ks: Keyspace) -> &sled::Tree {
-        match ks {
-            Keyspace::Queue => &self.queue,
-            Keyspace::Mailbox => &self.mailbox,
+    /// The open database, or why there is none.
+    pub(super) fn db(&self) -> Result<&sled::Db, StoreError> {
+        self.usable().map(|o| &o.db)
+    }
+
+    fn usable(&self) -> Result<&OpenDb, StoreError> {
+        if self.broken {
+            return Err(refused());
+        }
+        self.open.as_ref().ok_or_else(closed)
+    }
+
+    fn tree(&self, ks: Keyspace) -> Result<&sled::Tree, StoreError> {
+        let o = self.usable()?;
+        Ok(match ks {
+            Keyspace::Queue => &o.queue,
+            Keyspace::Mailbox => &o.mailbox,
+        })
+    }
+
+    pub(super) fn needs_reopen(&self) -> bool {
+        !self.broken && (self.open.is_none() || self.poisoned.load(Ordering::Acquire))
+    }
+
+    fn poison(&self, e: &StoreError) {
+        if !self.poisoned.swap(true, Ordering::AcqRel) {
+            tracing::error!(error = %e, "spool database write failed; it will be reopened when there is room");
+        }
+    }
+}
+
+/// Reopens a database that failed a write, once there is room again: the
+/// old one is dropped (a failed sled does no more I/O), and the files are
+/// opened again, recovering what was flushed, as after a crash. Writes that
+/// were not flushed are lost; the epoch tells their writers (none of them
+/// was acknowledged: acknowledgements follow a flush). Readers of the old
+/// database get errors meanwhile.
+fn recover(gate: &Gate) -> Result<(), StoreError> {
+    let spool = {
+        let mut g = write(gate);
+        if !g.needs_reopen() {
+            return Ok(());
+        }
+        if g.last_reopen.is_some_and(|t| t.elapsed() < REOPEN_INTERVAL) {
+            return Err(closed());
+        }
+        g.last_reopen = Some(std::time::Instant::now());
+        check_space(&g.spool)?;
+        if g.open.take().is_some() {
+            g.epoch += 1;
+        }
+        g.spool.clone()
+    };
+    // Opened without the gate: sled's lock on the files goes only when the
+    // last handle of the old database (a scan in progress) is dropped, and
+    // such a scan may be waiting for the gate.
+    let opened = OpenDb::open(&spool.join(DB_DIR), &spool);
+    let mut g = write(gate);
+    match opened {
+        Ok(o) => {
+            g.open = Some(o);
+            g.poisoned.store(false, Ordering::Release);
+            tracing::warn!(spool = %spool.display(), epoch = g.epoch, "spool database reopened after a write error");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reopen the spool database");
+            Err(e)
         }
     }
 }
@@ -266,6 +406,15 @@ fn refused() -> StoreError {
     )
 }
 
+fn closed() -> StoreError {
+    StoreError::Io("the spool database is closed after a write error; reopening".into())
+}
+
+/// A write whose database was reopened before it was flushed: it is lost.
+fn reopened() -> StoreError {
+    StoreError::Io("the spool database was reopened after a write error; write lost".into())
+}
+
 /// Access to one keyspace of the current database generation.
 #[derive(Clone)]
 pub struct TreeHandle {
@@ -277,30 +426,57 @@ pub struct TreeHandle {
 impl TreeHandle {
     /// Applies writes, in order, to the current generation.
     pub fn apply(&self, ops: Ops) -> Result<(), StoreError> {
-        let g = read(&self.gate);
-        if g.broken {
-            return Err(refused());
+        self.apply_in(ops, None).map(|_| ())
+    }
+
+    /// Applies writes, in order, to the current generation if its epoch is
+    /// `epoch` (any, if `None`); returns the epoch written. A writer whose
+    /// writes must all reach one database (a message's content and its
+    /// record) passes the epoch of its first write to the others.
+    pub fn apply_in(&self, ops: Ops, epoch: Option<u64>) -> Result<u64, StoreError> {
+        let mut g = read(&self.gate);
+        if g.needs_reopen() {
+            drop(g);
+            recover(&self.gate)?;
+            g = read(&self.gate);
         }
-        let grew = ops.apply(g.tree(self.ks))?;
-        self.grew.fetch_add(grew, Ordering::Relaxed);
-        Ok(())
+        if epoch.is_some_and(|e| e != g.epoch) {
+            return Err(reopened());
+        }
+        match ops.apply(g.tree(self.ks)?) {
+            Ok(grew) => {
+                self.grew.fetch_add(grew, Ordering::Relaxed);
+                Ok(g.epoch)
+            }
+            Err(e) => {
+                g.poison(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// The epoch of the current database (see `Generation::epoch`). A
+    /// writer that reads the same epoch before its writes and after their
+    /// commit knows that the commit covered them.
+    pub fn epoch(&self) -> u64 {
+        read(&self.gate).epoch
     }
 
     /// Reads one key.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>, StoreError> {
-        Ok(read(&self.gate).tree(self.ks).get(key)?)
+        Ok(read(&self.gate).tree(self.ks)?.get(key)?)
     }
 
     /// Whether a key exists.
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StoreError> {
-        Ok(read(&self.gate).tree(self.ks).contains_key(key)?)
+        Ok(read(&self.gate).tree(self.ks)?.contains_key(key)?)
     }
 
     /// The tree of the current generation, for scans. Only for reading: a
     /// write through it could land in a database that a compaction has
     /// already copied.
-    pub fn snapshot(&self) -> sled::Tree {
-        read(&self.gate).tree(self.ks).clone()
+    pub fn snapshot(&self) -> Result<sled::Tree, StoreError> {
+        Ok(read(&self.gate).tree(self.ks)?.clone())
     }
 }
 
@@ -418,6 +594,7 @@ impl Store {
     /// call, so after the caller's writes) and wakes the committer.
     fn register(&self) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (tx, rx) = oneshot::channel();
+        let epoch = read(&self.gate).epoch;
         {
             let mut p = self
                 .shared
@@ -427,7 +604,7 @@ impl Store {
             if p.stopping {
                 return Err(StoreError::Io("the spool is shutting down".into()));
             }
-            p.waiters.push(tx);
+            p.waiters.push((tx, epoch));
         }
         self.shared.wake.notify_one();
         Ok(rx)
@@ -454,6 +631,17 @@ impl Store {
             drop(p);
             self.shared.wake.notify_one();
         }
+    }
+
+    /// The epoch of the current database (see `TreeHandle::epoch`).
+    pub fn epoch(&self) -> u64 {
+        read(&self.gate).epoch
+    }
+
+    /// `Full` when the spool's file system is below its reserve
+    /// (`MIN_FREE`): new content is refused before it is written.
+    pub fn check_space(&self) -> Result<(), StoreError> {
+        check_space(&self.spool)
     }
 
     /// Blocking commit for callers outside the async runtime (the CLI).
@@ -486,15 +674,25 @@ impl Drop for Store {
     }
 }
 
-/// Flushes the current generation and fdatasyncs its data file.
-fn flush(gate: &Gate) -> Result<(), StoreError> {
+/// Flushes the current generation and fdatasyncs its data file; returns
+/// the epoch flushed. A failure poisons the generation: an `fdatasync`
+/// that failed may have dropped the dirty pages it could not write, so
+/// only a reopen (which reads back what is really there) is safe.
+fn flush(gate: &Gate) -> Result<u64, StoreError> {
     let g = read(gate);
-    if g.broken {
-        return Err(refused());
+    let o = g.usable()?;
+    let r = o
+        .db
+        .flush()
+        .map_err(StoreError::from)
+        .and_then(|_| o.data_file.sync_data().map_err(StoreError::from));
+    match r {
+        Ok(()) => Ok(g.epoch),
+        Err(e) => {
+            g.poison(&e);
+            Err(e)
+        }
     }
-    g.db.flush()?;
-    g.data_file.sync_data()?;
-    Ok(())
 }
 
 fn commit_loop(gate: &Gate, shared: &Shared, stats: &CommitStats) {
@@ -536,8 +734,13 @@ fn commit_loop(gate: &Gate, shared: &Shared, stats: &CommitStats) {
         stats
             .waiters
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for w in batch {
-            let _ = w.send(result.clone());
+        for (w, epoch) in batch {
+            let answer = match &result {
+                Ok(flushed) if *flushed == epoch => Ok(()),
+                Ok(_) => Err(reopened()),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = w.send(answer);
         }
         if stopping {
             // Answer anyone who slipped in, then stop.
@@ -548,7 +751,7 @@ fn commit_loop(gate: &Gate, shared: &Shared, stats: &CommitStats) {
                     .unwrap_or_else(|e| e.into_inner())
                     .waiters,
             );
-            for w in late {
+            for (w, _) in late {
                 let _ = w.send(Err(StoreError::Io("the spool is shutting down".into())));
             }
             return;
