@@ -545,14 +545,14 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         });
     }
 
-    tracing::info!(hostname = %config.load().server.hostname, "ready");
-    crate::service::ready("accepting mail");
-    crate::service::spawn_watchdog(waker.clone(), shutdown.signal());
-
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // Only now: a SIGTERM sent on seeing this line must find the handler.
+    tracing::info!(hostname = %config.load().server.hostname, "ready");
+    crate::service::ready("accepting mail");
+    crate::service::spawn_watchdog(waker.clone(), shutdown.signal());
     loop {
         tokio::select! {
             _ = term.recv() => break,
