@@ -222,6 +222,14 @@ fn hundred_sessions_of_10_mib_stay_under_1_gib_and_arrive_whole() {
             })
         })
         .collect();
+    let _watch = std::thread::spawn(move || {
+        for _ in 0..40 {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let pick = |k: &str| st.lines().find(|l| l.starts_with(k)).unwrap_or("").split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0) >> 10;
+            eprintln!("TMPWATCH rss {} anon {} file {}", pick("VmRSS"), pick("RssAnon"), pick("RssFile"));
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    });
     let mut expected = std::collections::HashMap::new();
     for s in sessions {
         let (n, len, hash) = s.join().expect("session");

@@ -4,8 +4,8 @@
 //!
 //! Order (see `store::Ops`): the body chunks (numbered from 1) as they
 //! fill, then chunk 0 — the trace headers the session puts in front
-//! (`Received:`), known only at the end — then the due entry and the
-//! record. Content before the record: a crash leaves chunks without a
+//! (`Received:`), known only at the end; with the whole body when it fits
+//! in one chunk — then the due entry and the record. Content before the record: a crash leaves chunks without a
 //! record (swept at start, `Spool::sweep_orphans`), never a record without
 //! its chunks. A writer dropped before `finish` (the client went away, the
 //! message was refused) removes its chunks.
@@ -103,12 +103,19 @@ impl ContentWriter {
         new: NewMessage,
         prefix: &[u8],
     ) -> Result<(QueuedMessage, u64), StoreError> {
-        if !self.buf.is_empty() {
-            self.write_chunk()?;
-        }
-        debug_assert!(prefix.len() <= CHUNK_SIZE, "chunk 0 is a few header lines");
         let mut ops = Ops::default();
-        ops.insert(&chunk_key(self.id, 0), prefix);
+        if self.written == 0 {
+            // A message of one chunk: the prefix and the body in one key.
+            let mut whole = Vec::with_capacity(prefix.len() + self.buf.len());
+            whole.extend_from_slice(prefix);
+            whole.extend_from_slice(&self.buf);
+            ops.insert(&chunk_key(self.id, 0), whole);
+        } else {
+            if !self.buf.is_empty() {
+                self.write_chunk()?;
+            }
+            ops.insert(&chunk_key(self.id, 0), prefix);
+        }
         let now = now_ms();
         let mut msg = QueuedMessage {
             id: self.id,
