@@ -116,7 +116,13 @@ impl From<sled::Error> for StoreError {
 
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> Self {
-        if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+        // sled hands back its stored ("global") error as a copy that keeps
+        // the kind but not the OS error number.
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        if e.raw_os_error() == Some(libc::ENOSPC)
+            || e.raw_os_error() == Some(libc::EDQUOT)
+            || matches!(e.kind(), StorageFull | QuotaExceeded)
+        {
             StoreError::Full(e.to_string())
         } else {
             StoreError::Io(e.to_string())
@@ -792,3 +798,119 @@ mod tests {
     }
 }
 
+
+
+#[cfg(test)]
+mod full_disk_tests {
+    use super::*;
+
+    /// A tmpfs mounted for the test, unmounted on drop; `None` (the test
+    /// is skipped, saying why) where mounting is not permitted.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Tmpfs> {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .output()
+                .expect("run mount");
+            if !out.status.success() {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                return None;
+            }
+            Some(Tmpfs(dir))
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let ok = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0.path())
+                    .status();
+            }
+        }
+    }
+
+    fn put(tree: &TreeHandle, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let mut ops = Ops::default();
+        ops.insert(key, value);
+        tree.apply(ops)
+    }
+
+    #[test]
+    fn a_database_that_met_a_full_disk_is_reopened_when_space_returns() {
+        let Some(fs) = Tmpfs::mount("96m") else {
+            return;
+        };
+        let spool = fs.0.path().join("spool");
+        let store = Store::open(&spool).expect("open");
+        let q = store.handle(Keyspace::Queue);
+        put(&q, b"kept", b"committed before the disk filled").expect("put");
+        store.commit_blocking().expect("commit");
+        // Leave sled a little room, then write past it, bypassing the
+        // reserve that intake keeps (as the scheduler's records do).
+        let filler = fs.0.path().join("filler");
+        {
+            let mut f = File::create(&filler).expect("filler");
+            let block = vec![0u8; 1 << 20];
+            while free_space(fs.0.path()).expect("statvfs") > 4 << 20 {
+                std::io::Write::write_all(&mut f, &block).expect("fill");
+            }
+        }
+        let value = vec![7u8; CHUNK_SIZE];
+        let mut failed = None;
+        for i in 0u32..20_000 {
+            let r = put(&q, &i.to_be_bytes(), &value).and_then(|()| {
+                if i % 32 == 0 {
+                    store.commit_blocking()
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = r {
+                failed = Some(e);
+                break;
+            }
+        }
+        assert!(
+            matches!(failed, Some(StoreError::Full(_))),
+            "sled never met the full disk: {failed:?}"
+        );
+        let epoch = store.epoch();
+        // sled refuses everything now, and the store does not reopen it
+        // while there is no room.
+        assert!(put(&q, b"later", b"x").is_err());
+        std::fs::remove_file(&filler).expect("free the space");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let reopened = loop {
+            match put(&q, b"later", b"x") {
+                Ok(()) => break true,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                Err(_) => break false,
+            }
+        };
+        assert!(reopened, "writes still refused after space returned");
+        assert_eq!(store.epoch(), epoch + 1);
+        store.commit_blocking().expect("commit after the reopen");
+        assert_eq!(
+            q.get(b"kept").expect("get").as_deref(),
+            Some(&b"committed before the disk filled"[..])
+        );
+        // A waiter whose writes went to the failed database is never told
+        // they are durable: its epoch is gone.
+        assert!(q.apply_in(Ops::default(), Some(epoch)).is_err());
+    }
+}
