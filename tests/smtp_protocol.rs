@@ -208,16 +208,6 @@ fn over_long_command_line_is_refused_whole() {
 }
 
 #[test]
-fn over_long_text_line_is_refused() {
-    let server = TestServer::start("");
-    let mut s = Smtp::ready(server.mx());
-    let body = format!("Subject: long\r\n\r\n{}\r\n", "x".repeat(1200));
-    let r = s.send_mail("carol@partner.test", &["alice@example.test"], &body);
-    assert_eq!(r.0, 550, "{r:?}");
-    assert!(server.mailbox("alice").is_empty());
-}
-
-#[test]
 fn size_limits_are_enforced_at_mail_and_after_data() {
     let server = TestServer::start("max_message_size = \"2KiB\"");
     let mut s = Smtp::ready(server.mx());
