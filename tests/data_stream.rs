@@ -48,9 +48,8 @@ fn a_line_of_exactly_1000_octets_is_accepted_whole() {
     let m = server.wait_mailbox("alice", 1, Duration::from_secs(10));
     let stored = server.mailbox_message("alice", m[0]["uid"].as_u64().expect("uid"));
     assert!(
-        from_client_header(&stored, b"Subject: legal").starts_with(
-            format!("Subject: legal\r\n\r\n{line}\r\nend\r\n").as_bytes()
-        ),
+        from_client_header(&stored, b"Subject: legal")
+            .starts_with(format!("Subject: legal\r\n\r\n{line}\r\nend\r\n").as_bytes()),
         "stored whole"
     );
 }
@@ -87,7 +86,11 @@ fn an_oversized_body_of_legal_lines_gets_552() {
     assert_eq!(r.0, 552, "{r:?}");
     assert!(r.1.contains("5.3.4"), "{r:?}");
     // The session goes on: the next message is taken.
-    let r = s.send_mail("carol@partner.test", &["alice@example.test"], "Subject: small\r\n\r\nok");
+    let r = s.send_mail(
+        "carol@partner.test",
+        &["alice@example.test"],
+        "Subject: small\r\n\r\nok",
+    );
     queued_id(&r);
     assert_eq!(
         server
@@ -344,9 +347,15 @@ fn content_left_without_a_record_is_swept_at_start() {
     let before = spool_keys(&spool);
     assert_eq!(before.0, 0);
     assert!(before.1 >= 1, "{before:?}");
-    let mut again = TestServer::start_in(server.dir.clone(), &std::fs::read_to_string(&server.config_path).expect("config"));
-    assert!(again.log().contains("removed orphaned content"), "{}", again.log());
+    let mut again = TestServer::start_in(
+        server.dir.clone(),
+        &std::fs::read_to_string(&server.config_path).expect("config"),
+    );
+    assert!(
+        again.log().contains("removed orphaned content"),
+        "{}",
+        again.log()
+    );
     assert_eq!(again.stop(), Some(0));
     assert_eq!(spool_keys(&spool), (0, 0));
 }
-

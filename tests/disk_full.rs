@@ -110,7 +110,10 @@ impl Conn {
     /// Sends one message; the reply to DATA when it was refused, else the
     /// reply to the end of data.
     fn send(&mut self, message: &[u8]) -> (u16, String) {
-        for c in ["MAIL FROM:<load@partner.test>", "RCPT TO:<bob@example.test>"] {
+        for c in [
+            "MAIL FROM:<load@partner.test>",
+            "RCPT TO:<bob@example.test>",
+        ] {
             let r = self.cmd(c);
             if r.0 != 250 {
                 return r;
@@ -131,7 +134,9 @@ impl Conn {
 /// starts with a dot.
 fn message(tag: &str, size: usize) -> Vec<u8> {
     let mut m = format!("Subject: {tag}\r\nMessage-ID: <{tag}@load.test>\r\n\r\n").into_bytes();
-    let mut x = tag.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let mut x = tag
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     while m.len() < size {
         x ^= x << 13;
         x ^= x >> 7;
@@ -180,14 +185,12 @@ fn load_client(addr: SocketAddr, id: usize, stop: Arc<AtomicBool>, seen: Arc<Mut
         let mut s = seen.lock().expect("seen");
         match r.0 {
             250 => {
-                s.acked.insert(format!("<{tag}@load.test>"), (m.len(), hash_of(&m)));
+                s.acked
+                    .insert(format!("<{tag}@load.test>"), (m.len(), hash_of(&m)));
             }
             452 | 451 => {
                 s.refused.push((Instant::now(), r.0));
-                assert!(
-                    r.1.contains("4.3.1") || r.1.contains("4.3.0"),
-                    "{r:?}"
-                );
+                assert!(r.1.contains("4.3.1") || r.1.contains("4.3.0"), "{r:?}");
                 drop(s);
                 let _ = c.cmd("RSET");
                 // A refused client backs off a little, as real ones do.
@@ -264,7 +267,12 @@ fn a_full_disk_refuses_at_once_loses_nothing_and_recovers_by_itself() {
         })
         .collect();
     assert!(
-        wait_until(Duration::from_secs(60), || seen.lock().expect("seen").acked.len() >= 40),
+        wait_until(Duration::from_secs(60), || seen
+            .lock()
+            .expect("seen")
+            .acked
+            .len()
+            >= 40),
         "no load went through"
     );
 
@@ -274,7 +282,11 @@ fn a_full_disk_refuses_at_once_loses_nothing_and_recovers_by_itself() {
         let mut c = Conn::open(addr).expect("connect");
         for i in 0..3 {
             let m = message(&format!("deferred-{i}"), 2000);
-            for line in ["MAIL FROM:<load@partner.test>", "RCPT TO:<team@example.test>", "DATA"] {
+            for line in [
+                "MAIL FROM:<load@partner.test>",
+                "RCPT TO:<team@example.test>",
+                "DATA",
+            ] {
                 assert!(matches!(c.cmd(line).0, 250 | 354), "{line}");
             }
             c.w.write_all(&m).expect("write");
@@ -330,7 +342,11 @@ fn a_full_disk_refuses_at_once_loses_nothing_and_recovers_by_itself() {
     );
     let acked_now = seen.lock().expect("seen").acked.len();
     assert!(
-        wait_until(Duration::from_secs(60), || seen.lock().expect("seen").acked.len()
+        wait_until(Duration::from_secs(60), || seen
+            .lock()
+            .expect("seen")
+            .acked
+            .len()
             >= acked_now + 40),
         "the load did not resume"
     );
@@ -342,7 +358,11 @@ fn a_full_disk_refuses_at_once_loses_nothing_and_recovers_by_itself() {
         c.join().expect("load client");
     }
     let seen = std::mem::take(&mut *seen.lock().expect("seen"));
-    assert!(seen.other.is_empty(), "unexpected replies: {:?}", seen.other);
+    assert!(
+        seen.other.is_empty(),
+        "unexpected replies: {:?}",
+        seen.other
+    );
     let server = TestServer::start_in(dir.clone(), &cfg);
     let mut by_id: HashMap<String, u64> = HashMap::new();
     let delivered_all = wait_until(Duration::from_secs(120), || {
@@ -353,7 +373,11 @@ fn a_full_disk_refuses_at_once_loses_nothing_and_recovers_by_itself() {
             .collect();
         seen.acked.keys().all(|id| by_id.contains_key(id))
     });
-    let missing: Vec<_> = seen.acked.keys().filter(|id| !by_id.contains_key(*id)).collect();
+    let missing: Vec<_> = seen
+        .acked
+        .keys()
+        .filter(|id| !by_id.contains_key(*id))
+        .collect();
     assert!(
         delivered_all,
         "{} of {} acknowledged messages lost: {missing:?}",
@@ -367,7 +391,11 @@ fn a_full_disk_refuses_at_once_loses_nothing_and_recovers_by_itself() {
             .position(|w| w == b"Subject: ")
             .expect("client headers");
         let client = &stored[at..];
-        assert_eq!((client.len(), hash_of(client)), (*len, *hash), "{id} is not whole");
+        assert_eq!(
+            (client.len(), hash_of(client)),
+            (*len, *hash),
+            "{id} is not whole"
+        );
     }
     println!(
         "{} acknowledged, {} refused (452/451), all delivered whole after the kill",

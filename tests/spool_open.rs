@@ -33,7 +33,10 @@ fn a_new_spool_fsyncs_sleds_conf_and_its_directory_at_open() {
             .any(|l| l.contains("fsync(") && l.contains(&name) && l.ends_with("= 0"))
     };
     let queue = spool.join("queue");
-    assert!(synced(&queue.join("conf")), "queue/conf not fsynced:\n{text}");
+    assert!(
+        synced(&queue.join("conf")),
+        "queue/conf not fsynced:\n{text}"
+    );
     assert!(synced(&queue), "queue/ not fsynced:\n{text}");
     assert!(synced(&queue.join("db")), "queue/db not fsynced:\n{text}");
     // Stop petrel itself (strace's child); strace exits with it.

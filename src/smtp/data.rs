@@ -73,7 +73,11 @@ impl HeaderWatch {
         } else if name.eq_ignore_ascii_case("date") {
             self.date = true;
         } else if name.eq_ignore_ascii_case("message-id") && self.message_id.is_none() {
-            self.message_id = Some(String::from_utf8_lossy(&line[colon + 1..]).trim().to_string());
+            self.message_id = Some(
+                String::from_utf8_lossy(&line[colon + 1..])
+                    .trim()
+                    .to_string(),
+            );
             self.in_message_id = true;
         }
     }

@@ -715,9 +715,8 @@ impl Session {
         let writer = match (refusal, writer) {
             (None, Some(w)) => w,
             (r, _) => {
-                let r = r.unwrap_or_else(|| {
-                    Reply::new(451, "4.3.0", "Error: queue file write error")
-                });
+                let r =
+                    r.unwrap_or_else(|| Reply::new(451, "4.3.0", "Error: queue file write error"));
                 self.reject("DATA", &r);
                 self.send(r);
                 return Ok(Flow::Continue);

@@ -424,8 +424,13 @@ impl Spool {
             return;
         }
         match self.recover_active() {
-            Ok(n) => tracing::info!(recovered = n, "spool reopened: messages in flight are due again"),
-            Err(e) => tracing::error!(error = %e, "cannot recover messages in flight after a reopen"),
+            Ok(n) => tracing::info!(
+                recovered = n,
+                "spool reopened: messages in flight are due again"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot recover messages in flight after a reopen")
+            }
         }
         if let Err(e) = self.sweep_orphans() {
             tracing::error!(error = %e, "cannot sweep orphaned content after a reopen");

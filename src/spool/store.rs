@@ -692,11 +692,10 @@ impl Drop for Store {
 fn flush(gate: &Gate) -> Result<u64, StoreError> {
     let g = read(gate);
     let o = g.usable()?;
-    let r = o
-        .db
-        .flush()
-        .map_err(StoreError::from)
-        .and_then(|_| o.data_file.sync_data().map_err(StoreError::from));
+    let r =
+        o.db.flush()
+            .map_err(StoreError::from)
+            .and_then(|_| o.data_file.sync_data().map_err(StoreError::from));
     match r {
         Ok(()) => Ok(g.epoch),
         Err(e) => {
@@ -797,8 +796,6 @@ mod tests {
         assert_eq!(store.stats.waiters.load(Ordering::Relaxed), 1);
     }
 }
-
-
 
 #[cfg(test)]
 mod full_disk_tests {
