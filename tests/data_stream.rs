@@ -183,7 +183,7 @@ fn hundred_sessions_of_10_mib_stay_under_1_gib_and_arrive_whole() {
         "max_connections_per_client = 200",
         // Local delivery reads each message whole (the scheduler's part,
         // bounded by its concurrency); what is measured here is intake.
-        "[queue]\nretry_initial = \"1s\"\nretry_max = \"2s\"\ntotal_concurrency = 8\n",
+        "[queue]\nretry_initial = \"1s\"\nretry_max = \"2s\"\ntotal_concurrency = 4\n",
         common::free_port(),
     );
     let pid = server.child_pid().expect("pid");
