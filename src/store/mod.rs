@@ -25,6 +25,9 @@
 //! The store knows nothing of IMAP sessions: message sequence numbers,
 //! `\Recent` bookkeeping and untagged responses belong to `imap`.
 
+pub mod conformance;
+pub mod embedded;
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -323,6 +326,10 @@ pub trait MailStore: Send + Sync + 'static {
 
     /// One folder by name (`INBOX` in any case).
     async fn folder(&self, account: &str, name: &str) -> Result<Option<FolderInfo>, StoreError>;
+
+    /// One folder by id (its counters now: after a `ChangeEvent`, for
+    /// STATUS, for IDLE).
+    async fn folder_info(&self, folder: FolderId) -> Result<FolderInfo, StoreError>;
 
     /// Makes a folder (and missing parents, RFC 9051 §6.3.4).
     async fn create_folder(
