@@ -27,6 +27,7 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod migrate;
 
 use std::sync::Arc;
 
