@@ -21,6 +21,7 @@
 
 mod index;
 mod segment;
+mod volatile;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,11 @@ pub struct Options {
     pub compact_below_percent: u64,
     /// Octets of live blobs moved per batch by compaction.
     pub compact_budget: u64,
+    /// Test mode: writes stay in this process's memory until synced, so
+    /// a SIGKILL loses every unsynced write (`volatile`). Never in the
+    /// daemon.
+    #[doc(hidden)]
+    pub volatile_unsynced: bool,
 }
 
 impl Default for Options {
@@ -56,6 +62,7 @@ impl Default for Options {
             segment_size: 64 << 20,
             compact_below_percent: 50,
             compact_budget: 16 << 20,
+            volatile_unsynced: false,
         }
     }
 }
@@ -849,7 +856,7 @@ impl<'t> Ctx<'t> {
                 self.unlink.push(id);
                 continue;
             }
-            if live * 100 >= written * opts.compact_below_percent {
+            if live * 100 >= written * opts.compact_below_percent || self.seg.unsynced(id) {
                 continue;
             }
             if moved >= budget {
@@ -1041,10 +1048,22 @@ impl EmbeddedStore {
     pub fn open_with(dir: &Path, options: Options) -> Result<EmbeddedStore, StoreError> {
         let seg_dir = dir.join("segments");
         std::fs::create_dir_all(&seg_dir).map_err(io)?;
-        let db = Database::builder()
-            .set_cache_size(64 << 20)
-            .create(dir.join("index.redb"))
-            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        let index = dir.join("index.redb");
+        let mut builder = Database::builder();
+        builder.set_cache_size(64 << 20);
+        let db = if options.volatile_unsynced {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&index)
+                .map_err(io)?;
+            builder.create_with_backend(volatile::VolatileBackend::new(file).map_err(io)?)
+        } else {
+            builder.create(&index)
+        }
+        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         {
             let txn = db.begin_write().map_err(io)?;
             Tables::open(&txn)?;
@@ -1085,7 +1104,12 @@ impl EmbeddedStore {
             options,
         });
         let (tx, rx) = mpsc::channel();
-        let app = Appender::new(seg_dir, options.segment_size, next);
+        let app = Appender::new(
+            seg_dir,
+            options.segment_size,
+            next,
+            options.volatile_unsynced,
+        );
         let w = shared.clone();
         let writer = std::thread::Builder::new()
             .name("store-commit".into())

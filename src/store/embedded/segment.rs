@@ -83,6 +83,13 @@ pub struct Appender {
     dirty: Vec<File>,
     /// The current segment was written since the last sync.
     current_dirty: bool,
+    /// Test mode (`Options::volatile_unsynced`): appends wait here, in
+    /// memory, and reach the file only in `sync`.
+    volatile: bool,
+    /// Octets of the current segment not yet written (volatile mode).
+    held: Vec<u8>,
+    /// Sealed segments with their held octets (volatile mode).
+    held_sealed: Vec<(u32, File, u64, Vec<u8>)>,
     /// A segment file was created since the last sync: the directory
     /// must be synced too, so the file's name survives a power loss.
     created: bool,
@@ -90,8 +97,11 @@ pub struct Appender {
 
 impl Appender {
     /// An appender that starts segment `next_id` on its first write.
-    pub fn new(dir: PathBuf, max_size: u64, next_id: u32) -> Appender {
+    pub fn new(dir: PathBuf, max_size: u64, next_id: u32, volatile: bool) -> Appender {
         Appender {
+            volatile,
+            held: Vec::new(),
+            held_sealed: Vec::new(),
             dir,
             max_size,
             next_id,
@@ -107,12 +117,24 @@ impl Appender {
         self.current.as_ref().map(|c| c.0)
     }
 
+    /// Whether segment `id` has octets only in memory (volatile mode):
+    /// not readable from its file before the next sync.
+    pub fn unsynced(&self, id: u32) -> bool {
+        self.held_sealed.iter().any(|h| h.0 == id)
+    }
+
     /// Stops appending to the current segment (it may be compacted now).
     pub fn seal(&mut self) {
-        if let Some((_, f, _)) = self.current.take()
+        if let Some((id, f, len)) = self.current.take()
             && self.current_dirty
         {
-            self.dirty.push(f);
+            if self.volatile {
+                let held = std::mem::take(&mut self.held);
+                let at = len - held.len() as u64;
+                self.held_sealed.push((id, f, at, held));
+            } else {
+                self.dirty.push(f);
+            }
         }
         self.current_dirty = false;
     }
@@ -139,6 +161,12 @@ impl Appender {
             unreachable!("a current segment was just made");
         };
         let offset = *len;
+        if self.volatile {
+            self.held.extend_from_slice(data);
+            *len += data.len() as u64;
+            self.current_dirty = true;
+            return Ok((*id, offset));
+        }
         if let Err(e) = f.write_all(data) {
             // The file may hold part of `data`: never append after it.
             self.seal();
@@ -152,6 +180,16 @@ impl Appender {
     /// Makes every octet appended so far durable: fdatasync of each
     /// written segment, then of the directory if a file was created.
     pub fn sync(&mut self) -> io::Result<()> {
+        for (_, f, at, held) in self.held_sealed.drain(..) {
+            f.write_all_at(&held, at)?;
+            f.sync_data()?;
+        }
+        if let Some((_, f, len)) = &self.current
+            && !self.held.is_empty()
+        {
+            f.write_all_at(&self.held, len - self.held.len() as u64)?;
+            self.held.clear();
+        }
         for f in self.dirty.drain(..) {
             f.sync_data()?;
         }
