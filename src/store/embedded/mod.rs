@@ -995,7 +995,35 @@ fn run_batch(shared: &Shared, app: &mut Appender, jobs: Vec<Job>, compact_budget
     }
 }
 
+/// How long a delivery's queue id is remembered: a delivery is repeated
+/// after a crash within minutes, not days.
+const DELIVERED_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// How often the writer forgets old delivered marks.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// A job that forgets delivered marks of queue ids older than
+/// `DELIVERED_KEPT_MS` (queue ids start with their time in milliseconds,
+/// `spool::id`, so this is one range).
+fn prune_job() -> Job {
+    Box::new(|c| {
+        let cutoff = chrono::Utc::now().timestamp_millis() - DELIVERED_KEPT_MS;
+        let before = (u64::try_from(cutoff).unwrap_or(0) << crate::spool::id::SEQ_BITS, 0u64);
+        let r = c
+            .t
+            .delivered
+            .retain_in((0u64, 0u64)..before, |_, _| false)
+            .map_err(io);
+        if let Err(e) = &r {
+            tracing::warn!(error = %e, "message store: cannot forget old delivered marks");
+        }
+        let done: Done = Box::new(|_| {});
+        (done, r.is_err())
+    })
+}
+
 fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Job>, mut app: Appender) {
+    let mut last_prune = std::time::Instant::now();
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(j) => Some(j),
@@ -1010,7 +1038,11 @@ fn writer(shared: Arc<Shared>, rx: mpsc::Receiver<Job>, mut app: Appender) {
             }
         }
         let idle = jobs.is_empty();
-        if idle && !shared.compact_hint.load(Ordering::Relaxed) {
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = std::time::Instant::now();
+            jobs.push(prune_job());
+        }
+        if jobs.is_empty() && !shared.compact_hint.load(Ordering::Relaxed) {
             continue;
         }
         // Idle: compaction may take more per batch, nobody waits for it.
