@@ -97,8 +97,15 @@ async fn run(mib: usize) {
         .filter(|u| u % 10 != 0)
         .collect();
     let t0 = Instant::now();
-    store.expunge(f.id, Some(&gone), false).await.expect("expunge");
-    println!("expunged {} in {:.2} s", gone.len(), t0.elapsed().as_secs_f64());
+    store
+        .expunge(f.id, Some(&gone), false)
+        .await
+        .expect("expunge");
+    println!(
+        "expunged {} in {:.2} s",
+        gone.len(),
+        t0.elapsed().as_secs_f64()
+    );
     let t0 = Instant::now();
     let keep: Vec<u32> = (1..=count as u32).filter(|u| u % 10 == 0).collect();
     let mut reads = Vec::new();
@@ -127,6 +134,21 @@ async fn run(mib: usize) {
         reads.len(),
         pct(0.5),
         pct(0.99)
+    );
+    // Then until it stops shrinking for two seconds.
+    let mut last = (now, Instant::now());
+    while t0.elapsed() < Duration::from_secs(300) && last.1.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n = store.disk_usage().expect("usage").0;
+        if n < last.0 {
+            last = (n, Instant::now());
+        }
+    }
+    println!(
+        "settled at {:.1} MiB ({:.1} %) after {:.1} s",
+        last.0 as f64 / 1048576.0,
+        last.0 as f64 * 100.0 / full as f64,
+        (last.1 - t0).as_secs_f64()
     );
     drop(store);
     let store = EmbeddedStore::open(dir.path()).expect("reopen");

@@ -784,6 +784,16 @@ pub async fn restore_keeps_uids(b: &dyn Backend) {
             .uid,
         10
     );
+    // An expunged UID is not given again by a restore either.
+    s.expunge(f.id, Some(&[7]), false).await.expect("expunge");
+    s.restore("carol", "INBOX", 1234, 10, vec![(7, append_of("r7 again"))])
+        .await
+        .expect("restore");
+    assert_eq!(uids(&*s, f.id).await, vec![3, 10], "UID 7 stays expunged");
+    assert!(
+        s.create_folder("carol", "a*b", None).await.is_err(),
+        "LIST wildcards are no folder names"
+    );
 }
 
 /// Runs every behaviour above, each on a fresh store from `fresh`.

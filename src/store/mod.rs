@@ -422,8 +422,11 @@ pub trait MailStore: Send + Sync + 'static {
 
     /// Puts messages back into a folder with the UIDs they had elsewhere
     /// (the move from the old mailbox keyspace, a Maildir import that
-    /// keeps UIDs). The folder is made if missing; an empty folder takes
-    /// `uid_validity`; its next UID becomes at least `uid_next`.
+    /// keeps UIDs). The folder is made if missing; a folder that never
+    /// held a message takes `uid_validity`; its next UID becomes at least
+    /// `uid_next`. UIDs the folder holds are skipped (so a restore can be
+    /// repeated after a crash), and so are UIDs it held and expunged:
+    /// UIDs are never reused.
     async fn restore(
         &self,
         account: &str,

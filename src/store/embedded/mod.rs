@@ -119,14 +119,14 @@ pub struct Ctx<'t> {
 }
 
 /// Normalises a folder name: `INBOX` in any case (also as a parent) is
-/// `INBOX`; empty names, empty levels and leading or trailing `/` are
-/// refused.
+/// `INBOX`; empty names, empty levels, leading or trailing `/`, control
+/// characters and LIST wildcards (`*`, `%`, RFC 9051 §6.3.9) are refused.
 fn normalize(name: &str) -> Result<String, StoreError> {
     if name.is_empty()
         || name.starts_with(DELIMITER)
         || name.ends_with(DELIMITER)
         || name.contains("//")
-        || name.chars().any(|c| c.is_control())
+        || name.chars().any(|c| c.is_control() || c == '*' || c == '%')
     {
         return Err(StoreError::Refused(format!(
             "{name:?} is not a folder name"
@@ -808,8 +808,19 @@ impl<'t> Ctx<'t> {
         }
         f.uid_next = f.uid_next.max(uid_next);
         self.t.put_folder(fid, &f)?;
+        // A UID this folder had and expunged is never given again, not
+        // even to a restored message.
+        let mut vanished = HashSet::new();
+        for r in self
+            .t
+            .vanished
+            .range((fid, 0u64)..=(fid, u64::MAX))
+            .map_err(io)?
+        {
+            vanished.insert(r.map_err(io)?.1.value());
+        }
         for (uid, m) in messages {
-            if *uid == 0 || self.t.message(fid, *uid)?.is_some() {
+            if *uid == 0 || vanished.contains(uid) || self.t.message(fid, *uid)?.is_some() {
                 continue;
             }
             self.append(
@@ -1008,12 +1019,14 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 fn prune_job() -> Job {
     Box::new(|c| {
         let cutoff = chrono::Utc::now().timestamp_millis() - DELIVERED_KEPT_MS;
-        let before = (u64::try_from(cutoff).unwrap_or(0) << crate::spool::id::SEQ_BITS, 0u64);
-        let r = c
-            .t
-            .delivered
-            .retain_in((0u64, 0u64)..before, |_, _| false)
-            .map_err(io);
+        let before = (
+            u64::try_from(cutoff).unwrap_or(0) << crate::spool::id::SEQ_BITS,
+            0u64,
+        );
+        let r =
+            c.t.delivered
+                .retain_in((0u64, 0u64)..before, |_, _| false)
+                .map_err(io);
         if let Err(e) = &r {
             tracing::warn!(error = %e, "message store: cannot forget old delivered marks");
         }
