@@ -63,6 +63,7 @@ async fn run(mib: usize) {
                             flags: 0,
                             keywords: Vec::new(),
                             internal_date: None,
+                            queue_id: None,
                             quota: None,
                         },
                     )

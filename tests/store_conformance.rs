@@ -162,6 +162,7 @@ async fn crash_child() {
                                     flags: 0,
                                     keywords: Vec::new(),
                                     internal_date: None,
+                                    queue_id: None,
                                     quota: None,
                                 },
                             )
@@ -441,6 +442,7 @@ async fn expunged_space_returns_while_serving() {
                             flags: 0,
                             keywords: vec![],
                             internal_date: None,
+                            queue_id: None,
                             quota: None,
                         },
                     )

@@ -77,6 +77,27 @@ async fn old_mailboxes_move_into_inbox_losing_nothing() {
         let m = &store.metas(f.id, &[uid]).await.expect("metas")[0];
         assert_eq!(m.internal_date, meta.arrival / 1000);
         assert_eq!(m.size, meta.size);
+        assert_eq!(
+            m.queue_id,
+            Some(meta.queue_id.0),
+            "the queue id it came from"
+        );
+        // A delivery of that queued message repeated after the move (a
+        // crash before the scheduler recorded it) is not stored twice.
+        let again = store
+            .deliver(petrel::store::Delivery {
+                queue_id: meta.queue_id.0,
+                content: petrel::store::conformance::content("again", 100),
+                targets: vec![petrel::store::DeliveryTarget {
+                    account: who.clone(),
+                    folder: "INBOX".into(),
+                    prefix: Vec::new(),
+                    quota: None,
+                }],
+            })
+            .await
+            .expect("deliver");
+        assert_eq!(again[0].as_ref().expect("placed").uid, uid);
     }
     let alice = store
         .folder("alice", "INBOX")

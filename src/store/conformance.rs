@@ -47,6 +47,7 @@ pub fn append_of(subject: &str) -> Append {
         flags: 0,
         keywords: Vec::new(),
         internal_date: None,
+        queue_id: None,
         quota: None,
     }
 }

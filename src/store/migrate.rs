@@ -69,6 +69,7 @@ pub async fn from_spool(
                         flags: (m.flags as u16) & flags::ALL,
                         keywords: Vec::new(),
                         internal_date: Some(m.arrival.div_euclid(1000)),
+                        queue_id: Some(m.queue_id.0),
                         quota: None,
                     },
                 ));

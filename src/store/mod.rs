@@ -143,6 +143,9 @@ pub struct MessageMeta {
     pub blob: BlobId,
     /// Length of the per-copy prefix in front of the blob.
     pub prefix_len: u32,
+    /// The queue id of the local delivery that stored it (`None` for
+    /// APPEND, COPY targets keep the source's).
+    pub queue_id: Option<u64>,
 }
 
 /// A stored content's identity.
@@ -210,6 +213,10 @@ pub struct Append {
     pub internal_date: Option<i64>,
     /// The account's quota, as for deliveries.
     pub quota: Option<u64>,
+    /// The local delivery it came from: `None` for APPEND; `restore` (the
+    /// move from the old mailbox keyspace) keeps it, also as the mark
+    /// that stops a repeated delivery of that queue id.
+    pub queue_id: Option<u64>,
 }
 
 /// How STORE changes flags (RFC 9051 §6.4.6).

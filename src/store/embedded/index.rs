@@ -93,6 +93,8 @@ pub struct MsgRec {
     pub blob_len: u64,
     /// Per-copy prefix (`Return-Path:`, `Delivered-To:`).
     pub prefix: Vec<u8>,
+    /// The queue id of the delivery that stored it.
+    pub queue_id: Option<u64>,
 }
 
 impl MsgRec {
@@ -112,6 +114,7 @@ impl MsgRec {
             size: self.size(),
             blob: BlobId(self.blob),
             prefix_len: self.prefix.len() as u32,
+            queue_id: self.queue_id,
         }
     }
 }

@@ -443,6 +443,7 @@ impl<'t> Ctx<'t> {
                     blob,
                     blob_len,
                     prefix: d.targets[i].prefix.clone(),
+                    queue_id: (d.queue_id != 0).then_some(d.queue_id),
                 };
                 // A quota is checked against the account as it was before
                 // this delivery: two targets of one account (INBOX and a
@@ -492,8 +493,12 @@ impl<'t> Ctx<'t> {
             blob,
             blob_len,
             prefix: Vec::new(),
+            queue_id: m.queue_id,
         };
         let (uid_validity, uid) = self.add_copy(fid, uid, rec)?;
+        if let Some(q) = m.queue_id {
+            self.t.delivered.insert((q, fid), uid).map_err(io)?;
+        }
         Ok(Placed {
             folder: FolderId(fid),
             uid_validity,
