@@ -458,6 +458,18 @@ pub trait MailStore: Send + Sync + 'static {
     ) -> Result<Option<Box<dyn std::any::Any + Send>>, StoreError>;
 }
 
+/// Opens the configured backend.
+pub fn open(config: &crate::config::MessageStore) -> Result<Arc<dyn MailStore>, StoreError> {
+    match config {
+        crate::config::MessageStore::Embedded { path } => {
+            Ok(Arc::new(embedded::EmbeddedStore::open(path)?))
+        }
+        crate::config::MessageStore::Postgres { .. } => Err(StoreError::Unavailable(
+            "store.backend = \"postgres\" is not built yet; use \"embedded\"".into(),
+        )),
+    }
+}
+
 /// A stable hash of an account name, for `ChangeEvent`s.
 pub fn account_hash(account: &str) -> u64 {
     // FNV-1a: stable across processes and nodes, unlike `DefaultHasher`.

@@ -397,6 +397,7 @@ impl<'t> Ctx<'t> {
         let len = d.content.content.len() as u64;
         let mut results: Vec<Option<Result<Placed, StoreError>>> = Vec::new();
         let mut pending = Vec::new();
+        let mut dups = Vec::new();
         for (i, t) in d.targets.iter().enumerate() {
             let (a, fid) = match self.folder_by_name(&t.account, &t.folder) {
                 Ok(x) => x,
@@ -417,11 +418,11 @@ impl<'t> Ctx<'t> {
                 })));
                 continue;
             }
-            if pending.iter().any(|&(_, f, _)| f == fid) {
-                results.push(Some(Err(StoreError::Exists(format!(
-                    "{} {} twice in one delivery",
-                    t.account, t.folder
-                )))));
+            // Two targets in one folder (two addresses of one user that
+            // intake did not fold): one copy, both told where it is.
+            if let Some(&(j, _, _)) = pending.iter().find(|&&(_, f, _)| f == fid) {
+                results.push(None);
+                dups.push((i, j));
                 continue;
             }
             let size = len + t.prefix.len() as u64;
@@ -461,6 +462,9 @@ impl<'t> Ctx<'t> {
                     uid,
                 }));
             }
+        }
+        for (i, j) in dups {
+            results[i] = results[j].clone();
         }
         Ok(results
             .into_iter()
