@@ -112,7 +112,12 @@ impl Handler<Deliver> for MailboxActor {
             .collect();
         let store = self.store.clone();
         Box::pin(async move {
-            let summary = Arc::new(Summary::parse(&msg.content));
+            // Parsing a large message is CPU work: off the actor's thread.
+            let c = msg.content.clone();
+            let summary = match tokio::task::spawn_blocking(move || Summary::parse(&c)).await {
+                Ok(s) => Arc::new(s),
+                Err(_) => Arc::new(Summary::default()),
+            };
             let delivery = Delivery {
                 queue_id: msg.queue_id.0,
                 content: NewContent {

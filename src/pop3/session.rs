@@ -505,6 +505,10 @@ impl Session {
                                 crate::smtp::client::dot_stuff(&shown, &mut self.out);
                                 self.out.extend_from_slice(b".\r\n");
                             }
+                            // Expunged by another session (IMAP) since login.
+                            Err(crate::store::StoreError::NotFound(_)) => {
+                                self.err("no such message (it was deleted in another session)");
+                            }
                             Err(e) => {
                                 tracing::error!(mailbox = %mailbox, uid = m.uid, error = %e, "cannot read message");
                                 self.err("[SYS/TEMP] cannot read the message now");
