@@ -221,7 +221,7 @@ fn addresses(a: Option<&mail_parser::Address<'_>>) -> Vec<Address> {
 
 fn summarize(m: &mail_parser::Message<'_>, raw: &[u8], base: u64, depth: usize) -> Summary {
     let root = m.root_part();
-    let env_raw = |name: &str| raw_header(root, m.raw_message(), name);
+    let env_raw = |name: &str| raw_header(root, raw, name);
     let from = addresses(m.from());
     let sender = match addresses(m.sender()) {
         s if s.is_empty() => from.clone(),
@@ -243,7 +243,7 @@ fn summarize(m: &mail_parser::Message<'_>, raw: &[u8], base: u64, depth: usize) 
         in_reply_to: env_raw("In-Reply-To"),
         message_id: env_raw("Message-ID"),
     };
-    let body = part_of(m, 0, base, depth);
+    let body = part_of(m, raw, 0, base, depth);
     let has_attachments = !m.attachments.is_empty();
     let preview: String = m
         .body_text(0)
@@ -256,7 +256,6 @@ fn summarize(m: &mail_parser::Message<'_>, raw: &[u8], base: u64, depth: usize) 
                 .collect()
         })
         .unwrap_or_default();
-    let _ = raw;
     Summary {
         envelope,
         body,
@@ -266,8 +265,9 @@ fn summarize(m: &mail_parser::Message<'_>, raw: &[u8], base: u64, depth: usize) 
     }
 }
 
-fn part_of(m: &mail_parser::Message<'_>, id: usize, base: u64, depth: usize) -> Part {
-    let raw = m.raw_message();
+/// Part `id` of `m`. mail-parser gives the offsets of an enclosed message's
+/// parts in the outermost message, so `raw` is always the whole blob.
+fn part_of(m: &mail_parser::Message<'_>, raw: &[u8], id: usize, base: u64, depth: usize) -> Part {
     let Some(p) = m.parts.get(id) else {
         return Part::default();
     };
@@ -338,22 +338,10 @@ fn part_of(m: &mail_parser::Message<'_>, id: usize, base: u64, depth: usize) -> 
     if let Some(subs) = p.sub_parts() {
         part.parts = subs
             .iter()
-            .map(|&s| part_of(m, s as usize, base, depth + 1))
+            .map(|&s| part_of(m, raw, s as usize, base, depth + 1))
             .collect();
     } else if let Some(inner) = p.message() {
-        // The enclosed message is parsed from the part's body: its
-        // offsets are relative to that body.
-        let inner_base = if std::ptr::eq(inner.raw_message().as_ptr(), raw.as_ptr()) {
-            base
-        } else {
-            base + bs
-        };
-        part.message = Some(Box::new(summarize(
-            inner,
-            inner.raw_message(),
-            inner_base,
-            depth + 1,
-        )));
+        part.message = Some(Box::new(summarize(inner, raw, base, depth + 1)));
     }
     part
 }
@@ -390,6 +378,28 @@ mod tests {
         assert_eq!(s.body.parts[1].encoding, "base64");
         assert!(s.has_attachments);
         assert_eq!(s.preview, "Hi Bob");
+    }
+
+    #[test]
+    fn an_enclosed_message_has_offsets_in_the_outer_blob() {
+        let raw = b"Subject: outer\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nouter body\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nFrom: x@y.test\r\n\r\ninner body\r\n--b--\r\n";
+        let s = Summary::parse(raw);
+        let part = &s.body.parts[1];
+        assert_eq!(
+            (part.media_type.as_str(), part.subtype.as_str()),
+            ("message", "rfc822")
+        );
+        let inner = part.message.as_ref().expect("enclosed message");
+        assert_eq!(inner.envelope.subject.as_deref(), Some(&b"inner"[..]));
+        let b = &inner.body;
+        assert_eq!(
+            &raw[b.body_start as usize..b.body_end as usize],
+            b"inner body"
+        );
+        assert_eq!(
+            &raw[b.header_start as usize..b.header_start as usize + 8],
+            b"Subject:"
+        );
     }
 
     #[test]
