@@ -63,7 +63,9 @@ pub struct Envelope {
 /// and an end marker (both `None`), as RFC 3501 §7.4.2 encodes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
-    /// Display name, raw.
+    /// Display name, decoded to UTF-8 by mail-parser (RFC 2047 words and
+    /// quoting undone; unlike the other fields it is not raw: IMAP encodes
+    /// it again unless the client enabled UTF8=ACCEPT).
     pub name: Option<Vec<u8>>,
     /// Source route (obsolete), raw.
     pub adl: Option<Vec<u8>>,

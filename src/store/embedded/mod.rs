@@ -1102,6 +1102,16 @@ impl EmbeddedStore {
     pub fn open_with(dir: &Path, options: Options) -> Result<EmbeddedStore, StoreError> {
         let seg_dir = dir.join("segments");
         std::fs::create_dir_all(&seg_dir).map_err(io)?;
+        // The directories' entries (made now or by an earlier start) are
+        // durable before anything in them is acknowledged.
+        for d in [dir, seg_dir.as_path()] {
+            std::fs::File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+        }
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::File::open(parent).and_then(|f| f.sync_all());
+        }
         let index = dir.join("index.redb");
         let mut builder = Database::builder();
         builder.set_cache_size(64 << 20);
@@ -1118,6 +1128,9 @@ impl EmbeddedStore {
             builder.create(&index)
         }
         .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
         {
             let txn = db.begin_write().map_err(io)?;
             Tables::open(&txn)?;
