@@ -126,6 +126,25 @@ impl Backend {
         }
     }
 
+    /// The message store: the daemon's, or (no daemon running) opened
+    /// here, after carrying the spool's old mailboxes over if the daemon
+    /// never did.
+    async fn message_store(
+        &self,
+        spool: &Spool,
+    ) -> Result<Arc<dyn crate::store::MailStore>, String> {
+        match self {
+            Backend::Daemon(d) => Ok(d.store.clone()),
+            Backend::Offline { config, .. } => {
+                let store = crate::store::open(&config.store).map_err(|e| e.to_string())?;
+                crate::store::migrate::from_spool(spool, &MailboxStore::open(spool), &*store)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(store)
+            }
+        }
+    }
+
     fn config(&self) -> Arc<Config> {
         match self {
             Backend::Daemon(d) => d.config.load_full(),
@@ -371,25 +390,37 @@ pub async fn execute(
             if !config.directory.has_mailbox(&name) {
                 return Err(format!("{name:?} is not a user or mail-in mailbox"));
             }
-            let store = MailboxStore::open(&spool);
-            let list = store.list(&name).map_err(|e| e.to_string())?;
+            let store = backend.message_store(&spool).await?;
+            let folder = store
+                .folder(&name, "INBOX")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{name}: no INBOX"))?;
             match uid {
                 None => {
-                    for m in list {
+                    for m in store.messages(folder.id).await.map_err(|e| e.to_string())? {
+                        let message_id = store
+                            .summary(m.blob)
+                            .await
+                            .ok()
+                            .and_then(|s| s.envelope.message_id.clone())
+                            .map(|v| String::from_utf8_lossy(&v).into_owned());
                         let line = json!({
-                            "uid": m.uid, "size": m.size, "arrival_time": m.arrival / 1000,
-                            "flags": m.flags, "queue_id": m.queue_id.to_string(), "message_id": m.message_id,
+                            "uid": m.uid, "size": m.size, "arrival_time": m.internal_date,
+                            "flags": m.flags, "queue_id": m.queue_id.map(|q| QueueId(q).to_string()),
+                            "message_id": message_id,
                         });
                         emit(sink, Item::Json(line)).await?;
                     }
                     Ok(())
                 }
                 Some(uid) => {
-                    let m = list
-                        .iter()
-                        .find(|m| m.uid == uid)
-                        .ok_or_else(|| format!("{name}: no message with UID {uid}"))?;
-                    let c = store.read(&name, m).map_err(|e| e.to_string())?;
+                    let uid = u32::try_from(uid)
+                        .map_err(|_| format!("{name}: no message with UID {uid}"))?;
+                    let c = store
+                        .read(folder.id, uid, None)
+                        .await
+                        .map_err(|_| format!("{name}: no message with UID {uid}"))?;
                     emit(sink, Item::Raw(c)).await
                 }
             }

@@ -79,6 +79,8 @@ pub struct Daemon {
     /// A stop signal for listeners a reload starts; taken (dropped) when
     /// the stop begins, so that it does not hold up the drain.
     signal: std::sync::Mutex<Option<Signal>>,
+    /// The message store (users' folders).
+    pub store: Arc<dyn crate::store::MailStore>,
     log: LogControl,
     path: Option<PathBuf>,
 }
@@ -414,18 +416,34 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         },
     )
     .context("cannot open the message history")?;
-    let mailboxes = MailboxStore::open(&spool);
+    let store = crate::store::open(&config.store).map_err(|e| match &config.store {
+        crate::config::MessageStore::Embedded { path } => {
+            anyhow::anyhow!("cannot open the message store {}: {e}", path.display())
+        }
+        _ => anyhow::anyhow!("cannot open the message store: {e}"),
+    })?;
+    // The first mailbox keyspace (in the spool) moves into the store once,
+    // before anything delivers or reads.
+    match crate::store::migrate::from_spool(&spool, &MailboxStore::open(&spool), &*store).await {
+        Ok(Some(m)) => tracing::info!(
+            mailboxes = m.mailboxes,
+            messages = m.messages,
+            bytes = m.bytes,
+            "mailboxes carried over from the spool into the message store"
+        ),
+        Ok(None) => {}
+        Err(e) => anyhow::bail!("cannot carry the spool's mailboxes into the message store: {e}"),
+    }
     let path = config.path.clone();
     let debug = Arc::new(AtomicU8::new(config.log.smtp_debug));
     let config = Arc::new(ArcSwap::from_pointee(config));
 
-    let pop3_mailboxes = mailboxes.clone();
     let mailbox_arbiter = Arbiter::new();
     let scheduler_arbiter = Arbiter::new();
     let mailbox = {
-        let spool = spool.clone();
+        let (store, config) = (store.clone(), config.clone());
         MailboxActor::start_in_arbiter(&mailbox_arbiter.handle(), move |_| {
-            MailboxActor::new(spool, mailboxes)
+            MailboxActor::new(store, config)
         })
     };
     let delivery_arbiter = Arbiter::new();
@@ -473,8 +491,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     });
     let pop3 = Arc::new(crate::pop3::Pop3Shared::new(
         config.clone(),
-        pop3_mailboxes,
-        spool.clone(),
+        store.clone(),
         smtp.tls.clone(),
     ));
     let shutdown = Shutdown::new();
@@ -489,6 +506,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         total_limit,
         listeners: tokio::sync::Mutex::new(Vec::new()),
         signal: std::sync::Mutex::new(Some(shutdown.signal())),
+        store: store.clone(),
         log,
         path,
     });

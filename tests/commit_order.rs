@@ -50,8 +50,12 @@ fn parse(text: &str) -> Trace {
             .and_then(|(_, d)| d.trim_end_matches('>').parse::<f64>().ok());
         if rest.starts_with("fdatasync(") {
             // `-y` names the file: only the spool's syncs are group
-            // commits (the message history syncs its own database).
-            if rest.contains("history.redb") {
+            // commits (the message history syncs its own database, the
+            // message store its index and body segments).
+            if rest.contains("history.redb")
+                || rest.contains("index.redb")
+                || rest.contains(".seg>")
+            {
                 continue;
             }
             match dur {

@@ -193,3 +193,87 @@ fn idle_sessions_time_out() {
         "pop3.idle_timeout",
     );
 }
+
+/// Upgrade: mailboxes in the first keyspace (the spool's `mailbox` tree,
+/// written here by that code) are carried into the message store at the
+/// daemon's first start: POP3 serves them with the same UIDLs and
+/// contents, a POP3 deletion is the store's, a restart carries nothing
+/// over twice, and new mail continues the UIDs.
+#[test]
+fn old_mailboxes_are_served_from_the_store_after_an_upgrade() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let bodies = [
+        "Return-Path: <a@partner.test>\r\nDelivered-To: alice@example.test\r\nSubject: old one\r\n\r\nfirst\r\n",
+        "Return-Path: <b@partner.test>\r\nDelivered-To: alice@example.test\r\nSubject: old two\r\n\r\nsecond\r\n",
+        "Return-Path: <c@partner.test>\r\nDelivered-To: alice@example.test\r\nSubject: old three\r\n\r\n.dot\r\nthird\r\n",
+    ];
+    let uid_validity = {
+        let spool = petrel::spool::Spool::open(&dir.path().join("spool")).expect("spool");
+        let old = petrel::mailbox::MailboxStore::open(&spool);
+        let mut metas = Vec::new();
+        for (i, b) in bodies.iter().enumerate() {
+            metas.push(
+                old.append(
+                    "alice",
+                    b.as_bytes(),
+                    petrel::spool::QueueId(7000 + i as u64),
+                    None,
+                )
+                .expect("append"),
+            );
+        }
+        old.delete("alice", &metas[1]).expect("delete");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(spool.commit()).expect("commit");
+        old.state("alice").expect("state").uid_validity
+    };
+    let cfg = config(dir.path(), true);
+    let mut server = TestServer::start_in(dir.clone(), &cfg);
+    assert!(server.wait_log(
+        &["mailboxes carried over", "messages=2"],
+        Duration::from_secs(5)
+    ));
+    let mut p = Pop::connect(server.addr("pop3"));
+    assert!(p.cmd("USER alice").starts_with("+OK"));
+    assert!(
+        p.cmd(&format!("PASS {PASSWORD}"))
+            .starts_with("+OK 2 messages")
+    );
+    assert_eq!(
+        p.multi("UIDL"),
+        vec![format!("1 {uid_validity}.1"), format!("2 {uid_validity}.3")],
+        "the same UIDLs as before the upgrade"
+    );
+    let retr = p.multi("RETR 2").join("\r\n") + "\r\n";
+    assert_eq!(
+        retr,
+        bodies[2].replace("\r\n.dot", "\r\n..dot"),
+        "the same octets"
+    );
+    assert!(p.cmd("DELE 1").starts_with("+OK"));
+    assert!(p.cmd("QUIT").starts_with("+OK"));
+    let left = server.mailbox("alice");
+    assert_eq!(left.len(), 1, "POP3's deletion is the store's: {left:?}");
+    assert_eq!(server.stop(), Some(0));
+
+    let server = TestServer::start_in(dir.clone(), &cfg);
+    assert_eq!(
+        server.mailbox("alice").len(),
+        1,
+        "nothing is carried over twice"
+    );
+    let mut s = Smtp::ready(server.mx());
+    queued_id(&s.send_mail(
+        "x@partner.test",
+        &["alice@example.test"],
+        "Subject: new\r\n\r\nnew\r\n",
+    ));
+    let now = server.wait_mailbox("alice", 2, Duration::from_secs(10));
+    assert_eq!(
+        now[1]["uid"], 4,
+        "new mail continues after the old UIDs: {now:?}"
+    );
+}

@@ -1,16 +1,25 @@
-//! The mailbox actor: the one writer of local deliveries. It appends a
-//! message to each target mailbox, waits for the group commit, and answers
-//! with one outcome per recipient. It never touches the queue records; the
-//! scheduler applies the outcomes.
+//! The mailbox actor: the one writer of local deliveries. It stores a
+//! queued message in the message store (`store`) — one body for all its
+//! local recipients, a copy with its own `Return-Path:`/`Delivered-To:`
+//! prefix in each recipient's INBOX — and answers with one outcome per
+//! recipient once the store's group commit covers it. It never touches
+//! the queue records; the scheduler applies the outcomes.
+//!
+//! `store` here is the first mailbox keyspace (tree `mailbox` of the
+//! spool), kept only to be carried over by `store::migrate`.
 
 pub mod store;
 
 use std::sync::Arc;
 
 use actix::prelude::*;
+use arc_swap::ArcSwap;
 
+use crate::config::Config;
+use crate::mime::Summary;
 use crate::outcome::{Detail, Outcome};
-use crate::spool::{QueueId, Spool};
+use crate::spool::QueueId;
+use crate::store::{Delivery, DeliveryTarget, MailStore, NewContent, StoreError};
 pub use store::{MailMeta, MailboxStore};
 
 /// Messages waiting for the mailbox actor before senders are pushed back.
@@ -31,7 +40,7 @@ pub struct LocalTarget {
 #[derive(Message)]
 #[rtype(result = "Vec<(usize, Outcome)>")]
 pub struct Deliver {
-    /// Queue id, for logs and the stored meta.
+    /// Queue id, for logs and the store's repeated-delivery check.
     pub queue_id: QueueId,
     /// Envelope sender, for `Return-Path:`.
     pub sender: String,
@@ -45,14 +54,15 @@ pub struct Deliver {
 
 /// The actor owning local delivery.
 pub struct MailboxActor {
-    spool: Arc<Spool>,
-    store: MailboxStore,
+    store: Arc<dyn MailStore>,
+    /// For the users' quotas.
+    config: Arc<ArcSwap<Config>>,
 }
 
 impl MailboxActor {
-    /// A mailbox actor over the spool's mailbox keyspace.
-    pub fn new(spool: Arc<Spool>, store: MailboxStore) -> MailboxActor {
-        MailboxActor { spool, store }
+    /// A mailbox actor over the message store.
+    pub fn new(store: Arc<dyn MailStore>, config: Arc<ArcSwap<Config>>) -> MailboxActor {
+        MailboxActor { store, config }
     }
 }
 
@@ -64,67 +74,71 @@ impl Actor for MailboxActor {
     }
 }
 
-/// The stored form: `Return-Path:` and `Delivered-To:` (RFC 5321 §4.4), then
-/// the queued content.
-fn stored_form(sender: &str, address: &str, content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 128);
-    out.extend_from_slice(
-        format!("Return-Path: <{sender}>\r\nDelivered-To: {address}\r\n").as_bytes(),
-    );
-    out.extend_from_slice(content);
-    out
+/// The per-copy prefix: `Return-Path:` and `Delivered-To:` (RFC 5321 §4.4).
+fn prefix(sender: &str, address: &str) -> Vec<u8> {
+    format!("Return-Path: <{sender}>\r\nDelivered-To: {address}\r\n").into_bytes()
+}
+
+/// The outcome of one stored (or refused) copy.
+fn outcome(mailbox: &str, r: Result<crate::store::Placed, StoreError>) -> Outcome {
+    match r {
+        Ok(p) => Outcome::Delivered(Detail::local(
+            "2.0.0",
+            format!("delivered to mailbox {mailbox} uid {}", p.uid),
+        )),
+        // RFC 3463: 4.2.2 mailbox full; the scheduler bounces it (5.2.2)
+        // when the message expires.
+        Err(StoreError::OverQuota(e)) => {
+            Outcome::temp("4.2.2", format!("mailbox {mailbox} is full: {e}"))
+        }
+        Err(e) => Outcome::temp("4.3.0", format!("mailbox {mailbox} cannot store: {e}")),
+    }
 }
 
 impl Handler<Deliver> for MailboxActor {
     type Result = ResponseFuture<Vec<(usize, Outcome)>>;
 
     fn handle(&mut self, msg: Deliver, _ctx: &mut Self::Context) -> Self::Result {
-        let mut outcomes = Vec::with_capacity(msg.targets.len());
-        let mut written = Vec::new();
-        // A commit covers these writes only if the store did not reopen its
-        // database in between (after a write error, e.g. a full disk).
-        let epoch = self.spool.store().epoch();
-        for t in &msg.targets {
-            let form = stored_form(&msg.sender, &t.address, &msg.content);
-            match self
-                .store
-                .append(&t.mailbox, &form, msg.queue_id, msg.message_id.clone())
-            {
-                Ok(meta) => {
-                    written.push((t.rcpt, format!("mailbox {} uid {}", t.mailbox, meta.uid)))
-                }
-                Err(e) => outcomes.push((
-                    t.rcpt,
-                    Outcome::temp("4.3.0", format!("mailbox {} cannot store: {e}", t.mailbox)),
-                )),
-            }
-        }
-        let spool = self.spool.clone();
+        let config = self.config.load();
+        let targets: Vec<DeliveryTarget> = msg
+            .targets
+            .iter()
+            .map(|t| DeliveryTarget {
+                account: t.mailbox.clone(),
+                folder: "INBOX".into(),
+                prefix: prefix(&msg.sender, &t.address),
+                quota: config.directory.user(&t.mailbox).and_then(|u| u.quota),
+            })
+            .collect();
+        let store = self.store.clone();
         Box::pin(async move {
-            let committed = spool.commit().await.and_then(|()| {
-                if spool.store().epoch() == epoch {
-                    Ok(())
-                } else {
-                    Err(crate::spool::StoreError::Io(
-                        "the spool database was reopened before the commit".into(),
-                    ))
-                }
-            });
-            match committed {
-                Ok(()) => outcomes.extend(written.into_iter().map(|(r, d)| {
-                    (
-                        r,
-                        Outcome::Delivered(Detail::local("2.0.0", format!("delivered to {d}"))),
-                    )
-                })),
-                Err(e) => outcomes.extend(written.into_iter().map(|(r, _)| {
-                    (
-                        r,
-                        Outcome::temp("4.3.0", format!("mailbox commit failed: {e}")),
-                    )
-                })),
+            // Parsing a large message is CPU work: off the actor's thread.
+            let c = msg.content.clone();
+            let summary = match tokio::task::spawn_blocking(move || Summary::parse(&c)).await {
+                Ok(s) => Arc::new(s),
+                Err(_) => Arc::new(Summary::default()),
+            };
+            let delivery = Delivery {
+                queue_id: msg.queue_id.0,
+                content: NewContent {
+                    content: msg.content.clone(),
+                    summary,
+                },
+                targets,
+            };
+            match store.deliver(delivery).await {
+                Ok(results) => msg
+                    .targets
+                    .iter()
+                    .zip(results)
+                    .map(|(t, r)| (t.rcpt, outcome(&t.mailbox, r)))
+                    .collect(),
+                Err(e) => msg
+                    .targets
+                    .iter()
+                    .map(|t| (t.rcpt, outcome(&t.mailbox, Err(e.clone()))))
+                    .collect(),
             }
-            outcomes
         })
     }
 }

@@ -11,6 +11,8 @@
 //! - `q` NAME queue id (8 bytes BE) → UID: which queued message this
 //!   mailbox already holds, so a delivery repeated after a crash is not
 //!   stored twice
+//! - `xmigrated` → present once `store::migrate` carried every mailbox
+//!   over into the message store
 //!
 //! An append is ordered single writes (see `spool::store::Ops`): counters,
 //! content, meta, then the queue-id mark; a crash part way can skip a UID
@@ -66,6 +68,10 @@ pub struct MailboxState {
     /// The UID the next message gets.
     pub uid_next: u64,
 }
+
+/// The key that says the keyspace moved to the message store (kind `x`
+/// sorts after every other kind and is no mailbox's prefix).
+const MIGRATED: &[u8] = b"xmigrated";
 
 /// Access to all mailboxes.
 #[derive(Clone)]
@@ -164,6 +170,31 @@ impl MailboxStore {
         ops.insert(&seen_key(mailbox, queue_id), &uid.to_be_bytes()[..]);
         self.tree.apply(ops)?;
         Ok(meta)
+    }
+
+    /// Every mailbox ever written, with its counters (for the move to the
+    /// message store).
+    pub fn mailboxes(&self) -> Result<Vec<(String, MailboxState)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.snapshot()?.scan_prefix([b's']) {
+            let (k, v) = item?;
+            let name = &k[1..k.len().saturating_sub(1)];
+            out.push((String::from_utf8_lossy(name).into_owned(), decode_io(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Whether this keyspace was carried over into the message store.
+    pub fn migrated(&self) -> Result<bool, StoreError> {
+        Ok(self.tree.get(MIGRATED)?.is_some())
+    }
+
+    /// Marks the keyspace as carried over (durable after the spool's next
+    /// commit). Its data stays, untouched, for a downgrade.
+    pub fn mark_migrated(&self) -> Result<(), StoreError> {
+        let mut ops = Ops::default();
+        ops.insert(MIGRATED, &b"1"[..]);
+        self.tree.apply(ops)
     }
 
     /// Every message in the mailbox, in UID order.

@@ -14,6 +14,7 @@
 
 pub mod downgrade;
 
+use mail_parser::MimeHeaders;
 use serde::{Deserialize, Serialize};
 
 /// What is cached about one message.
@@ -62,7 +63,9 @@ pub struct Envelope {
 /// and an end marker (both `None`), as RFC 3501 §7.4.2 encodes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
-    /// Display name, raw.
+    /// Display name, decoded to UTF-8 by mail-parser (RFC 2047 words and
+    /// quoting undone; unlike the other fields it is not raw: IMAP encodes
+    /// it again unless the client enabled UTF8=ACCEPT).
     pub name: Option<Vec<u8>>,
     /// Source route (obsolete), raw.
     pub adl: Option<Vec<u8>>,
@@ -116,5 +119,295 @@ impl Part {
     /// The body's size in octets, as BODYSTRUCTURE reports it.
     pub fn size(&self) -> u64 {
         self.body_end.saturating_sub(self.body_start)
+    }
+}
+
+/// Longest preview kept, in characters.
+const PREVIEW_CHARS: usize = 256;
+
+/// Deepest nesting of parts and enclosed messages followed; deeper ones
+/// are summarised as opaque parts (hostile input must not recurse far).
+const MAX_DEPTH: usize = 32;
+
+impl Summary {
+    /// Parses a message (CRLF line ends) into its summary. Never fails: a
+    /// message mail-parser cannot read becomes a `text/plain` body.
+    pub fn parse(raw: &[u8]) -> Summary {
+        match mail_parser::MessageParser::default().parse(raw) {
+            Some(m) => summarize(&m, raw, 0, 0),
+            None => Summary {
+                body: plain_part(raw, 0, 0, raw.len() as u64),
+                ..Summary::default()
+            },
+        }
+    }
+}
+
+fn plain_part(raw: &[u8], header_start: u64, body_start: u64, body_end: u64) -> Part {
+    let body = raw
+        .get(body_start as usize..body_end as usize)
+        .unwrap_or_default();
+    Part {
+        media_type: "text".into(),
+        subtype: "plain".into(),
+        params: vec![("charset".into(), b"us-ascii".to_vec())],
+        encoding: "7bit".into(),
+        header_start,
+        body_start,
+        body_end,
+        lines: memchr::memchr_iter(b'\n', body).count() as u32,
+        ..Part::default()
+    }
+}
+
+/// The raw value of the first header named `name` (unfolded, trimmed).
+fn raw_header(part: &mail_parser::MessagePart<'_>, raw: &[u8], name: &str) -> Option<Vec<u8>> {
+    let h = part
+        .headers
+        .iter()
+        .find(|h| h.name.as_str().eq_ignore_ascii_case(name))?;
+    let v = raw.get(h.offset_start as usize..h.offset_end as usize)?;
+    let mut out = Vec::with_capacity(v.len());
+    for &b in v {
+        if b != b'\r' && b != b'\n' {
+            out.push(b);
+        }
+    }
+    let start = out
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(out.len());
+    let end = out
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    Some(out[start..end].to_vec())
+}
+
+fn addresses(a: Option<&mail_parser::Address<'_>>) -> Vec<Address> {
+    let one = |x: &mail_parser::Addr<'_>| {
+        let addr = x.address.as_deref().unwrap_or("");
+        let (local, host) = match addr.rsplit_once('@') {
+            Some((l, h)) => (l, Some(h.as_bytes().to_vec())),
+            None => (addr, None),
+        };
+        Address {
+            name: x.name.as_deref().map(|n| n.as_bytes().to_vec()),
+            adl: None,
+            mailbox: Some(local.as_bytes().to_vec()),
+            host: host.or_else(|| Some(Vec::new())),
+        }
+    };
+    match a {
+        None => Vec::new(),
+        Some(mail_parser::Address::List(l)) => l.iter().map(one).collect(),
+        Some(mail_parser::Address::Group(groups)) => {
+            let mut out = Vec::new();
+            for g in groups {
+                match &g.name {
+                    Some(name) => {
+                        out.push(Address {
+                            mailbox: Some(name.as_bytes().to_vec()),
+                            ..Address::default()
+                        });
+                        out.extend(g.addresses.iter().map(one));
+                        out.push(Address::default());
+                    }
+                    None => out.extend(g.addresses.iter().map(one)),
+                }
+            }
+            out
+        }
+    }
+}
+
+fn summarize(m: &mail_parser::Message<'_>, raw: &[u8], base: u64, depth: usize) -> Summary {
+    let root = m.root_part();
+    let env_raw = |name: &str| raw_header(root, raw, name);
+    let from = addresses(m.from());
+    let sender = match addresses(m.sender()) {
+        s if s.is_empty() => from.clone(),
+        s => s,
+    };
+    let reply_to = match addresses(m.reply_to()) {
+        r if r.is_empty() => from.clone(),
+        r => r,
+    };
+    let envelope = Envelope {
+        date: env_raw("Date"),
+        subject: env_raw("Subject"),
+        from,
+        sender,
+        reply_to,
+        to: addresses(m.to()),
+        cc: addresses(m.cc()),
+        bcc: addresses(m.bcc()),
+        in_reply_to: env_raw("In-Reply-To"),
+        message_id: env_raw("Message-ID"),
+    };
+    let body = part_of(m, raw, 0, base, depth);
+    let has_attachments = !m.attachments.is_empty();
+    let preview: String = m
+        .body_text(0)
+        .map(|t| {
+            t.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .take(PREVIEW_CHARS)
+                .collect()
+        })
+        .unwrap_or_default();
+    Summary {
+        envelope,
+        body,
+        sent: m.date().map(|d| d.to_timestamp()),
+        has_attachments,
+        preview,
+    }
+}
+
+/// Part `id` of `m`. mail-parser gives the offsets of an enclosed message's
+/// parts in the outermost message, so `raw` is always the whole blob.
+fn part_of(m: &mail_parser::Message<'_>, raw: &[u8], id: usize, base: u64, depth: usize) -> Part {
+    let Some(p) = m.parts.get(id) else {
+        return Part::default();
+    };
+    let (hs, bs, be) = (
+        u64::from(p.offset_header),
+        u64::from(p.offset_body),
+        u64::from(p.offset_end),
+    );
+    let ct = p.content_type();
+    let (media_type, subtype) = match ct {
+        Some(c) => (
+            c.ctype().to_ascii_lowercase(),
+            c.subtype().unwrap_or("plain").to_ascii_lowercase(),
+        ),
+        None => ("text".to_string(), "plain".to_string()),
+    };
+    let mut params: Params = ct
+        .and_then(|c| c.attributes())
+        .map(|a| {
+            a.iter()
+                .map(|x| (x.name.to_ascii_lowercase(), x.value.as_bytes().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if ct.is_none() {
+        params.push(("charset".into(), b"us-ascii".to_vec()));
+    }
+    let disposition = p.content_disposition().map(|d| {
+        (
+            d.ctype().to_ascii_lowercase(),
+            d.attributes()
+                .map(|a| {
+                    a.iter()
+                        .map(|x| (x.name.to_ascii_lowercase(), x.value.as_bytes().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    });
+    let body = raw.get(bs as usize..be as usize).unwrap_or_default();
+    let mut part = Part {
+        media_type,
+        subtype,
+        params,
+        id: raw_header(p, raw, "Content-ID"),
+        description: raw_header(p, raw, "Content-Description"),
+        encoding: raw_header(p, raw, "Content-Transfer-Encoding")
+            .map(|e| String::from_utf8_lossy(&e).to_ascii_lowercase())
+            .unwrap_or_else(|| "7bit".into()),
+        md5: raw_header(p, raw, "Content-MD5"),
+        disposition,
+        language: p
+            .content_language()
+            .as_text_list()
+            .map(|l| l.iter().map(|s| s.as_bytes().to_vec()).collect())
+            .unwrap_or_default(),
+        location: raw_header(p, raw, "Content-Location"),
+        header_start: base + hs,
+        body_start: base + bs,
+        body_end: base + be,
+        lines: memchr::memchr_iter(b'\n', body).count() as u32,
+        parts: Vec::new(),
+        message: None,
+    };
+    if depth >= MAX_DEPTH {
+        return part;
+    }
+    if let Some(subs) = p.sub_parts() {
+        part.parts = subs
+            .iter()
+            .map(|&s| part_of(m, raw, s as usize, base, depth + 1))
+            .collect();
+    } else if let Some(inner) = p.message() {
+        part.message = Some(Box::new(summarize(inner, raw, base, depth + 1)));
+    }
+    part
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_of_a_multipart_message() {
+        let raw = b"From: Alice <alice@example.test>\r\nTo: bob@example.test\r\nSubject: Hello\r\n =?utf-8?q?there?=\r\nMessage-ID: <1@x>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHi Bob\r\n--b\r\nContent-Type: application/pdf; name=a.pdf\r\nContent-Disposition: attachment; filename=a.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--b--\r\n";
+        let s = Summary::parse(raw);
+        assert_eq!(
+            s.envelope.subject.as_deref(),
+            Some(&b"Hello =?utf-8?q?there?="[..])
+        );
+        assert_eq!(s.envelope.from[0].mailbox.as_deref(), Some(&b"alice"[..]));
+        assert_eq!(
+            s.envelope.from[0].host.as_deref(),
+            Some(&b"example.test"[..])
+        );
+        assert_eq!(s.envelope.sender, s.envelope.from);
+        assert_eq!(s.envelope.message_id.as_deref(), Some(&b"<1@x>"[..]));
+        assert_eq!(
+            (s.body.media_type.as_str(), s.body.subtype.as_str()),
+            ("multipart", "mixed")
+        );
+        assert_eq!(s.body.parts.len(), 2);
+        let text = &s.body.parts[0];
+        assert_eq!(
+            &raw[text.body_start as usize..text.body_end as usize],
+            b"Hi Bob"
+        );
+        assert_eq!(s.body.parts[1].encoding, "base64");
+        assert!(s.has_attachments);
+        assert_eq!(s.preview, "Hi Bob");
+    }
+
+    #[test]
+    fn an_enclosed_message_has_offsets_in_the_outer_blob() {
+        let raw = b"Subject: outer\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nouter body\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nFrom: x@y.test\r\n\r\ninner body\r\n--b--\r\n";
+        let s = Summary::parse(raw);
+        let part = &s.body.parts[1];
+        assert_eq!(
+            (part.media_type.as_str(), part.subtype.as_str()),
+            ("message", "rfc822")
+        );
+        let inner = part.message.as_ref().expect("enclosed message");
+        assert_eq!(inner.envelope.subject.as_deref(), Some(&b"inner"[..]));
+        let b = &inner.body;
+        assert_eq!(
+            &raw[b.body_start as usize..b.body_end as usize],
+            b"inner body"
+        );
+        assert_eq!(
+            &raw[b.header_start as usize..b.header_start as usize + 8],
+            b"Subject:"
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_plain_body() {
+        let s = Summary::parse(b"\xff\xfe\x00not mail");
+        assert!(!s.body.media_type.is_empty());
+        let _ = Summary::parse(b"");
     }
 }

@@ -1,6 +1,7 @@
 //! POP3 access to the mailboxes (RFC 1939, RFC 2449 CAPA, RFC 5034 AUTH,
 //! RFC 2595 STLS). `server` accepts connections; `session` is the state
-//! machine. Sessions read and delete through the mailbox store; they never
+//! machine. Sessions serve the account's INBOX from the message store
+//! (`store`), so POP3 DELE and IMAP EXPUNGE see each other; they never
 //! touch the queue.
 //!
 //! Logins: a user's name (or one of its addresses) opens the user's
@@ -8,79 +9,42 @@
 
 pub mod session;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, Listener, TlsMode};
 use crate::conn::Conn;
-use crate::mailbox::MailboxStore;
 use crate::shutdown::Signal;
-use crate::spool::Spool;
+use crate::store::MailStore;
 
 /// What every POP3 session shares.
 pub struct Pop3Shared {
     /// The live configuration (snapshot per session).
     pub config: Arc<ArcSwap<Config>>,
-    /// The mailboxes.
-    pub mailboxes: MailboxStore,
-    /// For the commit after deletions.
-    pub spool: Arc<Spool>,
+    /// The message store.
+    pub store: Arc<dyn MailStore>,
     /// Server TLS, for STLS and implicit TLS.
     pub tls: crate::tls::ServerTls,
-    /// Mailboxes held by a session (RFC 1939 §8: exclusive access).
-    locks: Mutex<HashSet<String>>,
     /// Open POP3 sessions, in total and per client address
     /// (`pop3.max_connections`, `pop3.max_connections_per_client`).
     pub connections: crate::smtp::server::ConnectionCount,
-}
-
-/// A held mailbox lock; released on drop.
-pub struct MailboxLock {
-    shared: Arc<Pop3Shared>,
-    mailbox: String,
-}
-
-impl Drop for MailboxLock {
-    fn drop(&mut self) {
-        self.shared
-            .locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.mailbox);
-    }
 }
 
 impl Pop3Shared {
     /// Shared state for the daemon's POP3 listeners.
     pub fn new(
         config: Arc<ArcSwap<Config>>,
-        mailboxes: MailboxStore,
-        spool: Arc<Spool>,
+        store: Arc<dyn MailStore>,
         tls: crate::tls::ServerTls,
     ) -> Pop3Shared {
         Pop3Shared {
             config,
-            mailboxes,
-            spool,
+            store,
             tls,
-            locks: Mutex::new(HashSet::new()),
             connections: Default::default(),
         }
-    }
-
-    /// Takes the exclusive lock of a mailbox, unless another session has it.
-    pub fn lock(self: &Arc<Self>, mailbox: &str) -> Option<MailboxLock> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        if !locks.insert(mailbox.to_string()) {
-            return None;
-        }
-        Some(MailboxLock {
-            shared: self.clone(),
-            mailbox: mailbox.to_string(),
-        })
     }
 }
 

@@ -10,12 +10,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::io::{AsyncWriteExt, BufReader};
 
-use super::{MailboxLock, Pop3Shared};
+use super::Pop3Shared;
 use crate::config::{Config, Listener, TlsMode};
 use crate::conn::Conn;
-use crate::mailbox::MailMeta;
 use crate::shutdown::Signal;
 use crate::smtp::line::{Ending, read_line};
+use crate::store::{FolderId, MessageMeta as MailMeta};
 
 /// RFC 2449 §4: a command line is at most 255 octets (with CRLF).
 const COMMAND_LIMIT: usize = 255;
@@ -29,11 +29,14 @@ const MAX_AUTH_FAILURES: u32 = 3;
 /// The open maildrop of a session in the TRANSACTION state.
 struct Maildrop {
     mailbox: String,
+    /// The account's INBOX.
+    folder: FolderId,
     messages: Vec<MailMeta>,
     deleted: Vec<bool>,
     uid_validity: u32,
-    /// Held until the session ends.
-    _lock: MailboxLock,
+    /// The store's exclusive maildrop lock (RFC 1939 §8), held until the
+    /// session ends.
+    _lock: Box<dyn std::any::Any + Send>,
 }
 
 /// One client connection.
@@ -363,29 +366,42 @@ impl Session {
             }
             return Ok(Flow::Continue);
         };
-        let Some(lock) = self.shared.lock(&target) else {
-            self.err("[IN-USE] the mailbox is open in another session");
-            return Ok(Flow::Continue);
+        let lock = match self.shared.store.lock_maildrop(&target).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                self.err("[IN-USE] the mailbox is open in another session");
+                return Ok(Flow::Continue);
+            }
+            Err(e) => {
+                tracing::error!(mailbox = %target, error = %e, "cannot lock mailbox");
+                self.err("[SYS/TEMP] cannot open the mailbox now");
+                return Ok(Flow::Continue);
+            }
         };
-        let messages = match self.shared.mailboxes.list(&target) {
-            Ok(m) => m,
+        let opened = match self.shared.store.folder(&target, "INBOX").await {
+            Ok(Some(f)) => self
+                .shared
+                .store
+                .messages(f.id)
+                .await
+                .map(|m| (f.id, f.uid_validity, m)),
+            Ok(None) => Err(crate::store::StoreError::NotFound("INBOX".into())),
+            Err(e) => Err(e),
+        };
+        let (folder, uid_validity, messages) = match opened {
+            Ok(x) => x,
             Err(e) => {
                 tracing::error!(mailbox = %target, error = %e, "cannot read mailbox");
                 self.err("[SYS/TEMP] cannot open the mailbox now");
                 return Ok(Flow::Continue);
             }
         };
-        let uid_validity = self
-            .shared
-            .mailboxes
-            .state(&target)
-            .map(|s| s.uid_validity)
-            .unwrap_or(0);
         let octets: u64 = messages.iter().map(|m| m.size).sum();
         tracing::info!(client = %self.client, user = %who, mailbox = %target, messages = messages.len(), "POP3 login");
         self.ok(&format!("{} messages ({octets} octets)", messages.len()));
         self.drop_ = Some(Maildrop {
             mailbox: target,
+            folder,
             deleted: vec![false; messages.len()],
             messages,
             uid_validity,
@@ -477,13 +493,9 @@ impl Session {
                 };
                 match self.message(&num) {
                     Ok((_, m)) => {
-                        let mailbox = self
-                            .drop_
-                            .as_ref()
-                            .expect("transaction state")
-                            .mailbox
-                            .clone();
-                        match self.shared.mailboxes.read(&mailbox, &m) {
+                        let d = self.drop_.as_ref().expect("transaction state");
+                        let (mailbox, folder) = (d.mailbox.clone(), d.folder);
+                        match self.shared.store.read(folder, m.uid, None).await {
                             Ok(content) => {
                                 let shown = match lines {
                                     Some(k) => top(&content, k),
@@ -492,6 +504,10 @@ impl Session {
                                 self.ok(&format!("{} octets", m.size));
                                 crate::smtp::client::dot_stuff(&shown, &mut self.out);
                                 self.out.extend_from_slice(b".\r\n");
+                            }
+                            // Expunged by another session (IMAP) since login.
+                            Err(crate::store::StoreError::NotFound(_)) => {
+                                self.err("no such message (it was deleted in another session)");
                             }
                             Err(e) => {
                                 tracing::error!(mailbox = %mailbox, uid = m.uid, error = %e, "cannot read message");
@@ -531,22 +547,31 @@ impl Session {
         let Some(d) = self.drop_.take() else {
             return Ok(Flow::Close);
         };
-        let mut removed = 0;
-        let mut failed = false;
-        for (m, del) in d.messages.iter().zip(&d.deleted) {
-            if *del {
-                match self.shared.mailboxes.delete(&d.mailbox, m) {
-                    Ok(()) => removed += 1,
-                    Err(e) => {
-                        tracing::error!(mailbox = %d.mailbox, uid = m.uid, error = %e, "cannot delete message");
-                        failed = true;
-                    }
+        let uids: Vec<u32> = d
+            .messages
+            .iter()
+            .zip(&d.deleted)
+            .filter(|(_, del)| **del)
+            .map(|(m, _)| m.uid)
+            .collect();
+        // One expunge, durable when it returns. A copy another session
+        // (IMAP) expunged meanwhile is simply not there any more.
+        let (removed, failed) = if uids.is_empty() {
+            (0, false)
+        } else {
+            match self
+                .shared
+                .store
+                .expunge(d.folder, Some(&uids), false)
+                .await
+            {
+                Ok(gone) => (gone.len(), false),
+                Err(e) => {
+                    tracing::error!(mailbox = %d.mailbox, error = %e, "cannot delete messages");
+                    (0, true)
                 }
             }
-        }
-        if removed > 0 && self.shared.spool.commit().await.is_err() {
-            failed = true;
-        }
+        };
         let left = d.messages.len() - removed;
         if failed {
             self.err("[SYS/TEMP] some messages could not be deleted");

@@ -9,7 +9,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-const SEQ_BITS: u32 = 12;
+/// Bits of the per-millisecond sequence at the low end of a queue id.
+pub const SEQ_BITS: u32 = 12;
 
 /// A message's identity in the queue and in every log line about it.
 #[derive(

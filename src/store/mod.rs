@@ -25,6 +25,10 @@
 //! The store knows nothing of IMAP sessions: message sequence numbers,
 //! `\Recent` bookkeeping and untagged responses belong to `imap`.
 
+pub mod conformance;
+pub mod embedded;
+pub mod migrate;
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -139,6 +143,9 @@ pub struct MessageMeta {
     pub blob: BlobId,
     /// Length of the per-copy prefix in front of the blob.
     pub prefix_len: u32,
+    /// The queue id of the local delivery that stored it (`None` for
+    /// APPEND, COPY targets keep the source's).
+    pub queue_id: Option<u64>,
 }
 
 /// A stored content's identity.
@@ -206,6 +213,10 @@ pub struct Append {
     pub internal_date: Option<i64>,
     /// The account's quota, as for deliveries.
     pub quota: Option<u64>,
+    /// The local delivery it came from: `None` for APPEND; `restore` (the
+    /// move from the old mailbox keyspace) keeps it, also as the mark
+    /// that stops a repeated delivery of that queue id.
+    pub queue_id: Option<u64>,
 }
 
 /// How STORE changes flags (RFC 9051 §6.4.6).
@@ -324,6 +335,10 @@ pub trait MailStore: Send + Sync + 'static {
     /// One folder by name (`INBOX` in any case).
     async fn folder(&self, account: &str, name: &str) -> Result<Option<FolderInfo>, StoreError>;
 
+    /// One folder by id (its counters now: after a `ChangeEvent`, for
+    /// STATUS, for IDLE).
+    async fn folder_info(&self, folder: FolderId) -> Result<FolderInfo, StoreError>;
+
     /// Makes a folder (and missing parents, RFC 9051 §6.3.4).
     async fn create_folder(
         &self,
@@ -414,8 +429,11 @@ pub trait MailStore: Send + Sync + 'static {
 
     /// Puts messages back into a folder with the UIDs they had elsewhere
     /// (the move from the old mailbox keyspace, a Maildir import that
-    /// keeps UIDs). The folder is made if missing; an empty folder takes
-    /// `uid_validity`; its next UID becomes at least `uid_next`.
+    /// keeps UIDs). The folder is made if missing; a folder that never
+    /// held a message takes `uid_validity`; its next UID becomes at least
+    /// `uid_next`. UIDs the folder holds are skipped (so a restore can be
+    /// repeated after a crash), and so are UIDs it held and expunged:
+    /// UIDs are never reused.
     async fn restore(
         &self,
         account: &str,
@@ -438,6 +456,18 @@ pub trait MailStore: Send + Sync + 'static {
         &self,
         account: &str,
     ) -> Result<Option<Box<dyn std::any::Any + Send>>, StoreError>;
+}
+
+/// Opens the configured backend.
+pub fn open(config: &crate::config::MessageStore) -> Result<Arc<dyn MailStore>, StoreError> {
+    match config {
+        crate::config::MessageStore::Embedded { path } => {
+            Ok(Arc::new(embedded::EmbeddedStore::open(path)?))
+        }
+        crate::config::MessageStore::Postgres { .. } => Err(StoreError::Unavailable(
+            "store.backend = \"postgres\" is not built yet; use \"embedded\"".into(),
+        )),
+    }
 }
 
 /// A stable hash of an account name, for `ChangeEvent`s.
