@@ -346,6 +346,7 @@ pub async fn execute(
                 envid: None,
                 ret: None,
                 body_8bit: !content.is_ascii(),
+                trusted: true,
             };
             let intake = match backend {
                 Backend::Daemon(d) => d.smtp.intake.clone(),

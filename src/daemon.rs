@@ -488,6 +488,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         dns: crate::delivery::dns::Dns::new(&config.load().dns.nameservers)
             .map_err(|e| anyhow::anyhow!("dns.nameservers: {e}"))?,
         verify: Default::default(),
+        rates: Default::default(),
     });
     let pop3 = Arc::new(crate::pop3::Pop3Shared::new(
         config.clone(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::headers;
+use crate::policy::dkim_sign;
 use crate::scheduler::Waker;
 use crate::spool::{ContentWriter, NewMessage, QueuedMessage, Recipient, Ret, Spool, StoreError};
 
@@ -31,6 +32,9 @@ pub struct Envelope {
     pub body_8bit: bool,
     /// SMTPUTF8 declared.
     pub smtputf8: bool,
+    /// From an authenticated user, `sendmail`, or a `relay_from` host:
+    /// what it sends to remote domains is DKIM-signed.
+    pub trusted: bool,
 }
 
 /// One recipient as given by the client, with its DSN parameters.
@@ -82,7 +86,23 @@ impl Intake {
         env: Envelope,
         content: &[u8],
     ) -> Result<QueuedMessage, StoreError> {
+        let trusted = env.trusted;
         let new = self.prepare(config, env, content);
+        let signature = if dkim_sign::may_sign(config, trusted, &new.recipients) {
+            dkim_sign::sign_off_thread(
+                config,
+                trusted,
+                &new.sender,
+                &new.recipients,
+                content.to_vec(),
+            )
+            .await
+            .map_err(|e| StoreError::Unsigned(e.to_string()))?
+        } else {
+            None
+        };
+        let signed = signature.map(|h| [h.as_bytes(), content].concat());
+        let content = signed.as_deref().unwrap_or(content);
         let msg = self.spool.enqueue(new, content).await?;
         self.accepted(&msg);
         Ok(msg)
@@ -113,7 +133,19 @@ impl Intake {
         prefix: &[u8],
         message_id: Option<String>,
     ) -> Result<QueuedMessage, StoreError> {
+        let trusted = env.trusted;
         let new = self.prepare_with(config, env, message_id);
+        // DKIM: the body is read back from the spool only for a message
+        // that may be signed; the signature joins the prefix.
+        let mut signed = None;
+        if dkim_sign::may_sign(config, trusted, &new.recipients) {
+            let whole = [prefix, &writer.body()?].concat();
+            signed = dkim_sign::sign_off_thread(config, trusted, &new.sender, &new.recipients, whole)
+                .await
+                .map_err(|e| StoreError::Unsigned(e.to_string()))?
+                .map(|h| [h.as_bytes(), prefix].concat());
+        }
+        let prefix = signed.as_deref().unwrap_or(prefix);
         let msg = self.spool.enqueue_stream(writer, new, prefix).await?;
         self.accepted(&msg);
         Ok(msg)
@@ -126,7 +158,18 @@ impl Intake {
         env: Envelope,
         content: &[u8],
     ) -> Result<QueuedMessage, StoreError> {
+        let trusted = env.trusted;
         let new = self.prepare(config, env, content);
+        let signature = crate::policy::dkim_sign::sign(
+            config,
+            trusted,
+            &new.sender,
+            &new.recipients,
+            content,
+        )
+        .map_err(|e| StoreError::Unsigned(e.to_string()))?;
+        let signed = signature.map(|h| [h.as_bytes(), content].concat());
+        let content = signed.as_deref().unwrap_or(content);
         let msg = self.spool.write_message(new, content)?;
         if let Err(e) = self.spool.store().commit_blocking() {
             let _ = self.spool.remove(&msg);

@@ -18,6 +18,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod mime;
 pub mod outcome;
+pub mod policy;
 pub mod pop3;
 pub mod queue_report;
 pub mod router;

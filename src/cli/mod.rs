@@ -6,6 +6,7 @@
 //! 2 usage error; `sendmail` uses sysexits codes instead.
 
 mod admin;
+mod dkim;
 mod queue;
 mod sendmail;
 mod track;
@@ -105,6 +106,11 @@ enum Cmd {
         #[command(subcommand)]
         what: ConfigCmd,
     },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        what: DkimCmd,
+    },
     /// List a local mailbox, or print one of its messages.
     Mailbox {
         /// Mailbox name (user or mail-in).
@@ -141,6 +147,12 @@ impl Select {
             control::Selection::Ids(self.ids.clone())
         }
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum DkimCmd {
+    /// Write a signing key (mode 0600) and print the DNS TXT record.
+    Keygen(dkim::KeygenArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -208,6 +220,9 @@ pub fn main(args: Vec<String>) -> i32 {
     match cli.command {
         Cmd::CheckConfig => return admin::check_config(cli.config.as_deref()),
         Cmd::HashPassword => return admin::hash_password(),
+        Cmd::Dkim {
+            what: DkimCmd::Keygen(args),
+        } => return dkim::keygen(cli.config.as_deref(), &args),
         _ => {}
     }
     let config = match Config::load(cli.config.as_deref()) {
@@ -273,7 +288,7 @@ pub fn main(args: Vec<String>) -> i32 {
             what: ConfigCmd::Show { changed },
         } => admin::config_show(&config, changed),
         Cmd::Track(args) => track::run(&config, &args),
-        Cmd::CheckConfig | Cmd::HashPassword => {
+        Cmd::CheckConfig | Cmd::HashPassword | Cmd::Dkim { .. } => {
             unreachable!("handled before loading the configuration")
         }
     };

@@ -565,6 +565,9 @@ pub struct Checks {
 /// `[smtp.inbound.rate_limits]`: per client address; 0 is no limit.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RateLimits {
+    /// The window the counts are kept over (Postfix's
+    /// `anvil_rate_time_unit`); a minute unless tests shorten it.
+    pub time_unit: Duration,
     /// Connections per minute.
     pub connections_per_minute: u32,
     /// Messages per minute.
@@ -1101,6 +1104,10 @@ impl Config {
                 recipients_per_minute: c.count(
                     "smtp.inbound.rate_limits.recipients_per_minute",
                     ri.rate_limits.recipients_per_minute,
+                ),
+                time_unit: c.duration(
+                    "smtp.inbound.rate_limits.time_unit",
+                    &ri.rate_limits.time_unit,
                 ),
             },
         };

@@ -174,12 +174,24 @@ impl Default for RawChecks {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct RawRateLimits {
     pub connections_per_minute: i64,
     pub messages_per_minute: i64,
     pub recipients_per_minute: i64,
+    pub time_unit: String,
+}
+
+impl Default for RawRateLimits {
+    fn default() -> Self {
+        RawRateLimits {
+            connections_per_minute: 0,
+            messages_per_minute: 0,
+            recipients_per_minute: 0,
+            time_unit: "60s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

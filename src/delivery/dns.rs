@@ -125,6 +125,12 @@ impl Dns {
         Ok(())
     }
 
+    /// The current hickory resolver, for the policy checks (SPF, DKIM,
+    /// DMARC, DNSBL); it shares the cache of every other user.
+    pub fn resolver(&self) -> Arc<TokioResolver> {
+        self.resolver.load_full()
+    }
+
     /// The mail hosts of `domain` in preference order (equal preferences in
     /// the order received). No MX records: the domain itself (implicit MX).
     pub async fn mail_hosts(&self, domain: &str) -> Result<Vec<MailHost>, DnsError> {

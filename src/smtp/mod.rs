@@ -33,9 +33,12 @@ pub struct SmtpShared {
     /// Server TLS configuration, when any listener uses TLS; replaced by a
     /// reload (renewed certificates).
     pub tls: crate::tls::ServerTls,
-    /// For the client's host name, when a host pattern needs it.
+    /// For the client's host name, when a host pattern needs it, and the
+    /// policy checks (SPF, DKIM, DMARC, DNSBL).
     pub dns: crate::delivery::dns::Dns,
     /// Relay recipients' verification at the next hop, and its cache.
     pub verify: verify::Verifier,
+    /// Per-client rate counters (`[smtp.inbound.rate_limits]`).
+    pub rates: crate::policy::rate::RateLimiter,
 }
 pub mod client;

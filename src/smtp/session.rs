@@ -20,6 +20,7 @@ use super::reply::Reply;
 use crate::config::{AuthMode, Config, Listener, Protocol, TlsMode, glob_match};
 use crate::conn::{Conn, HANDSHAKE_TIMEOUT};
 use crate::intake::{Envelope, EnvelopeRcpt};
+use crate::policy;
 use crate::shutdown::Signal;
 use crate::spool::StoreError;
 
@@ -70,6 +71,8 @@ pub struct Session {
     /// host pattern needs it.
     client_name: Option<String>,
     auth_failures: u32,
+    /// SPF of the current transaction's MAIL FROM, for DMARC after DATA.
+    spf: Option<mail_auth::SpfOutput>,
 }
 
 impl Session {
@@ -99,6 +102,7 @@ impl Session {
             user: None,
             auth_failures: 0,
             client_name: None,
+            spf: None,
         }
     }
 
@@ -150,6 +154,20 @@ impl Session {
                 .flatten();
         }
         if let Some(refusal) = self.connection_refusal() {
+            self.reject("connect", &refusal);
+            self.send(refusal);
+            let _ = self.flush().await;
+            return;
+        }
+        if !self.relay_client()
+            && let Some(refusal) = policy::dnsbl::at_connect(
+                &self.shared.dns.resolver(),
+                &self.shared.rates,
+                &self.config,
+                crate::config::canonical_ip(self.peer.ip()),
+            )
+            .await
+        {
             self.reject("connect", &refusal);
             self.send(refusal);
             let _ = self.flush().await;
@@ -367,15 +385,27 @@ impl Session {
                 self.tx = None;
                 self.send(Reply::new(250, "", self.config.server.hostname.clone()));
             }
-            Command::Mail(mail) => self.mail(mail),
-            Command::Rcpt(rcpt) => {
-                self.rcpt(EnvelopeRcpt {
-                    address: rcpt.address,
-                    notify: rcpt.notify,
-                    orcpt: rcpt.orcpt,
-                })
-                .await
-            }
+            Command::Mail(mail) => match self.mail_checks(&mail).await {
+                Some(r) => {
+                    self.reject("MAIL", &r);
+                    self.send(r)
+                }
+                None => self.mail(mail),
+            },
+            Command::Rcpt(rcpt) => match self.rate(policy::rate::Event::Recipient) {
+                Some(r) => {
+                    self.reject("RCPT", &r);
+                    self.send(r)
+                }
+                None => {
+                    self.rcpt(EnvelopeRcpt {
+                        address: rcpt.address,
+                        notify: rcpt.notify,
+                        orcpt: rcpt.orcpt,
+                    })
+                    .await
+                }
+            },
             Command::Data => return self.data().await,
             Command::Rset => {
                 self.tx = None;
@@ -403,6 +433,47 @@ impl Session {
             Command::Auth(arg) => return self.auth(&arg).await,
         }
         Ok(Flow::Continue)
+    }
+
+    /// The rate limit of an untrusted client for `event`.
+    fn rate(&self, event: policy::rate::Event) -> Option<Reply> {
+        if self.tx.is_none() && event == policy::rate::Event::Recipient || self.relay_client() {
+            return None;
+        }
+        let ip = crate::config::canonical_ip(self.peer.ip());
+        self.shared
+            .rates
+            .check(ip, event, &self.config.inbound.rate_limits)
+    }
+
+    /// The client as the authentication checks see it.
+    fn auth_client(&self, sender: &str) -> policy::auth_results::Client {
+        policy::auth_results::Client {
+            ip: crate::config::canonical_ip(self.peer.ip()),
+            helo: self.helo.clone().unwrap_or_default(),
+            sender: sender.to_string(),
+        }
+    }
+
+    /// The policy hooks of MAIL for an untrusted client: the message rate,
+    /// then SPF (kept for DMARC; a refusal when enforced and failed).
+    async fn mail_checks(&mut self, mail: &MailFrom) -> Option<Reply> {
+        if self.helo.is_none() || self.tx.is_some() {
+            return None;
+        }
+        self.spf = None;
+        if let Some(r) = self.rate(policy::rate::Event::Message) {
+            return Some(r);
+        }
+        if self.relay_client() {
+            return None;
+        }
+        let client = self.auth_client(&mail.address);
+        let spf =
+            policy::auth_results::spf(&self.shared.dns.resolver(), &self.config, &client).await?;
+        let refusal = policy::auth_results::spf_refusal(&self.config, &client, &spf);
+        self.spf = Some(spf);
+        refusal
     }
 
     fn mail(&mut self, mail: MailFrom) {
@@ -738,6 +809,15 @@ impl Session {
                 message_id = Some(value);
             }
         }
+        let trusted = self.relay_client();
+        let (writer, prefix) = match self.authenticate(&tx, trusted, writer, prefix).await {
+            Ok(w) => w,
+            Err(r) => {
+                self.reject("DATA", &r);
+                self.send(r);
+                return Ok(Flow::Continue);
+            }
+        };
         let env = Envelope {
             id: Some(id),
             sender: tx.mail.address,
@@ -748,6 +828,7 @@ impl Session {
             ret: tx.mail.ret,
             body_8bit: tx.mail.body_8bit,
             smtputf8: tx.mail.smtputf8,
+            trusted,
         };
         let reply = match self
             .shared
@@ -760,6 +841,67 @@ impl Session {
         };
         self.send(reply);
         Ok(Flow::Continue)
+    }
+
+    /// The authentication hook after DATA (`policy::auth_results`): forged
+    /// results removed, then for an untrusted client SPF/DKIM/DMARC/ARC,
+    /// whose headers go in front of `prefix`. The body is read back from
+    /// the spool for it (the verifier needs the whole message); one with
+    /// forged results is written again without them, under a new queue
+    /// id. `Err`: the reply refusing the message.
+    async fn authenticate(
+        &mut self,
+        tx: &Transaction,
+        trusted: bool,
+        writer: crate::spool::ContentWriter,
+        prefix: Vec<u8>,
+    ) -> Result<(crate::spool::ContentWriter, Vec<u8>), Reply> {
+        let checks = &self.config.inbound.checks;
+        let checked = !trusted
+            && [checks.spf, checks.dkim, checks.dmarc, checks.arc]
+                .iter()
+                .any(|m| *m != crate::config::CheckMode::Off);
+        let body = writer.body().map_err(|e| store_reply(&self.client, &e))?;
+        let host = &self.config.server.hostname;
+        let stripped = if trusted {
+            None
+        } else {
+            policy::auth_results::strip_own_results(&body, host)
+        };
+        let (writer, mut prefix, body) = match stripped {
+            None => (writer, prefix, body),
+            Some(clean) => {
+                let old = writer.id().to_string();
+                drop(writer);
+                let mut w = self.shared.intake.begin();
+                w.write(&clean).map_err(|e| store_reply(&self.client, &e))?;
+                let prefix = String::from_utf8_lossy(&prefix)
+                    .replace(&old, &w.id().to_string())
+                    .into_bytes();
+                (w, prefix, clean)
+            }
+        };
+        if !checked {
+            return Ok((writer, prefix));
+        }
+        let recipients = tx.rcpts.iter().map(|r| r.address.clone()).collect();
+        let verdict = policy::auth_results::inbound(
+            &self.shared.dns.resolver(),
+            self.config.clone(),
+            self.auth_client(&tx.mail.address),
+            self.spf.take(),
+            recipients,
+            [prefix.as_slice(), &body].concat(),
+        )
+        .await;
+        if let Some(r) = verdict.refusal {
+            return Err(r);
+        }
+        if verdict.junk {
+            tracing::info!(queue_id = %writer.id(), client = %self.client, "dmarc: quarantine (to Junk)");
+        }
+        prefix.splice(0..0, verdict.headers.into_bytes());
+        Ok((writer, prefix))
     }
 
     /// The trace header (RFC 5321 §4.4).
@@ -799,6 +941,14 @@ impl Session {
 /// (SPEC: nothing half-stored either way).
 fn store_reply(client: &str, e: &StoreError) -> Reply {
     match e {
+        StoreError::Unsigned(_) => {
+            tracing::error!(client = %client, error = %e, "not queued");
+            Reply::new(
+                451,
+                "4.7.0",
+                "Error: message could not be DKIM-signed; try again later",
+            )
+        }
         StoreError::Full(_) => {
             tracing::error!(client = %client, error = %e, "spool full");
             Reply::new(452, "4.3.1", "Insufficient system storage")

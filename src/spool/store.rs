@@ -103,6 +103,10 @@ pub enum StoreError {
     /// Any other I/O or database failure. SMTP: `451 4.3.0`.
     #[error("spool I/O error: {0}")]
     Io(String),
+    /// Intake could not DKIM-sign a message it must sign (and
+    /// `dkim.allow_unsigned` is off); nothing was stored. SMTP: `451 4.7.0`.
+    #[error("not queued: {0}")]
+    Unsigned(String),
 }
 
 impl From<sled::Error> for StoreError {

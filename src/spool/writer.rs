@@ -60,6 +60,27 @@ impl ContentWriter {
         self.size
     }
 
+    /// The body taken so far, read back (the chunks written, then the one
+    /// being filled): for the DKIM signer and the authentication checks,
+    /// which need the whole message. One copy in memory, at most the
+    /// message size limit.
+    pub fn body(&self) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::with_capacity(self.size as usize);
+        for n in 1..=self.written {
+            match self.spool.tree.get(chunk_key(self.id, n))? {
+                Some(c) => out.extend_from_slice(&c),
+                None => {
+                    return Err(StoreError::Io(format!(
+                        "{}: content chunk {n} is missing",
+                        self.id
+                    )));
+                }
+            }
+        }
+        out.extend_from_slice(&self.buf);
+        Ok(out)
+    }
+
     /// Takes more of the body; writes every chunk that fills. Each chunk
     /// is refused (`Full`) when the spool's file system is below its
     /// reserve.
