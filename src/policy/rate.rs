@@ -2,12 +2,12 @@
 //! recipients per client address over a sliding window of
 //! `smtp.inbound.rate_limits.time_unit`.
 //!
-//! Each client keeps, per kind, the times of its last `limit` events; an
-//! event is allowed when fewer than `limit` of them fall inside the
-//! window. A refused attempt counts as well (it replaces the oldest time),
-//! so a client hammering the server stays refused until it pauses for a
-//! whole window. Memory is bounded: at most `limit` times per client and
-//! kind, and clients idle for a window are dropped when the table grows.
+//! Each client keeps, per kind, the times of its last `limit` allowed
+//! events; an event is allowed when fewer than `limit` of them fall inside
+//! the window, so the limit lifts exactly one window after the oldest of
+//! them. A refused attempt is not counted (it was not served). Memory is
+//! bounded: at most `limit` times per client and kind, and clients idle
+//! for a window are dropped when the table grows.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -65,10 +65,9 @@ impl RateLimiter {
             times.pop_front();
         }
         let allowed = times.len() < limit;
-        if !allowed {
-            times.pop_front();
+        if allowed {
+            times.push_back(now);
         }
-        times.push_back(now);
         allowed
     }
 
@@ -112,9 +111,10 @@ mod tests {
         assert!(!r.allow_at(ip, Event::Message, 3, unit, t0 + Duration::from_secs(5)));
         assert!(r.allow_at(other, Event::Message, 3, unit, t0 + Duration::from_secs(5)));
         assert!(r.allow_at(ip, Event::Recipient, 3, unit, t0 + Duration::from_secs(5)));
-        // The refused attempt at 5 s counts: one slot frees at 61 s.
-        assert!(!r.allow_at(ip, Event::Message, 3, unit, t0 + Duration::from_secs(60)));
-        assert!(r.allow_at(ip, Event::Message, 3, unit, t0 + Duration::from_secs(125)));
+        // The oldest allowed event (0 s) leaves the window at 60 s.
+        assert!(!r.allow_at(ip, Event::Message, 3, unit, t0 + Duration::from_millis(59_900)));
+        assert!(r.allow_at(ip, Event::Message, 3, unit, t0 + Duration::from_secs(60)));
+        assert!(!r.allow_at(ip, Event::Message, 3, unit, t0 + Duration::from_millis(60_500)));
         assert!(r.allow_at(ip, Event::Message, 0, unit, t0));
     }
 }

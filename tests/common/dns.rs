@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server;
-use hickory_server::proto::rr::rdata::{A, MX, NS, PTR, SOA};
+use hickory_server::proto::rr::rdata::{A, MX, NS, PTR, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
@@ -23,6 +23,10 @@ pub enum Rec {
     A(&'static str, Ipv4Addr),
     /// `name PTR target`.
     Ptr(&'static str, &'static str),
+    /// `name TXT text`; text longer than 255 octets is split into
+    /// several character-strings (as a zone file would), which readers
+    /// join (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
+    Txt(String, String),
 }
 
 /// A running test DNS server; it lives until the test process ends.
@@ -93,6 +97,14 @@ impl TestDns {
                             Rec::Ptr(n, target) => {
                                 Record::from_rdata(name(n), 60, RData::PTR(PTR(name(target))))
                             }
+                            Rec::Txt(n, text) => {
+                                let parts: Vec<String> = text
+                                    .as_bytes()
+                                    .chunks(255)
+                                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                                    .collect();
+                                Record::from_rdata(name(&n), 60, RData::TXT(TXT::new(parts)))
+                            }
                         };
                         assert!(zone.upsert_mut(rec, 1), "record not added");
                     }
@@ -121,6 +133,67 @@ impl TestDns {
                 .recv_timeout(Duration::from_secs(10))
                 .expect("dns server started"),
         }
+    }
+
+    /// A server that answers every query with SERVFAIL (RFC 1035 rcode 2),
+    /// over UDP and TCP.
+    pub fn servfail() -> TestDns {
+        TestDns::raw(true)
+    }
+
+    /// A server that reads every query and never answers (a look-up
+    /// there times out).
+    pub fn silent() -> TestDns {
+        TestDns::raw(false)
+    }
+
+    fn raw(answer: bool) -> TestDns {
+        let (udp, tcp) = loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+            let port = udp.local_addr().expect("addr").port();
+            if let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                break (udp, tcp);
+            }
+        };
+        let addr = udp.local_addr().expect("addr");
+        // The reply: the query with QR and RA set and rcode SERVFAIL.
+        fn servfail(q: &[u8]) -> Option<Vec<u8>> {
+            if q.len() < 12 {
+                return None;
+            }
+            let mut r = q.to_vec();
+            r[2] |= 0x80;
+            r[3] = (r[3] & 0x70) | 0x80 | 2;
+            Some(r)
+        }
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                if answer && let Some(r) = servfail(&buf[..n]) {
+                    let _ = udp.send_to(&r, from);
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for conn in tcp.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    let mut len = [0u8; 2];
+                    while conn.read_exact(&mut len).is_ok() {
+                        let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+                        if conn.read_exact(&mut q).is_err() {
+                            return;
+                        }
+                        if answer && let Some(r) = servfail(&q) {
+                            let _ = conn.write_all(&(r.len() as u16).to_be_bytes());
+                            let _ = conn.write_all(&r);
+                        }
+                    }
+                });
+            }
+        });
+        TestDns { addr }
     }
 
     /// The zones every test gets: see `tests/common/mod.rs`.
