@@ -313,7 +313,13 @@ async fn check(
     if checks.dkim == CheckMode::Enforce && verdict.refusal.is_none() {
         let any_fail = dkim
             .iter()
-            .any(|d| matches!(d.result(), DkimResult::Fail(_) | DkimResult::PermError(_)));
+            .any(|d| {
+                // mail-auth reports a body hash mismatch as neutral.
+                matches!(
+                    d.result(),
+                    DkimResult::Fail(_) | DkimResult::PermError(_) | DkimResult::Neutral(_)
+                )
+            });
         let any_ok = dkim
             .iter()
             .any(|d| matches!(d.result(), DkimResult::Pass | DkimResult::TempError(_)));
@@ -325,7 +331,17 @@ async fn check(
             ));
         }
     }
-    let ar_header = ar.to_header();
+    let mut ar_header = ar.to_header();
+    if checks.dkim != CheckMode::Off && dkim.is_empty() {
+        // RFC 8601 §2.7.1: "none", the message was not signed; mail-auth
+        // writes nothing for an empty list.
+        let at = "Authentication-Results: ".len() + hostname.len();
+        if ar_header.get(at..at + 1) == Some(";") {
+            ar_header.insert_str(at, ";\r\n\tdkim=none");
+        } else if ar_header.get(at..).is_some_and(|t| t.starts_with("; none")) {
+            ar_header.replace_range(at.., ";\r\n\tdkim=none\r\n");
+        }
+    }
     verdict.results = ar_header.clone();
     let mut prefix = String::new();
     if verdict.refusal.is_none()

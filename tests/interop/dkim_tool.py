@@ -29,7 +29,15 @@ def main():
         d = dkim.DKIM(message)
         n = sum(1 for h in d.headers if h[0].lower() == b"dkim-signature")
         dnsfunc = dnsfunc_from(sys.argv[3])
-        ok = n > 0 and all(d.verify(idx=i, dnsfunc=dnsfunc) for i in range(n))
+
+        def one(i):
+            try:
+                return d.verify(idx=i, dnsfunc=dnsfunc)
+            except dkim.DKIMException as e:
+                print("signature", i, "failed:", e, file=sys.stderr)
+                return False
+
+        ok = n > 0 and all(one(i) for i in range(n))
         print(("dkim=pass" if ok else "dkim=fail"), n)
     elif mode == "arc":
         cv, _results, reason = dkim.arc_verify(message, dnsfunc=dnsfunc_from(sys.argv[3]))
