@@ -140,10 +140,11 @@ impl Intake {
         let mut signed = None;
         if dkim_sign::may_sign(config, trusted, &new.recipients) {
             let whole = [prefix, &writer.body()?].concat();
-            signed = dkim_sign::sign_off_thread(config, trusted, &new.sender, &new.recipients, whole)
-                .await
-                .map_err(|e| StoreError::Unsigned(e.to_string()))?
-                .map(|h| [h.as_bytes(), prefix].concat());
+            signed =
+                dkim_sign::sign_off_thread(config, trusted, &new.sender, &new.recipients, whole)
+                    .await
+                    .map_err(|e| StoreError::Unsigned(e.to_string()))?
+                    .map(|h| [h.as_bytes(), prefix].concat());
         }
         let prefix = signed.as_deref().unwrap_or(prefix);
         let msg = self.spool.enqueue_stream(writer, new, prefix).await?;
@@ -160,14 +161,9 @@ impl Intake {
     ) -> Result<QueuedMessage, StoreError> {
         let trusted = env.trusted;
         let new = self.prepare(config, env, content);
-        let signature = crate::policy::dkim_sign::sign(
-            config,
-            trusted,
-            &new.sender,
-            &new.recipients,
-            content,
-        )
-        .map_err(|e| StoreError::Unsigned(e.to_string()))?;
+        let signature =
+            crate::policy::dkim_sign::sign(config, trusted, &new.sender, &new.recipients, content)
+                .map_err(|e| StoreError::Unsigned(e.to_string()))?;
         let signed = signature.map(|h| [h.as_bytes(), content].concat());
         let content = signed.as_deref().unwrap_or(content);
         let msg = self.spool.write_message(new, content)?;

@@ -178,9 +178,16 @@ fn dkim_keygen_writes_a_private_key_and_prints_the_record() {
     assert!(rsa.starts_with("v=DKIM1; k=rsa; p=MII"), "{rsa}");
     // An existing key is never overwritten.
     let mut cmd = Command::new(petrel_bin());
-    cmd.args(["dkim", "keygen", "--domain", "example.test", "--selector", "s2026"])
-        .arg("--out")
-        .arg(&path);
+    cmd.args([
+        "dkim",
+        "keygen",
+        "--domain",
+        "example.test",
+        "--selector",
+        "s2026",
+    ])
+    .arg("--out")
+    .arg(&path);
     let out = run_cmd(cmd, None);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(std::fs::read_to_string(&path).expect("read"), pem);
@@ -221,7 +228,11 @@ fn outbound_mail_is_signed_with_the_sender_domains_key_and_dkimpy_verifies_it() 
         &["sendmail", "-f", "alice@example.test", "dave@partner.test"],
         message("alice@example.test", "dave@partner.test", "sendmail").as_bytes(),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = sink.wait(3, Duration::from_secs(30));
     assert_eq!(got.len(), 3);
     let recs = records(
@@ -235,7 +246,11 @@ fn outbound_mail_is_signed_with_the_sender_domains_key_and_dkimpy_verifies_it() 
         let sigs = header_values(&m.data, "DKIM-Signature");
         assert_eq!(sigs.len(), 1, "one signature: {sigs:?}");
         let sig = sigs[0].replace(' ', "").to_lowercase();
-        let h = sig.split(";h=").nth(1).and_then(|l| l.split(';').next()).unwrap_or("");
+        let h = sig
+            .split(";h=")
+            .nth(1)
+            .and_then(|l| l.split(';').next())
+            .unwrap_or("");
         assert_eq!(
             h.split(':').filter(|x| *x == "from").count(),
             2,
@@ -298,7 +313,10 @@ fn a_signing_failure_defers_unless_allow_unsigned() {
     let r = s.send_mail("alice@example.test", &["dave@partner.test"], &body);
     assert_eq!(r.0, 451, "{r:?}");
     assert!(r.1.starts_with("4.7.0"), "{r:?}");
-    assert!(server.wait_log(&["dkim: signing failed", "broken.key"], Duration::from_secs(5)));
+    assert!(server.wait_log(
+        &["dkim: signing failed", "broken.key"],
+        Duration::from_secs(5)
+    ));
     assert!(server.mailq().is_empty());
     drop(server);
 
@@ -308,7 +326,10 @@ fn a_signing_failure_defers_unless_allow_unsigned() {
     let mut s = Smtp::ready(server.mx());
     let r = s.send_mail("alice@example.test", &["dave@partner.test"], &body);
     assert_eq!(r.0, 250, "{r:?}");
-    assert!(server.wait_log(&["dkim: sending unsigned", "broken.key"], Duration::from_secs(5)));
+    assert!(server.wait_log(
+        &["dkim: sending unsigned", "broken.key"],
+        Duration::from_secs(5)
+    ));
     let got = sink.wait(1, Duration::from_secs(20));
     assert!(header_values(&got[0].data, "DKIM-Signature").is_empty());
 }
@@ -590,7 +611,10 @@ fn dmarc_passes_on_an_aligned_dkim_signature_made_by_dkimpy() {
     assert!(r.1.starts_with("5.7.20"), "{r:?}");
     let msgs = by_subject(&server, "alice", 1);
     let ar = &our_results(find(&msgs, "aligned-dkim"))[0];
-    assert!(ar.contains("dkim=pass") && ar.contains("dmarc=pass"), "{ar}");
+    assert!(
+        ar.contains("dkim=pass") && ar.contains("dmarc=pass"),
+        "{ar}"
+    );
     assert!(ar.contains("spf=neutral"), "{ar}");
 }
 
@@ -632,7 +656,11 @@ fn the_edge_arc_seals_what_it_forwards_and_dkimpy_verifies_the_chain() {
     let got = internal.wait(1, Duration::from_secs(30));
     assert_eq!(got.len(), 1);
     let data = &got[0].data;
-    for h in ["ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results"] {
+    for h in [
+        "ARC-Seal",
+        "ARC-Message-Signature",
+        "ARC-Authentication-Results",
+    ] {
         assert_eq!(header_values(data, h).len(), 1, "{h}");
     }
     assert!(header_values(data, "ARC-Seal")[0].contains("cv=none"));
@@ -645,7 +673,11 @@ fn the_edge_arc_seals_what_it_forwards_and_dkimpy_verifies_the_chain() {
     );
     let v = dir.path().join("sealed.eml");
     std::fs::write(&v, data).expect("write");
-    let out = dkimpy(&["arc", v.to_str().expect("path"), recs.to_str().expect("path")]);
+    let out = dkimpy(&[
+        "arc",
+        v.to_str().expect("path"),
+        recs.to_str().expect("path"),
+    ]);
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("arc=pass"), "{out}");
     // The original signature still verifies after the edge.
@@ -658,13 +690,22 @@ fn a_listed_client_is_refused_at_connect_naming_the_list() {
         (
             "zen.dnsbl.test",
             vec![
-                Rec::A("2.0.0.127.zen.dnsbl.test", std::net::Ipv4Addr::new(127, 0, 0, 2)),
-                Rec::A("4.0.0.127.zen.dnsbl.test", std::net::Ipv4Addr::new(127, 0, 0, 2)),
+                Rec::A(
+                    "2.0.0.127.zen.dnsbl.test",
+                    std::net::Ipv4Addr::new(127, 0, 0, 2),
+                ),
+                Rec::A(
+                    "4.0.0.127.zen.dnsbl.test",
+                    std::net::Ipv4Addr::new(127, 0, 0, 2),
+                ),
             ],
         ),
         (
             "wl.test",
-            vec![Rec::A("4.0.0.127.wl.test", std::net::Ipv4Addr::new(127, 0, 0, 2))],
+            vec![Rec::A(
+                "4.0.0.127.wl.test",
+                std::net::Ipv4Addr::new(127, 0, 0, 2),
+            )],
         ),
     ]);
     let dir = Arc::new(tempfile::tempdir().expect("dir"));
@@ -680,7 +721,10 @@ fn a_listed_client_is_refused_at_connect_naming_the_list() {
     assert!(g.1.starts_with("5.7.1"), "{g:?}");
     assert!(g.1.contains("zen.dnsbl.test"), "{g:?}");
     assert!(s.is_closed());
-    assert!(server.wait_log(&["rejected", "stage=connect", "zen.dnsbl.test"], Duration::from_secs(5)));
+    assert!(server.wait_log(
+        &["rejected", "stage=connect", "zen.dnsbl.test"],
+        Duration::from_secs(5)
+    ));
     // Not listed; allowlisted; trusted.
     for from in ["127.0.0.3", "127.0.0.4", "127.0.0.1"] {
         let (_, g) = Smtp::connect_from(server.mx(), ip(from));
@@ -719,7 +763,10 @@ fn a_blocklist_that_times_out_or_fails_does_not_block() {
             &message("x@client.test", "alice@example.test", "through"),
         );
         assert_eq!(r.0, 250, "{r:?}");
-        assert!(server.wait_log(&["dnsbl: look-up failed", "slow.dnsbl.test"], Duration::from_secs(5)));
+        assert!(server.wait_log(
+            &["dnsbl: look-up failed", "slow.dnsbl.test"],
+            Duration::from_secs(5)
+        ));
     }
 }
 

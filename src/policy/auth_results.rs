@@ -35,8 +35,8 @@ use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult,
-    DmarcResult, MessageAuthenticator, SpfOutput, SpfResult,
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult,
+    MessageAuthenticator, SpfOutput, SpfResult,
 };
 
 use super::{JUNK_HEADER, LOOKUP_TIMEOUT};
@@ -55,7 +55,11 @@ pub struct Client {
 }
 
 /// SPF at MAIL FROM. `None` when neither SPF nor DMARC is checked.
-pub async fn spf(resolver: &hickory_resolver::TokioResolver, config: &Config, client: &Client) -> Option<SpfOutput> {
+pub async fn spf(
+    resolver: &hickory_resolver::TokioResolver,
+    config: &Config,
+    client: &Client,
+) -> Option<SpfOutput> {
     let checks = &config.inbound.checks;
     if checks.spf == CheckMode::Off && checks.dmarc == CheckMode::Off {
         return None;
@@ -70,9 +74,9 @@ pub async fn spf(resolver: &hickory_resolver::TokioResolver, config: &Config, cl
     // RFC 7208 §4.6.4 bounds the look-ups; this bounds the time.
     match tokio::time::timeout(2 * LOOKUP_TIMEOUT, auth.verify_spf(params)).await {
         Ok(out) => Some(out),
-        Err(_) => Some(
-            SpfOutput::new(spf_domain(client).to_string()).with_result(SpfResult::TempError),
-        ),
+        Err(_) => {
+            Some(SpfOutput::new(spf_domain(client).to_string()).with_result(SpfResult::TempError))
+        }
     }
 }
 
@@ -311,24 +315,18 @@ async fn check(
         }
     }
     if checks.dkim == CheckMode::Enforce && verdict.refusal.is_none() {
-        let any_fail = dkim
-            .iter()
-            .any(|d| {
-                // mail-auth reports a body hash mismatch as neutral.
-                matches!(
-                    d.result(),
-                    DkimResult::Fail(_) | DkimResult::PermError(_) | DkimResult::Neutral(_)
-                )
-            });
+        let any_fail = dkim.iter().any(|d| {
+            // mail-auth reports a body hash mismatch as neutral.
+            matches!(
+                d.result(),
+                DkimResult::Fail(_) | DkimResult::PermError(_) | DkimResult::Neutral(_)
+            )
+        });
         let any_ok = dkim
             .iter()
             .any(|d| matches!(d.result(), DkimResult::Pass | DkimResult::TempError(_)));
         if any_fail && !any_ok {
-            verdict.refusal = Some(Reply::new(
-                550,
-                "5.7.20",
-                "No passing DKIM signature found",
-            ));
+            verdict.refusal = Some(Reply::new(550, "5.7.20", "No passing DKIM signature found"));
         }
     }
     let mut ar_header = ar.to_header();
@@ -377,7 +375,12 @@ fn seal(
     let sealer = ArcSealer::from_key(super::dkim_sign::ByRef(&key.key))
         .domain(key.domain.clone())
         .selector(key.selector.clone())
-        .headers(super::dkim_sign::SIGNED_HEADERS.iter().copied().chain(["DKIM-Signature"]))
+        .headers(
+            super::dkim_sign::SIGNED_HEADERS
+                .iter()
+                .copied()
+                .chain(["DKIM-Signature"]),
+        )
         .header_canonicalization(Canonicalization::Relaxed)
         .body_canonicalization(Canonicalization::Relaxed);
     let set: ArcSet = sealer.seal(msg, ar, arc).map_err(|e| e.to_string())?;

@@ -163,10 +163,7 @@ impl<K: mail_auth::common::crypto::SigningKey> mail_auth::common::crypto::Signin
 {
     type Hasher = K::Hasher;
 
-    fn sign(
-        &self,
-        input: impl mail_auth::common::headers::Writable,
-    ) -> mail_auth::Result<Vec<u8>> {
+    fn sign(&self, input: impl mail_auth::common::headers::Writable) -> mail_auth::Result<Vec<u8>> {
         self.0.sign(input)
     }
 
@@ -196,10 +193,7 @@ pub fn sign(
     allow(config, result)
 }
 
-fn allow(
-    config: &Config,
-    result: Result<String, SignError>,
-) -> Result<Option<String>, SignError> {
+fn allow(config: &Config, result: Result<String, SignError>) -> Result<Option<String>, SignError> {
     match result {
         Ok(h) => Ok(Some(h)),
         Err(e) if config.dkim.allow_unsigned => {

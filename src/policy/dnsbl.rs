@@ -48,7 +48,11 @@ pub enum Listing {
 /// Looks `ip` up in `zone`, within `LOOKUP_TIMEOUT`.
 pub async fn lookup(resolver: &TokioResolver, ip: IpAddr, zone: &str) -> Listing {
     let name = query_name(ip, zone);
-    match tokio::time::timeout(LOOKUP_TIMEOUT, resolver.lookup(name.as_str(), RecordType::A)).await
+    match tokio::time::timeout(
+        LOOKUP_TIMEOUT,
+        resolver.lookup(name.as_str(), RecordType::A),
+    )
+    .await
     {
         Err(_) => Listing::Unknown,
         Ok(Err(e)) if e.is_nx_domain() || e.is_no_records_found() => Listing::NotListed,
@@ -188,7 +192,10 @@ mod tests {
     #[test]
     fn query_names_reverse_the_address() {
         let v4: IpAddr = "192.0.2.99".parse().expect("ip");
-        assert_eq!(query_name(v4, "zen.dnsbl.test"), "99.2.0.192.zen.dnsbl.test.");
+        assert_eq!(
+            query_name(v4, "zen.dnsbl.test"),
+            "99.2.0.192.zen.dnsbl.test."
+        );
         let v6: IpAddr = "2001:db8::1".parse().expect("ip");
         let q = query_name(v6, "bl.test.");
         assert!(q.starts_with("1.0.0.0.0.0.0.0."), "{q}");

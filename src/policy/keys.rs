@@ -66,8 +66,8 @@ pub fn load(entry: &DkimKey) -> Result<Arc<LoadedKey>, KeyError> {
             return Ok(k.clone());
         }
     }
-    let pem = std::fs::read(&entry.key)
-        .map_err(|e| KeyError::Read(entry.key.clone(), e.to_string()))?;
+    let pem =
+        std::fs::read(&entry.key).map_err(|e| KeyError::Read(entry.key.clone(), e.to_string()))?;
     let key = Arc::new(LoadedKey {
         domain: entry.domain.clone(),
         selector: entry.selector.clone(),
@@ -200,7 +200,8 @@ mod tests {
             let k = generate(alg).expect("generate");
             assert!(matches!(
                 (alg, parse(Path::new("k"), k.pem.as_bytes()).expect("parse")),
-                (Algorithm::Ed25519, SigningKey::Ed25519(_)) | (Algorithm::Rsa2048, SigningKey::Rsa(_))
+                (Algorithm::Ed25519, SigningKey::Ed25519(_))
+                    | (Algorithm::Rsa2048, SigningKey::Rsa(_))
             ));
             assert!(k.txt.starts_with("v=DKIM1; k="));
         }

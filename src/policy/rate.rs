@@ -112,9 +112,21 @@ mod tests {
         assert!(r.allow_at(other, Event::Message, 3, unit, t0 + Duration::from_secs(5)));
         assert!(r.allow_at(ip, Event::Recipient, 3, unit, t0 + Duration::from_secs(5)));
         // The oldest allowed event (0 s) leaves the window at 60 s.
-        assert!(!r.allow_at(ip, Event::Message, 3, unit, t0 + Duration::from_millis(59_900)));
+        assert!(!r.allow_at(
+            ip,
+            Event::Message,
+            3,
+            unit,
+            t0 + Duration::from_millis(59_900)
+        ));
         assert!(r.allow_at(ip, Event::Message, 3, unit, t0 + Duration::from_secs(60)));
-        assert!(!r.allow_at(ip, Event::Message, 3, unit, t0 + Duration::from_millis(60_500)));
+        assert!(!r.allow_at(
+            ip,
+            Event::Message,
+            3,
+            unit,
+            t0 + Duration::from_millis(60_500)
+        ));
         assert!(r.allow_at(ip, Event::Message, 0, unit, t0));
     }
 }
