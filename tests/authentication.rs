@@ -336,8 +336,12 @@ fn a_signing_failure_defers_unless_allow_unsigned() {
 
 /// The zones of the inbound tests; the client is 127.0.0.2.
 fn inbound_dns(dkim_txt: &str) -> TestDns {
+    TestDns::start(inbound_zones(dkim_txt))
+}
+
+fn inbound_zones(dkim_txt: &str) -> Vec<(&'static str, Vec<Rec>)> {
     let txt = |n: &str, t: &str| Rec::Txt(n.to_string(), t.to_string());
-    TestDns::start(vec![
+    vec![
         // The TLD itself, so that DMARC's tree walk (RFC 9989 §4.10) gets
         // NXDOMAIN for _dmarc.test, as from a real registry.
         ("test", vec![]),
@@ -393,7 +397,7 @@ fn inbound_dns(dkim_txt: &str) -> TestDns {
                 txt("_dmarc.strict.test", "v=DMARC1; p=reject; aspf=s"),
             ],
         ),
-    ])
+    ]
 }
 
 /// A message signed by dkimpy with `key` as s1._domainkey.sender.test.
@@ -828,4 +832,67 @@ fn rate_limits_are_reached_and_lifted() {
     s.send_raw(message("x@client.test", "alice@example.test", "limited").as_bytes());
     s.send_raw(b"\r\n.\r\n");
     assert_eq!(s.reply().0, 250);
+}
+
+#[test]
+fn an_arc_chain_sealed_on_the_edge_is_verified_at_the_internal_server() {
+    let dir = Arc::new(tempfile::tempdir().expect("dir"));
+    let (sender_key, sender_txt) = keygen(dir.path(), "sender.test", "s1", "rsa2048");
+    let (edge_key, edge_txt) = keygen(dir.path(), "corp.test", "arc1", "ed25519");
+    let mut zones = inbound_zones(&sender_txt);
+    zones.push((
+        "corp.test",
+        vec![Rec::Txt("arc1._domainkey.corp.test".into(), edge_txt)],
+    ));
+    let dns = TestDns::start(zones);
+    // The internal server: corp.test is local; the edge (127.0.0.1) is not
+    // in its relay_from, so it checks what the edge forwards, and its
+    // authserv-id differs from the edge's.
+    let idir = Arc::new(tempfile::tempdir().expect("dir"));
+    let icfg = base_config(&idir.path().join("spool"), dns.addr, 25, true, false)
+        .replace("mx.example.test", "internal.example.test")
+        .replace(
+            "aliases = [\"example.org\", \"[192.0.2.10]\"]",
+            "aliases = [\"example.org\", \"corp.test\", \"[192.0.2.10]\"]",
+        );
+    let internal = TestServer::start_in(
+        idir,
+        &format!("{icfg}\n[smtp.inbound]\nrelay_from = [\"127.0.0.9/32\"]\n"),
+    );
+    let cfg = base_config(&dir.path().join("spool"), dns.addr, 25, true, false).replace(
+        "aliases = [\"example.org\", \"[192.0.2.10]\"]",
+        "aliases = [\"example.org\", \"[192.0.2.10]\"]\nrelay_domains = [\"corp.test\"]",
+    );
+    let cfg = format!(
+        "{cfg}\n[smtp.inbound]\nrelay_from = [\"127.0.0.1/32\"]\n\
+         [[smtp.outbound.routes]]\ndomain = \"corp.test\"\nhost = \"[127.0.0.1]:{}\"\n\
+         [[dkim.keys]]\ndomain = \"corp.test\"\nselector = \"arc1\"\nkey = \"{}\"\n",
+        internal.mx().port(),
+        edge_key.display()
+    );
+    let edge = TestServer::start_in(dir.clone(), &cfg);
+    let signed = dkimpy_signed(dir.path(), &sender_key, "x@sender.test", "via-edge");
+    let mut s = Smtp::ready_from(edge.mx(), ip("127.0.0.2"));
+    let r = s.send_mail("x@sender.test", &["alice@corp.test"], &signed);
+    assert_eq!(r.0, 250, "{r:?}");
+    let msgs = by_subject(&internal, "alice", 1);
+    let content = &msgs[0].1;
+    let results = header_values(content, "Authentication-Results");
+    let at_internal: Vec<&String> = results
+        .iter()
+        .filter(|v| v.starts_with("internal.example.test"))
+        .collect();
+    assert_eq!(at_internal.len(), 1, "{results:?}");
+    let ar = at_internal[0];
+    assert!(ar.contains("arc=pass"), "{ar}");
+    assert!(ar.contains("dkim=pass"), "{ar}");
+    // SPF fails at the internal server (the edge is not sender.test's
+    // host): the edge's sealed result is what says it passed there.
+    assert!(ar.contains("spf=fail"), "{ar}");
+    let edge_ar = header_values(content, "ARC-Authentication-Results");
+    assert!(edge_ar[0].contains("spf=pass"), "{edge_ar:?}");
+    assert!(
+        results.iter().any(|v| v.starts_with("mx.example.test")),
+        "the edge's own header travels too: {results:?}"
+    );
 }
