@@ -896,3 +896,102 @@ fn an_arc_chain_sealed_on_the_edge_is_verified_at_the_internal_server() {
         "the edge's own header travels too: {results:?}"
     );
 }
+
+/// Runs `opendkim-testmsg` (verify mode) on `message` in a private mount
+/// namespace whose /etc/resolv.conf names only `dns` (the test's own
+/// server, on port 53 as libresolv requires). `None` when that cannot be
+/// set up here (not root, no opendkim-tools): the caller skips.
+fn opendkim_verify(dir: &Path, dns: SocketAddr, message: &[u8]) -> Option<(bool, String)> {
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!("nameserver {}\noptions attempts:1 timeout:2\n", dns.ip()),
+    )
+    .expect("resolv.conf");
+    let m = dir.join("opendkim.eml");
+    std::fs::write(&m, message).expect("write");
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$1\" /etc/resolv.conf || exit 99; exec opendkim-testmsg < \"$2\"")
+        .arg("sh")
+        .arg(&resolv)
+        .arg(&m)
+        .output()
+        .ok()?;
+    if out.status.code() == Some(99) || out.status.code() == Some(127) {
+        return None;
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success() && text.trim().is_empty(), text))
+}
+
+#[test]
+fn petrels_signatures_verify_with_opendkim() {
+    let sink = Sink::start("127.0.0.2:0", SinkOptions::default());
+    let dir = Arc::new(tempfile::tempdir().expect("dir"));
+    let (rsa, rsa_txt) = keygen(dir.path(), "example.test", "s2026", "rsa2048");
+    let (ed, ed_txt) = keygen(dir.path(), "example.org", "ed1", "ed25519");
+    let dns_addr: SocketAddr = "127.0.0.153:53".parse().expect("addr");
+    let Some(_dns) = TestDns::start_at(
+        dns_addr,
+        vec![
+            (
+                "example.test",
+                vec![Rec::Txt("s2026._domainkey.example.test".into(), rsa_txt)],
+            ),
+            (
+                "example.org",
+                vec![Rec::Txt("ed1._domainkey.example.org".into(), ed_txt)],
+            ),
+        ],
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "cannot bind {dns_addr} under CI"
+        );
+        eprintln!("SKIPPED: cannot bind {dns_addr} (needs root) for opendkim-testmsg");
+        return;
+    };
+    let extra = format!(
+        "[[dkim.keys]]\ndomain = \"example.test\"\nselector = \"s2026\"\nkey = \"{}\"\n\
+         [[dkim.keys]]\ndomain = \"example.org\"\nselector = \"ed1\"\nkey = \"{}\"\n",
+        rsa.display(),
+        ed.display()
+    );
+    let server = start(dir.clone(), standard_dns(), sink.addr.port(), "", &extra);
+    let mut s = Smtp::ready(server.mx());
+    for (from, subject) in [
+        ("alice@example.test", "rsa"),
+        ("a.smith@example.org", "ed25519"),
+    ] {
+        let r = s.send_mail(
+            from,
+            &["dave@partner.test"],
+            &message(from, "dave@partner.test", subject),
+        );
+        assert_eq!(r.0, 250, "{r:?}");
+    }
+    let got = sink.wait(2, Duration::from_secs(30));
+    assert_eq!(got.len(), 2);
+    for m in &got {
+        let subject = header_values(&m.data, "Subject")[0].clone();
+        let Some((ok, text)) = opendkim_verify(dir.path(), dns_addr, &m.data) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "opendkim-testmsg unavailable under CI"
+            );
+            eprintln!("SKIPPED: unshare/mount or opendkim-testmsg unavailable");
+            return;
+        };
+        assert!(ok, "{subject}: opendkim-testmsg: {text}");
+        let mut tampered = m.data.clone();
+        let n = tampered.len();
+        tampered[n - 4] ^= 0x20;
+        let (ok, _) = opendkim_verify(dir.path(), dns_addr, &tampered).expect("ran before");
+        assert!(!ok, "{subject}: a changed body must not verify");
+    }
+}

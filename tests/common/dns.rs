@@ -47,7 +47,17 @@ fn name(s: &str) -> Name {
 impl TestDns {
     /// Serves `zones` (origin, records) on a free loopback port.
     pub fn start(zones: Vec<(&'static str, Vec<Rec>)>) -> TestDns {
-        let (tx, rx) = std::sync::mpsc::channel();
+        TestDns::serve(None, zones).expect("dns server started")
+    }
+
+    /// Serves `zones` on `addr` exactly (e.g. port 53 for a tool that
+    /// reads resolv.conf); `None` if it cannot be bound.
+    pub fn start_at(addr: SocketAddr, zones: Vec<(&'static str, Vec<Rec>)>) -> Option<TestDns> {
+        TestDns::serve(Some(addr), zones)
+    }
+
+    fn serve(at: Option<SocketAddr>, zones: Vec<(&'static str, Vec<Rec>)>) -> Option<TestDns> {
+        let (tx, rx) = std::sync::mpsc::channel::<Option<SocketAddr>>();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -112,27 +122,38 @@ impl TestDns {
                 }
                 let mut server = Server::new(catalog);
                 // Bind UDP on a free port, then TCP on the same port.
-                let (udp, tcp) = loop {
-                    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
-                        .await
-                        .expect("udp");
-                    let port = udp.local_addr().expect("addr").port();
-                    if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-                        break (udp, tcp);
+                let (udp, tcp) = if let Some(at) = at {
+                    match (
+                        tokio::net::UdpSocket::bind(at).await,
+                        tokio::net::TcpListener::bind(at).await,
+                    ) {
+                        (Ok(u), Ok(t)) => (u, t),
+                        _ => {
+                            let _ = tx.send(None);
+                            return;
+                        }
+                    }
+                } else {
+                    loop {
+                        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                            .await
+                            .expect("udp");
+                        let port = udp.local_addr().expect("addr").port();
+                        if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                            break (udp, tcp);
+                        }
                     }
                 };
                 let addr = udp.local_addr().expect("addr");
                 server.register_socket(udp);
                 server.register_listener(tcp, Duration::from_secs(5), 4096);
-                tx.send(addr).expect("send addr");
+                tx.send(Some(addr)).expect("send addr");
                 let _ = server.block_until_done().await;
             });
         });
-        TestDns {
-            addr: rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("dns server started"),
-        }
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("dns server thread answered")
+            .map(|addr| TestDns { addr })
     }
 
     /// A server that answers every query with SERVFAIL (RFC 1035 rcode 2),
