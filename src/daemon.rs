@@ -386,6 +386,17 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
             "SAMPLE USERS: some [[users]] have the sample password \"petrel-example\" published in the README; replace them before this server is reachable by anyone"
         );
     }
+    // A key that cannot be used would refuse every outgoing message with
+    // 451: say so now, not at the first message.
+    for (i, k) in config.dkim.keys.iter().enumerate() {
+        if let Err(e) = crate::policy::keys::load(k) {
+            if config.dkim.allow_unsigned {
+                tracing::warn!(key = %format!("dkim.keys[{i}].key"), reason = %e, "dkim: key unusable; its mail goes unsigned (dkim.allow_unsigned)");
+            } else {
+                anyhow::bail!("dkim.keys[{i}].key: {e}");
+            }
+        }
+    }
     let spool_dir = config.server.spool.clone();
     let spool = match Spool::open(&spool_dir) {
         Ok(s) => Arc::new(s),

@@ -301,25 +301,42 @@ fn outbound_mail_is_signed_with_the_sender_domains_key_and_dkimpy_verifies_it() 
 fn a_signing_failure_defers_unless_allow_unsigned() {
     let sink = Sink::start("127.0.0.2:0", SinkOptions::default());
     let dir = Arc::new(tempfile::tempdir().expect("dir"));
-    let bad = dir.path().join("broken.key");
-    std::fs::write(&bad, "not a key\n").expect("write");
+    let (key, _) = keygen(dir.path(), "example.test", "s1", "ed25519");
     let keys = format!(
         "[[dkim.keys]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey = \"{}\"\n",
-        bad.display()
+        key.display()
     );
     let server = start(dir.clone(), standard_dns(), sink.addr.port(), "", &keys);
     let mut s = Smtp::ready(server.mx());
     let body = message("alice@example.test", "dave@partner.test", "broken");
     let r = s.send_mail("alice@example.test", &["dave@partner.test"], &body);
+    assert_eq!(r.0, 250, "{r:?}");
+    // The key file is replaced by something unusable while the daemon
+    // runs (a botched rotation): it is read again, and fails.
+    std::fs::remove_file(&key).expect("remove");
+    std::fs::write(&key, "not a key\n").expect("write");
+    let r = s.send_mail("alice@example.test", &["dave@partner.test"], &body);
     assert_eq!(r.0, 451, "{r:?}");
     assert!(r.1.starts_with("4.7.0"), "{r:?}");
-    assert!(server.wait_log(
-        &["dkim: signing failed", "broken.key"],
-        Duration::from_secs(5)
-    ));
-    assert!(server.mailq().is_empty());
+    assert!(server.wait_log(&["dkim: signing failed", "s1.key"], Duration::from_secs(5)));
+    assert_eq!(sink.wait(1, Duration::from_secs(20)).len(), 1);
+    server.wait_queue_empty(Duration::from_secs(20));
     drop(server);
 
+    // Such a key refuses the start, with its key name...
+    let out = run_cmd(
+        {
+            let mut c = Command::new(petrel_bin());
+            c.arg("-c").arg(dir.path().join("petrel.toml")).arg("serve");
+            c
+        },
+        None,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dkim.keys[0].key"), "{err}");
+
+    // ...unless unsigned mail is allowed: then it goes unsigned, logged.
     let dir2 = Arc::new(tempfile::tempdir().expect("dir"));
     let extra = format!("[dkim]\nallow_unsigned = true\n{keys}");
     let server = start(dir2, standard_dns(), sink.addr.port(), "", &extra);
@@ -327,11 +344,12 @@ fn a_signing_failure_defers_unless_allow_unsigned() {
     let r = s.send_mail("alice@example.test", &["dave@partner.test"], &body);
     assert_eq!(r.0, 250, "{r:?}");
     assert!(server.wait_log(
-        &["dkim: sending unsigned", "broken.key"],
+        &["dkim: sending unsigned", "s1.key"],
         Duration::from_secs(5)
     ));
-    let got = sink.wait(1, Duration::from_secs(20));
-    assert!(header_values(&got[0].data, "DKIM-Signature").is_empty());
+    let got = sink.wait(2, Duration::from_secs(20));
+    assert!(header_values(&got[1].data, "DKIM-Signature").is_empty());
+    assert_eq!(header_values(&got[0].data, "DKIM-Signature").len(), 1);
 }
 
 /// The zones of the inbound tests; the client is 127.0.0.2.
