@@ -1013,3 +1013,24 @@ fn petrels_signatures_verify_with_opendkim() {
         assert!(!ok, "{subject}: a changed body must not verify");
     }
 }
+
+#[test]
+fn require_ptr_refuses_a_client_whose_name_does_not_point_back() {
+    // hickory answers loopback reverse look-ups itself (RFC 6761:
+    // "localhost", which is 127.0.0.1): 127.0.0.1 is forward-confirmed,
+    // 127.0.0.2 is not.
+    let dir = Arc::new(tempfile::tempdir().expect("dir"));
+    let server = start(
+        dir,
+        standard_dns(),
+        free_port(),
+        "relay_from = [\"127.0.0.9/32\"]",
+        "[smtp.inbound.checks]\nrequire_ptr = true\n",
+    );
+    let (mut s, g) = Smtp::connect_from(server.mx(), ip("127.0.0.2"));
+    assert_eq!(g.0, 550, "{g:?}");
+    assert!(g.1.starts_with("5.7.25"), "{g:?}");
+    assert!(s.is_closed());
+    let (_, g) = Smtp::connect_from(server.mx(), ip("127.0.0.1"));
+    assert_eq!(g.0, 220, "{g:?}");
+}
