@@ -1034,3 +1034,35 @@ fn require_ptr_refuses_a_client_whose_name_does_not_point_back() {
     let (_, g) = Smtp::connect_from(server.mx(), ip("127.0.0.1"));
     assert_eq!(g.0, 220, "{g:?}");
 }
+
+#[test]
+fn sendmail_without_a_daemon_queues_the_message_signed() {
+    let dir = Arc::new(tempfile::tempdir().expect("dir"));
+    let (key, txt) = keygen(dir.path(), "example.test", "s1", "ed25519");
+    let extra = format!(
+        "[[dkim.keys]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey = \"{}\"\n",
+        key.display()
+    );
+    let server = start(dir.clone(), standard_dns(), free_port(), "", &extra);
+    let config = server.config_path.clone();
+    drop(server);
+    let out = cli_with(
+        &config,
+        &["sendmail", "-f", "alice@example.test", "dave@partner.test"],
+        Some(message("alice@example.test", "dave@partner.test", "offline").as_bytes()),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let q = cli_with(&config, &["mailq", "--json"], None);
+    let line = String::from_utf8_lossy(&q.stdout).lines().next().expect("queued").to_string();
+    let id = serde_json::from_str::<serde_json::Value>(&line).expect("json")["queue_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let body = cli_with(&config, &["show", &id, "--body"], None).stdout;
+    let start = body
+        .windows(15)
+        .position(|w| w == b"DKIM-Signature:")
+        .expect("signed in the queue");
+    let recs = records(dir.path(), &[("s1._domainkey.example.test".into(), txt)]);
+    assert_eq!(dkimpy_verify(dir.path(), &body[start..], &recs), "dkim=pass 1");
+}
