@@ -1051,9 +1051,17 @@ fn sendmail_without_a_daemon_queues_the_message_signed() {
         &["sendmail", "-f", "alice@example.test", "dave@partner.test"],
         Some(message("alice@example.test", "dave@partner.test", "offline").as_bytes()),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let q = cli_with(&config, &["mailq", "--json"], None);
-    let line = String::from_utf8_lossy(&q.stdout).lines().next().expect("queued").to_string();
+    let line = String::from_utf8_lossy(&q.stdout)
+        .lines()
+        .next()
+        .expect("queued")
+        .to_string();
     let id = serde_json::from_str::<serde_json::Value>(&line).expect("json")["queue_id"]
         .as_str()
         .expect("id")
@@ -1064,5 +1072,56 @@ fn sendmail_without_a_daemon_queues_the_message_signed() {
         .position(|w| w == b"DKIM-Signature:")
         .expect("signed in the queue");
     let recs = records(dir.path(), &[("s1._domainkey.example.test".into(), txt)]);
-    assert_eq!(dkimpy_verify(dir.path(), &body[start..], &recs), "dkim=pass 1");
+    assert_eq!(
+        dkimpy_verify(dir.path(), &body[start..], &recs),
+        "dkim=pass 1"
+    );
+}
+
+#[test]
+fn an_ed25519_signature_made_by_dkimpy_is_verified_by_petrel() {
+    let dir = Arc::new(tempfile::tempdir().expect("dir"));
+    let (_, rsa_txt) = keygen(dir.path(), "sender.test", "s1", "rsa2048");
+    let (ed, ed_txt) = keygen(dir.path(), "sender.test", "e1", "ed25519");
+    let mut zones = inbound_zones(&rsa_txt);
+    zones
+        .iter_mut()
+        .find(|(z, _)| *z == "sender.test")
+        .expect("zone")
+        .1
+        .push(Rec::Txt("e1._domainkey.sender.test".into(), ed_txt));
+    let dns = TestDns::start(zones);
+    let server = start(
+        dir.clone(),
+        dns.addr,
+        free_port(),
+        "relay_from = [\"127.0.0.1/32\"]",
+        "",
+    );
+    let m = dir.path().join("ed.eml");
+    std::fs::write(
+        &m,
+        message("x@sender.test", "alice@example.test", "ed25519-in"),
+    )
+    .expect("write");
+    let signed = dkimpy(&[
+        "sign-ed25519",
+        m.to_str().expect("path"),
+        ed.to_str().expect("path"),
+        "e1",
+        "sender.test",
+    ]);
+    let signed = String::from_utf8(signed).expect("utf-8");
+    assert!(signed.contains("a=ed25519-sha256"), "{signed}");
+    let mut s = Smtp::ready_from(server.mx(), ip("127.0.0.2"));
+    // SPF is not aligned (neutral.test): DMARC passes on the signature.
+    let r = s.send_mail("x@neutral.test", &["alice@example.test"], &signed);
+    assert_eq!(r.0, 250, "{r:?}");
+    let msgs = by_subject(&server, "alice", 1);
+    let ar = &our_results(&msgs[0].1)[0];
+    assert!(
+        ar.contains("dkim=pass") && ar.contains("header.s=e1"),
+        "{ar}"
+    );
+    assert!(ar.contains("dmarc=pass"), "{ar}");
 }

@@ -5,7 +5,9 @@ tests/authentication.rs. DNS answers come from a JSON file of
   dkim_tool.py verify MESSAGE RECORDS   -> "dkim=pass N" / "dkim=fail N"
   dkim_tool.py arc MESSAGE RECORDS      -> "arc=<cv> <reason>"
   dkim_tool.py sign MESSAGE KEYPEM SELECTOR DOMAIN -> signed message on stdout
+  dkim_tool.py sign-ed25519 MESSAGE KEYPEM SELECTOR DOMAIN (petrel's PKCS#8 key)
 """
+import base64
 import json
 import sys
 
@@ -42,14 +44,24 @@ def main():
     elif mode == "arc":
         cv, _results, reason = dkim.arc_verify(message, dnsfunc=dnsfunc_from(sys.argv[3]))
         print("arc=" + cv.decode(), reason)
-    elif mode == "sign":
+    elif mode in ("sign", "sign-ed25519"):
         key = open(sys.argv[3], "rb").read()
+        algorithm = b"rsa-sha256"
+        if mode == "sign-ed25519":
+            # dkimpy takes an Ed25519 key as the base64 of its 32-octet
+            # seed: in petrel's PKCS#8 (RFC 8410) it follows the 16-octet
+            # prefix 30 .. 04 22 04 20.
+            der = base64.b64decode(b"".join(l for l in key.splitlines() if not l.startswith(b"-----")))
+            assert der[12:16] == b"\x04\x22\x04\x20", der[:16].hex()
+            key = base64.b64encode(der[16:48])
+            algorithm = b"ed25519-sha256"
         sig = dkim.sign(
             message,
             sys.argv[4].encode(),
             sys.argv[5].encode(),
             key,
             canonicalize=(b"relaxed", b"relaxed"),
+            signature_algorithm=algorithm,
             include_headers=[b"from", b"to", b"subject", b"date"],
         )
         sys.stdout.buffer.write(sig + message)
