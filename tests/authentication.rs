@@ -516,16 +516,22 @@ fn inbound_results_for_spf_dkim_and_dmarc_are_tagged_in_one_header() {
     );
     assert!(header_values(forged, "X-Petrel-Junk").is_empty());
 
-    // Trusted clients skip the checks.
+    // Trusted clients skip the checks; a result claiming our authserv-id
+    // is still removed, a verdict header (an edge's) is kept.
     let mut t = Smtp::ready(server.mx());
     let r = t.send_mail(
         "x@fail.test",
         &["alice@example.test"],
-        &message("x@fail.test", "alice@example.test", "trusted"),
+        &format!(
+            "Authentication-Results: mx.example.test; dmarc=pass\r\nX-Petrel-Junk: dmarc=fail\r\n{}",
+            message("x@fail.test", "alice@example.test", "trusted")
+        ),
     );
     assert_eq!(r.0, 250);
     let msgs = by_subject(&server, "alice", 11);
-    assert!(our_results(find(&msgs, "trusted")).is_empty());
+    let trusted = find(&msgs, "trusted");
+    assert!(our_results(trusted).is_empty());
+    assert_eq!(header_values(trusted, "X-Petrel-Junk").len(), 1);
 }
 
 #[test]

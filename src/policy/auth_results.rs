@@ -121,6 +121,17 @@ pub struct Verdict {
 /// Removes from the header section every `Authentication-Results:` field
 /// whose authserv-id is `hostname` and every `X-Petrel-Junk:` field.
 pub fn strip_own_results(content: &[u8], hostname: &str) -> Option<Vec<u8>> {
+    strip(content, hostname, true)
+}
+
+/// For a trusted client (an authenticated user, `relay_from`): only the
+/// `Authentication-Results:` fields claiming `hostname` go; an edge's
+/// `X-Petrel-Junk:` verdict stays for local delivery. `None`: unchanged.
+pub fn strip_forged_results(content: &[u8], hostname: &str) -> Option<Vec<u8>> {
+    strip(content, hostname, false)
+}
+
+fn strip(content: &[u8], hostname: &str, junk_too: bool) -> Option<Vec<u8>> {
     let head_len = crate::headers::section(content).len();
     let head = &content[..head_len];
     // Fields as byte ranges: a field starts at a line not beginning with
@@ -158,7 +169,7 @@ pub fn strip_own_results(content: &[u8], hostname: &str) -> Option<Vec<u8>> {
                     .unwrap_or("");
                 id.eq_ignore_ascii_case(hostname)
             } else {
-                name.eq_ignore_ascii_case(JUNK_HEADER)
+                junk_too && name.eq_ignore_ascii_case(JUNK_HEADER)
             };
             drop_any |= ours;
             !ours
@@ -400,5 +411,7 @@ mod tests {
             "Received: x\r\nAuthentication-Results: other.test; spf=pass\r\nSubject: s\r\n\r\nAuthentication-Results: mx.example.test; body\r\n"
         );
         assert!(strip_own_results(b"Subject: s\r\n\r\nb\r\n", "mx.example.test").is_none());
+        let kept = strip_forged_results(m, "mx.example.test").expect("changed");
+        assert!(String::from_utf8_lossy(&kept).contains("X-Petrel-Junk: yes\r\n"));
     }
 }

@@ -864,7 +864,7 @@ impl Session {
         let body = writer.body().map_err(|e| store_reply(&self.client, &e))?;
         let host = &self.config.server.hostname;
         let stripped = if trusted {
-            None
+            policy::auth_results::strip_forged_results(&body, host)
         } else {
             policy::auth_results::strip_own_results(&body, host)
         };
