@@ -223,6 +223,13 @@ fn outbound_mail_is_signed_with_the_sender_domains_key_and_dkimpy_verifies_it() 
         &message("a.smith@example.org", "dave@partner.test", "ed25519"),
     );
     assert_eq!(r.0, 250, "{r:?}");
+    // A body of several spool chunks, read back for the signature.
+    let big = message("alice@example.test", "dave@partner.test", "big").replace(
+        "Hello, big.\r\n",
+        &"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwx\r\n".repeat(1500),
+    );
+    let r = s.send_mail("alice@example.test", &["dave@partner.test"], &big);
+    assert_eq!(r.0, 250, "{r:?}");
     // sendmail is a trusted origin too.
     let out = server.cli_stdin(
         &["sendmail", "-f", "alice@example.test", "dave@partner.test"],
@@ -233,8 +240,9 @@ fn outbound_mail_is_signed_with_the_sender_domains_key_and_dkimpy_verifies_it() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = sink.wait(3, Duration::from_secs(30));
-    assert_eq!(got.len(), 3);
+    let got = sink.wait(4, Duration::from_secs(30));
+    assert_eq!(got.len(), 4);
+    assert!(got.iter().any(|m| m.data.len() > 100_000));
     let recs = records(
         dir.path(),
         &[
