@@ -861,14 +861,25 @@ impl Session {
             && [checks.spf, checks.dkim, checks.dmarc, checks.arc]
                 .iter()
                 .any(|m| *m != crate::config::CheckMode::Off);
-        let body = writer.body().map_err(|e| store_reply(&self.client, &e))?;
         let host = &self.config.server.hostname;
-        let stripped = if trusted {
-            policy::auth_results::strip_forged_results(&body, host)
-        } else {
-            policy::auth_results::strip_own_results(&body, host)
+        let strip = |c: &[u8]| {
+            if trusted {
+                policy::auth_results::strip_forged_results(c, host)
+            } else {
+                policy::auth_results::strip_own_results(c, host)
+            }
         };
-        let (writer, mut prefix, body) = match stripped {
+        // Forged results are looked for in the first chunk (the header
+        // section, unless it is longer); only then, or for the checks, is
+        // the whole body read back.
+        let head = writer.head().map_err(|e| store_reply(&self.client, &e))?;
+        let forged = strip(&head).is_some();
+        drop(head);
+        if !forged && !checked {
+            return Ok((writer, prefix));
+        }
+        let body = writer.body().map_err(|e| store_reply(&self.client, &e))?;
+        let (writer, mut prefix, body) = match strip(&body) {
             None => (writer, prefix, body),
             Some(clean) => {
                 let old = writer.id().to_string();

@@ -60,6 +60,20 @@ impl ContentWriter {
         self.size
     }
 
+    /// The start of the body: its first chunk (`CHUNK_SIZE` octets at
+    /// most), where the header section is.
+    pub fn head(&self) -> Result<Vec<u8>, StoreError> {
+        if self.written == 0 {
+            return Ok(self.buf.clone());
+        }
+        Ok(self
+            .spool
+            .tree
+            .get(chunk_key(self.id, 1))?
+            .map(|c| c.to_vec())
+            .unwrap_or_default())
+    }
+
     /// The body taken so far, read back (the chunks written, then the one
     /// being filled): for the DKIM signer and the authentication checks,
     /// which need the whole message. One copy in memory, at most the
