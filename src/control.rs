@@ -102,6 +102,9 @@ pub enum Request {
         name: String,
         /// A message to print.
         uid: Option<u64>,
+        /// The folder (INBOX when absent).
+        #[serde(default)]
+        folder: Option<String>,
     },
 }
 
@@ -386,17 +389,18 @@ pub async fn execute(
             }
             Ok(())
         }
-        Request::Mailbox { name, uid } => {
+        Request::Mailbox { name, uid, folder } => {
+            let folder_name = folder.unwrap_or_else(|| "INBOX".into());
             let config = backend.config();
             if !config.directory.has_mailbox(&name) {
                 return Err(format!("{name:?} is not a user or mail-in mailbox"));
             }
             let store = backend.message_store(&spool).await?;
             let folder = store
-                .folder(&name, "INBOX")
+                .folder(&name, &folder_name)
                 .await
                 .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{name}: no INBOX"))?;
+                .ok_or_else(|| format!("{name}: no folder {folder_name}"))?;
             match uid {
                 None => {
                     for m in store.messages(folder.id).await.map_err(|e| e.to_string())? {

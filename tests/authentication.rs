@@ -605,8 +605,39 @@ fn enforced_policies_refuse_spf_fail_and_dmarc_reject_and_quarantine_to_junk() {
         &message("x@quar.test", "alice@example.test", "quarantine"),
     );
     assert_eq!(r.0, 250, "{r:?}");
-    let msgs = by_subject(&server, "alice", 2);
-    let q = find(&msgs, "quarantine");
+    // Filed in alice's Junk folder, not her INBOX.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let out = server.cli(&["mailbox", "alice", "--folder", "Junk", "--json"]);
+        let n = String::from_utf8_lossy(&out.stdout).lines().count();
+        if n >= 1 || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let entry: serde_json::Value = serde_json::from_slice(
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .next()
+            .expect("a message in Junk")
+            .as_bytes(),
+    )
+    .expect("json");
+    let uid = entry["uid"].as_u64().expect("uid").to_string();
+    let out = server.cli(&["mailbox", "alice", "--folder", "Junk", "--uid", &uid]);
+    let q = out.stdout.as_slice();
+    assert!(
+        header_values(q, "Subject")
+            .first()
+            .is_some_and(|s| s.contains("quarantine")),
+        "{}",
+        String::from_utf8_lossy(q)
+    );
+    let msgs = by_subject(&server, "alice", 1);
+    assert!(
+        msgs.iter().all(|(s, _)| !s.contains("quarantine")),
+        "not in INBOX"
+    );
     let junk = header_values(q, "X-Petrel-Junk");
     assert_eq!(junk.len(), 1, "{junk:?}");
     assert!(junk[0].contains("policy.dmarc=quarantine"), "{junk:?}");

@@ -114,12 +114,18 @@ pub fn reload(config: &Config) -> Result<(), String> {
 }
 
 /// `petrel mailbox NAME [--uid N]`.
-pub fn mailbox(config: &Config, name: String, uid: Option<u64>, json: bool) -> Result<(), String> {
+pub fn mailbox(
+    config: &Config,
+    name: String,
+    uid: Option<u64>,
+    folder: Option<String>,
+    json: bool,
+) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     let mut first = true;
     request(
         config,
-        Request::Mailbox { name, uid },
+        Request::Mailbox { name, uid, folder },
         Vec::new(),
         |item| match item {
             Item::Raw(b) => {

@@ -118,6 +118,9 @@ enum Cmd {
         /// Print the message with this UID.
         #[arg(long)]
         uid: Option<u64>,
+        /// The folder (default INBOX), e.g. Junk or Sent.
+        #[arg(long)]
+        folder: Option<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -283,7 +286,12 @@ pub fn main(args: Vec<String>) -> i32 {
             Request::DebugSmtp { level },
             &format!("smtp_debug set to {level}"),
         ),
-        Cmd::Mailbox { name, uid, json } => admin::mailbox(&config, name, uid, json),
+        Cmd::Mailbox {
+            name,
+            uid,
+            folder,
+            json,
+        } => admin::mailbox(&config, name, uid, folder, json),
         Cmd::Config {
             what: ConfigCmd::Show { changed },
         } => admin::config_show(&config, changed),

@@ -100,12 +100,15 @@ impl Handler<Deliver> for MailboxActor {
 
     fn handle(&mut self, msg: Deliver, _ctx: &mut Self::Context) -> Self::Result {
         let config = self.config.load();
+        let junk = crate::policy::is_junk(&msg.content);
         let targets: Vec<DeliveryTarget> = msg
             .targets
             .iter()
             .map(|t| DeliveryTarget {
                 account: t.mailbox.clone(),
-                folder: "INBOX".into(),
+                // DMARC quarantine (`dmarc = "enforce"`, p=quarantine):
+                // the recipient's Junk folder.
+                folder: if junk { "Junk" } else { "INBOX" }.into(),
                 prefix: prefix(&msg.sender, &t.address),
                 quota: config.directory.user(&t.mailbox).and_then(|u| u.quota),
             })

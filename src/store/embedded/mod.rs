@@ -270,6 +270,26 @@ impl<'t> Ctx<'t> {
         }
     }
 
+    /// A standard folder (Junk, Sent, …) the user deleted is made again
+    /// when mail is delivered to it (quarantined mail goes to Junk).
+    fn standard_folder_again(
+        &mut self,
+        account: &str,
+        name: &str,
+    ) -> Result<(AccountRec, u64), StoreError> {
+        let Some((use_, std_name)) = SpecialUse::STANDARD
+            .iter()
+            .copied()
+            .find(|(_, n)| n.eq_ignore_ascii_case(name))
+        else {
+            return Err(StoreError::NotFound(name.to_string()));
+        };
+        let a = self.account(account)?;
+        let key = account_key(account);
+        let id = self.make_folder(&a, &key, std_name, Some(use_))?;
+        Ok((a, id))
+    }
+
     /// Writes a body once; the blob starts with no references.
     fn new_blob(&mut self, content: &[u8], summary: &Summary) -> Result<(u64, u64), StoreError> {
         let (seg, offset) = self.seg.append(content).map_err(io)?;
@@ -399,7 +419,11 @@ impl<'t> Ctx<'t> {
         let mut pending = Vec::new();
         let mut dups = Vec::new();
         for (i, t) in d.targets.iter().enumerate() {
-            let (a, fid) = match self.folder_by_name(&t.account, &t.folder) {
+            let found = match self.folder_by_name(&t.account, &t.folder) {
+                Err(StoreError::NotFound(_)) => self.standard_folder_again(&t.account, &t.folder),
+                r => r,
+            };
+            let (a, fid) = match found {
                 Ok(x) => x,
                 Err(e @ (StoreError::NotFound(_) | StoreError::Refused(_))) => {
                     results.push(Some(Err(e)));
