@@ -4,9 +4,10 @@
 //!
 //! Layout: INBOX is DIR itself (`cur/`, `new/`, `tmp/`); folder `A/B` is
 //! `DIR/.A.B/` (with an empty `maildirfolder` file); flags are the `:2,`
-//! suffix (`D` draft, `F` flagged, `P` passed, `R` replied, `S` seen, `T`
-//! trashed, i.e. `\Deleted`); keywords are the letters `a`–`z` of each
-//! folder's `dovecot-keywords` file; INTERNALDATE is the file's mtime;
+//! suffix (`D` draft, `F` flagged, `R` replied, `S` seen, `T` trashed, i.e.
+//! `\Deleted`; `P` passed is read as `$Forwarded`, which is written as a
+//! keyword since Dovecot ignores `P`); keywords are the letters `a`–`z` of
+//! each folder's `dovecot-keywords` file; INTERNALDATE is the file's mtime;
 //! `DIR/subscriptions` lists the subscribed names with `.` between levels.
 //!
 //! Through the daemon when one runs (control requests, a message read in
@@ -263,9 +264,6 @@ fn flag_letters(f: u16, keywords: &[String], table: &[String]) -> String {
     if f & flags::FLAGGED != 0 {
         s.push('F');
     }
-    if keywords.iter().any(|k| k.eq_ignore_ascii_case("$Forwarded")) {
-        s.push('P');
-    }
     if f & flags::ANSWERED != 0 {
         s.push('R');
     }
@@ -343,7 +341,7 @@ pub fn export(config: &Config, account: &str, root: &Path) -> Result<(), String>
         let mut table: Vec<String> = Vec::new();
         for r in &rows {
             for k in &r.keywords {
-                if k.eq_ignore_ascii_case("$Forwarded") || table.contains(k) {
+                if table.contains(k) {
                     continue;
                 }
                 if table.len() == MAX_KEYWORDS {
@@ -632,11 +630,12 @@ mod tests {
         let table = vec!["$Label1".to_string(), "todo".to_string()];
         let kw = vec!["todo".into(), "$Forwarded".into()];
         let s = flag_letters(flags::SEEN | flags::ANSWERED | flags::DRAFT, &kw, &table);
-        assert_eq!(s, "DPRSb");
+        assert_eq!(s, "DRSb");
         let t: Vec<Option<String>> = table.iter().cloned().map(Some).collect();
         let (f, k) = parse_info(&s, &t);
         assert_eq!(f, flags::SEEN | flags::ANSWERED | flags::DRAFT);
-        assert_eq!(k, vec!["$Forwarded".to_string(), "todo".to_string()]);
+        assert_eq!(k, vec!["todo".to_string()]);
+        assert_eq!(parse_info("PS", &t).1, vec!["$Forwarded".to_string()]);
     }
 
     #[test]
