@@ -482,9 +482,8 @@ pub async fn execute(
             ..
         } => {
             let store = transfer_store(backend, &spool, &account).await?;
-            let uid =
-                crate::store::transfer::append(&*store, &account, &folder, &message, content)
-                    .await?;
+            let uid = crate::store::transfer::append(&*store, &account, &folder, &message, content)
+                .await?;
             emit(sink, Item::Json(json!({ "uid": uid }))).await
         }
         Request::StoreCreate { account, folder } => {
@@ -566,9 +565,10 @@ pub async fn serve_connection(stream: tokio::net::UnixStream, daemon: Arc<Daemon
     };
     let mut content = Vec::new();
     let length = match &req {
-        Request::Submit { content_length, .. } => {
-            Some((*content_length, daemon.config.load().inbound.max_message_size))
-        }
+        Request::Submit { content_length, .. } => Some((
+            *content_length,
+            daemon.config.load().inbound.max_message_size,
+        )),
         // An import holds a message whole (the store's append takes it
         // so); bound it, but above the SMTP limit: old mail may be larger.
         Request::StoreAppend { content_length, .. } => Some((

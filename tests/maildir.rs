@@ -128,7 +128,9 @@ fn cli_ok(server: &TestServer, args: &[&str]) -> String {
 fn big_body() -> String {
     let mut b = String::from("Subject: big\r\nFrom: dave@partner.test\r\n\r\n");
     for i in 0..40_000 {
-        b.push_str(&format!("line {i:06} of a message larger than one piece.....\r\n"));
+        b.push_str(&format!(
+            "line {i:06} of a message larger than one piece.....\r\n"
+        ));
     }
     b
 }
@@ -156,24 +158,38 @@ fn prepared() -> (TestServer, PathBuf) {
 #[test]
 fn maildir_round_trip_keeps_content_flags_folders_and_dates() {
     let (server, hand) = prepared();
-    let out = cli_ok(&server, &["import", "alice", "--maildir", hand.to_str().unwrap()]);
+    let out = cli_ok(
+        &server,
+        &["import", "alice", "--maildir", hand.to_str().unwrap()],
+    );
     assert!(out.contains("imported 4 messages"), "{out}");
     // The same tree again adds nothing: identity is INTERNALDATE + octets.
-    let out = cli_ok(&server, &["import", "alice", "--maildir", hand.to_str().unwrap()]);
+    let out = cli_ok(
+        &server,
+        &["import", "alice", "--maildir", hand.to_str().unwrap()],
+    );
     assert!(
         out.contains("imported 0 messages") && out.contains("4 already there"),
         "{out}"
     );
 
     let ex1 = server.dir.path().join("ex1");
-    let out = cli_ok(&server, &["export", "alice", "--maildir", ex1.to_str().unwrap()]);
+    let out = cli_ok(
+        &server,
+        &["export", "alice", "--maildir", ex1.to_str().unwrap()],
+    );
     assert!(out.contains("exported 6 messages"), "{out}");
     let t1 = tree(&ex1);
 
     // What the hand-made tree said, as exported: flags, dates, keywords,
     // content with CRLF line ends (the store's form).
     let inbox = &t1["INBOX"].0;
-    assert_eq!(inbox.len(), 4, "{:?}", inbox.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert_eq!(
+        inbox.len(),
+        4,
+        "{:?}",
+        inbox.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
     assert!(inbox.contains(&(
         "FS".into(),
         1_700_000_000,
@@ -187,7 +203,11 @@ fn maildir_round_trip_keeps_content_flags_folders_and_dates() {
     let (proj, kw) = &t1[".Projects.2026"];
     assert_eq!(
         proj,
-        &vec![("RTa".into(), 1_600_000_000, b"Subject: plan\r\n\r\nthe plan\r\n".to_vec())]
+        &vec![(
+            "RTa".into(),
+            1_600_000_000,
+            b"Subject: plan\r\n\r\nthe plan\r\n".to_vec()
+        )]
     );
     assert_eq!(kw, "0 todo\n");
     // `P` comes back as the `$Forwarded` keyword, which Dovecot shows.
@@ -218,10 +238,16 @@ fn maildir_round_trip_keeps_content_flags_folders_and_dates() {
     assert!(inbox.iter().any(|f| f.2.len() > 2 * 1024 * 1024));
 
     // Into another account and out again: the same tree.
-    let out = cli_ok(&server, &["import", "bob", "--maildir", ex1.to_str().unwrap()]);
+    let out = cli_ok(
+        &server,
+        &["import", "bob", "--maildir", ex1.to_str().unwrap()],
+    );
     assert!(out.contains("imported 6 messages"), "{out}");
     let ex2 = server.dir.path().join("ex2");
-    cli_ok(&server, &["export", "bob", "--maildir", ex2.to_str().unwrap()]);
+    cli_ok(
+        &server,
+        &["export", "bob", "--maildir", ex2.to_str().unwrap()],
+    );
     let t2 = tree(&ex2);
     assert_eq!(t1.keys().collect::<Vec<_>>(), t2.keys().collect::<Vec<_>>());
     for (k, v) in &t1 {
@@ -253,12 +279,21 @@ fn export_refuses_a_non_empty_directory_and_unknown_accounts() {
 fn export_and_import_work_on_the_store_when_no_daemon_runs() {
     let (mut server, hand) = prepared();
     assert_eq!(server.stop(), Some(0));
-    let out = cli_ok(&server, &["import", "alice", "--maildir", hand.to_str().unwrap()]);
+    let out = cli_ok(
+        &server,
+        &["import", "alice", "--maildir", hand.to_str().unwrap()],
+    );
     assert!(out.contains("imported 4 messages"), "{out}");
     let ex = server.dir.path().join("ex");
-    let out = cli_ok(&server, &["export", "alice", "--maildir", ex.to_str().unwrap()]);
+    let out = cli_ok(
+        &server,
+        &["export", "alice", "--maildir", ex.to_str().unwrap()],
+    );
     assert!(out.contains("exported 6 messages"), "{out}");
-    let out = cli_ok(&server, &["import", "alice", "--maildir", ex.to_str().unwrap()]);
+    let out = cli_ok(
+        &server,
+        &["import", "alice", "--maildir", ex.to_str().unwrap()],
+    );
     assert!(out.contains("imported 0 messages"), "{out}");
 }
 
@@ -309,11 +344,17 @@ fn dovecot_reads_the_export() {
         return;
     }
     let (server, hand) = prepared();
-    cli_ok(&server, &["import", "alice", "--maildir", hand.to_str().unwrap()]);
+    cli_ok(
+        &server,
+        &["import", "alice", "--maildir", hand.to_str().unwrap()],
+    );
     let root = server.dir.path().join("dovecot");
     let mail = root.join("mail/alice");
     std::fs::create_dir_all(mail.parent().unwrap()).unwrap();
-    cli_ok(&server, &["export", "alice", "--maildir", mail.to_str().unwrap()]);
+    cli_ok(
+        &server,
+        &["export", "alice", "--maildir", mail.to_str().unwrap()],
+    );
     let expected = tree(&mail);
 
     // A private Dovecot: its own directories, a passwd-file, loopback
@@ -417,7 +458,10 @@ service imap {{
     let _stop = Stop(conf_path.clone());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "dovecot did not listen");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dovecot did not listen"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -490,11 +534,18 @@ service imap {{
             .collect();
         want.sort();
         assert_eq!(
-            got.iter().map(|g| (&g.0, g.1, g.2.len())).collect::<Vec<_>>(),
-            want.iter().map(|g| (&g.0, g.1, g.2.len())).collect::<Vec<_>>(),
+            got.iter()
+                .map(|g| (&g.0, g.1, g.2.len()))
+                .collect::<Vec<_>>(),
+            want.iter()
+                .map(|g| (&g.0, g.1, g.2.len()))
+                .collect::<Vec<_>>(),
             "folder {name}: flags, dates, sizes as Dovecot reads them"
         );
-        assert!(got == want, "folder {name}: bodies differ as Dovecot reads them");
+        assert!(
+            got == want,
+            "folder {name}: bodies differ as Dovecot reads them"
+        );
     }
     let subs: Vec<&str> = v["subscribed"]
         .as_array()

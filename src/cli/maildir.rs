@@ -212,7 +212,9 @@ impl Access {
 
     fn create(&self, account: &str, folder: &str) -> Result<(), String> {
         match self {
-            Access::Direct { rt, store } => rt.block_on(transfer::create(&**store, account, folder)),
+            Access::Direct { rt, store } => {
+                rt.block_on(transfer::create(&**store, account, folder))
+            }
             Access::Daemon(_) => self.call(
                 Request::StoreCreate {
                     account: account.into(),
@@ -385,10 +387,7 @@ pub fn export(config: &Config, account: &str, root: &Path) -> Result<(), String>
             )
             .map_err(|e| io(&tmp, e))?;
             drop(file);
-            let name = format!(
-                "{unique}:2,{}",
-                flag_letters(r.flags, &r.keywords, &table)
-            );
+            let name = format!("{unique}:2,{}", flag_letters(r.flags, &r.keywords, &table));
             let to = dir.join("cur").join(name);
             std::fs::rename(&tmp, &to).map_err(|e| io(&to, e))?;
             nmsg += 1;
@@ -422,9 +421,11 @@ struct MailFile {
 
 /// Lines made CRLF (the store's form); CRLF already there is kept.
 fn crlf(raw: Vec<u8>) -> Vec<u8> {
-    if !raw.iter().enumerate().any(|(i, &b)| {
-        b == b'\n' && (i == 0 || raw[i - 1] != b'\r')
-    }) {
+    if !raw
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
+    {
         return raw;
     }
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
@@ -555,7 +556,9 @@ pub fn import(config: &Config, account: &str, root: &Path) -> Result<(), String>
         // file already imported without reading every copy.
         let mut have: HashMap<(i64, u64), Vec<u32>> = HashMap::new();
         for r in access.messages(account, folder)? {
-            have.entry((r.internal_date, r.size)).or_default().push(r.uid);
+            have.entry((r.internal_date, r.size))
+                .or_default()
+                .push(r.uid);
         }
         for f in files {
             let content = crlf(std::fs::read(&f.path).map_err(|e| io(&f.path, e))?);

@@ -180,8 +180,5 @@ pub async fn create(store: &dyn MailStore, account: &str, folder: &str) -> Resul
 
 /// Subscribes the account to a name.
 pub async fn subscribe(store: &dyn MailStore, account: &str, name: &str) -> Result<(), String> {
-    store
-        .set_subscribed(account, name, true)
-        .await
-        .map_err(err)
+    store.set_subscribed(account, name, true).await.map_err(err)
 }
