@@ -31,6 +31,8 @@ pub const SOCKET_NAME: &str = "control.sock";
 const REQUEST_LIMIT: u64 = 64 * 1024;
 /// Ids per message to the scheduler, so large selections do not hold it up.
 const ADMIN_BATCH: usize = 1000;
+/// Largest message `import` takes (or the SMTP limit, if higher).
+pub const IMPORT_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// Which messages a queue operation applies to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +98,54 @@ pub enum Request {
         /// At most this many messages.
         limit: usize,
     },
+    /// `export`: the account's folders as JSON lines (`FolderRow`), then
+    /// one line `{"orphan_subscriptions": [...]}`.
+    StoreFolders {
+        /// Account (user or mail-in name).
+        account: String,
+    },
+    /// `export`: one folder's copies as JSON lines (`MessageRow`).
+    StoreMessages {
+        /// Account.
+        account: String,
+        /// Folder name.
+        folder: String,
+    },
+    /// `export`: one copy's octets, as raw blocks of at most 1 MiB.
+    StoreRead {
+        /// Account.
+        account: String,
+        /// Folder name.
+        folder: String,
+        /// UID.
+        uid: u32,
+    },
+    /// `import`: append one message (its octets follow the request line),
+    /// making the folder if missing; answers `{"uid": N}`.
+    StoreAppend {
+        /// Account.
+        account: String,
+        /// Folder name.
+        folder: String,
+        /// Flags, keywords, INTERNALDATE (the UID is ignored).
+        message: crate::store::transfer::MessageRow,
+        /// Octets that follow.
+        content_length: u64,
+    },
+    /// `import`: make a folder if missing.
+    StoreCreate {
+        /// Account.
+        account: String,
+        /// Folder name.
+        folder: String,
+    },
+    /// `import`: subscribe the account to a name.
+    StoreSubscribe {
+        /// Account.
+        account: String,
+        /// Name.
+        name: String,
+    },
     /// `mailbox NAME [--uid N]`: list a mailbox, or print one message.
     Mailbox {
         /// Mailbox name.
@@ -154,6 +204,19 @@ impl Backend {
             Backend::Offline { config, .. } => config.clone(),
         }
     }
+}
+
+/// The message store for a transfer request on `account`, which must be a
+/// user or mail-in box of the configuration.
+async fn transfer_store(
+    backend: &Backend,
+    spool: &Spool,
+    account: &str,
+) -> Result<Arc<dyn crate::store::MailStore>, String> {
+    if !backend.config().directory.has_mailbox(account) {
+        return Err(format!("{account:?} is not a user or mail-in mailbox"));
+    }
+    backend.message_store(spool).await
 }
 
 /// One item of an answer.
@@ -389,6 +452,51 @@ pub async fn execute(
             }
             Ok(())
         }
+        Request::StoreFolders { account } => {
+            let store = transfer_store(backend, &spool, &account).await?;
+            let (rows, orphans) = crate::store::transfer::folders(&*store, &account).await?;
+            for r in rows {
+                emit(sink, Item::Json(json!(r))).await?;
+            }
+            emit(sink, Item::Json(json!({ "orphan_subscriptions": orphans }))).await
+        }
+        Request::StoreMessages { account, folder } => {
+            let store = transfer_store(backend, &spool, &account).await?;
+            for r in crate::store::transfer::messages(&*store, &account, &folder).await? {
+                emit(sink, Item::Json(json!(r))).await?;
+            }
+            Ok(())
+        }
+        Request::StoreRead {
+            account,
+            folder,
+            uid,
+        } => {
+            let store = transfer_store(backend, &spool, &account).await?;
+            crate::store::transfer::read(&*store, &account, &folder, uid, |b| {
+                emit(sink, Item::Raw(b))
+            })
+            .await
+        }
+        Request::StoreAppend {
+            account,
+            folder,
+            message,
+            ..
+        } => {
+            let store = transfer_store(backend, &spool, &account).await?;
+            let uid = crate::store::transfer::append(&*store, &account, &folder, &message, content)
+                .await?;
+            emit(sink, Item::Json(json!({ "uid": uid }))).await
+        }
+        Request::StoreCreate { account, folder } => {
+            let store = transfer_store(backend, &spool, &account).await?;
+            crate::store::transfer::create(&*store, &account, &folder).await
+        }
+        Request::StoreSubscribe { account, name } => {
+            let store = transfer_store(backend, &spool, &account).await?;
+            crate::store::transfer::subscribe(&*store, &account, &name).await
+        }
         Request::Mailbox { name, uid, folder } => {
             let folder_name = folder.unwrap_or_else(|| "INBOX".into());
             let config = backend.config();
@@ -460,8 +568,26 @@ pub async fn serve_connection(stream: tokio::net::UnixStream, daemon: Arc<Daemon
         }
     };
     let mut content = Vec::new();
-    if let Request::Submit { content_length, .. } = &req {
-        let max = daemon.config.load().inbound.max_message_size;
+    let length = match &req {
+        Request::Submit { content_length, .. } => Some((
+            *content_length,
+            daemon.config.load().inbound.max_message_size,
+        )),
+        // An import holds a message whole (the store's append takes it
+        // so); bound it, but above the SMTP limit: old mail may be larger.
+        Request::StoreAppend { content_length, .. } => Some((
+            *content_length,
+            daemon
+                .config
+                .load()
+                .inbound
+                .max_message_size
+                .max(IMPORT_LIMIT),
+        )),
+        _ => None,
+    };
+    if let Some((content_length, max)) = length {
+        let content_length = &content_length;
         if *content_length > max {
             let _ = w
                 .write_all(

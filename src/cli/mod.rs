@@ -7,6 +7,7 @@
 
 mod admin;
 mod dkim;
+mod maildir;
 mod queue;
 mod sendmail;
 mod track;
@@ -110,6 +111,23 @@ enum Cmd {
     Dkim {
         #[command(subcommand)]
         what: DkimCmd,
+    },
+    /// Write an account's folders, messages and flags out as Maildir++.
+    Export {
+        /// Account (user or mail-in name).
+        name: String,
+        /// A new or empty directory to write.
+        #[arg(long, value_name = "DIR")]
+        maildir: PathBuf,
+    },
+    /// Add a Maildir++ tree's folders, messages and flags to an account;
+    /// messages already there are skipped.
+    Import {
+        /// Account (user or mail-in name).
+        name: String,
+        /// The Maildir to read.
+        #[arg(long, value_name = "DIR")]
+        maildir: PathBuf,
     },
     /// List a local mailbox, or print one of its messages.
     Mailbox {
@@ -296,6 +314,8 @@ pub fn main(args: Vec<String>) -> i32 {
             what: ConfigCmd::Show { changed },
         } => admin::config_show(&config, changed),
         Cmd::Track(args) => track::run(&config, &args),
+        Cmd::Export { name, maildir } => maildir::export(&config, &name, &maildir),
+        Cmd::Import { name, maildir } => maildir::import(&config, &name, &maildir),
         Cmd::CheckConfig | Cmd::HashPassword | Cmd::Dkim { .. } => {
             unreachable!("handled before loading the configuration")
         }

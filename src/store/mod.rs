@@ -28,6 +28,7 @@
 pub mod conformance;
 pub mod embedded;
 pub mod migrate;
+pub mod transfer;
 
 use std::sync::Arc;
 
