@@ -344,12 +344,9 @@ impl Daemon {
                 self.pop3.clone(),
                 signal,
             )),
-            Protocol::Http => tokio::spawn(crate::web::serve(
-                tcp,
-                l.clone(),
-                self.web.clone(),
-                signal,
-            )),
+            Protocol::Http => {
+                tokio::spawn(crate::web::serve(tcp, l.clone(), self.web.clone(), signal))
+            }
             other => {
                 return Err(format!(
                     "{key}.protocol: {} is not available in this version",
@@ -427,9 +424,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         .context("cannot sweep orphaned content")?;
     // The one scan: from here on the spool keeps its counts as it changes
     // (`petrel status`, the queue gauges).
-    spool
-        .init_counts()
-        .context("cannot count the queue")?;
+    spool.init_counts().context("cannot count the queue")?;
     let counts = spool.counts().unwrap_or_default();
     tracing::info!(spool = %spool_dir.display(), recovered, messages = counts.messages(), "spool open");
     let history = crate::history::History::open(

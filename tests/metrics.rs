@@ -35,14 +35,19 @@ fn http_get_from(addr: SocketAddr, source: &str, path: &str) -> (String, String,
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").expect("http response");
     let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (status.to_string(), headers.to_ascii_lowercase(), body.to_string())
+    (
+        status.to_string(),
+        headers.to_ascii_lowercase(),
+        body.to_string(),
+    )
 }
 
 fn scrape(server: &TestServer) -> String {
     let (status, headers, body) = http_get_from(server.addr("web"), "127.0.0.1", "/metrics");
     assert!(status.contains(" 200 "), "{status}");
     assert!(
-        headers.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        headers
+            .contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
         "{headers}"
     );
     assert!(body.ends_with("# EOF\n"), "{body}");
@@ -82,12 +87,22 @@ fn slow_retry_with_web(extra_web: &str) -> TestServer {
 fn metrics_count_accepted_refused_delivered_and_deferred_mail() {
     let server = slow_retry_with_web("");
     let before = scrape(&server);
-    assert_eq!(value(&before, "petrel_messages_accepted_total{listener=\"mx\"}"), 0.0);
-    assert!(before.contains("# TYPE petrel_commit_duration_seconds histogram"), "{before}");
+    assert_eq!(
+        value(&before, "petrel_messages_accepted_total{listener=\"mx\"}"),
+        0.0
+    );
+    assert!(
+        before.contains("# TYPE petrel_commit_duration_seconds histogram"),
+        "{before}"
+    );
 
     let mut s = Smtp::ready(server.mx());
     // Delivered locally.
-    let r = s.send_mail("carol@partner.test", &["alice@example.test"], "Subject: a\r\n\r\nhi\r\n");
+    let r = s.send_mail(
+        "carol@partner.test",
+        &["alice@example.test"],
+        "Subject: a\r\n\r\nhi\r\n",
+    );
     assert_eq!(r.0, 250, "{r:?}");
     // Refused at RCPT: no such user.
     s.cmd("MAIL FROM:<carol@partner.test>");
@@ -101,24 +116,73 @@ fn metrics_count_accepted_refused_delivered_and_deferred_mail() {
         "Subject: b\r\n\r\nout\r\n",
     ));
     server.wait_mailbox("alice", 1, Duration::from_secs(10));
-    assert!(server.wait_log(&["delivery", &id, "status=deferred"], Duration::from_secs(10)));
+    assert!(server.wait_log(
+        &["delivery", &id, "status=deferred"],
+        Duration::from_secs(10)
+    ));
 
-    let text = wait_value(&server, "petrel_deliveries_total{status=\"deferred\",via=\"smtp\"}", 1.0);
-    assert_eq!(value(&text, "petrel_messages_accepted_total{listener=\"mx\"}"), 2.0, "{text}");
+    let text = wait_value(
+        &server,
+        "petrel_deliveries_total{status=\"deferred\",via=\"smtp\"}",
+        1.0,
+    );
     assert_eq!(
-        value(&text, "petrel_messages_rejected_total{stage=\"RCPT\",code=\"550\"}"),
+        value(&text, "petrel_messages_accepted_total{listener=\"mx\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "petrel_messages_rejected_total{stage=\"RCPT\",code=\"550\"}"
+        ),
         1.0,
         "{text}"
     );
-    assert_eq!(value(&text, "petrel_deliveries_total{status=\"sent\",via=\"local\"}"), 1.0, "{text}");
-    assert_eq!(value(&text, "petrel_queue_messages{state=\"deferred\"}"), 1.0, "{text}");
-    assert_eq!(value(&text, "petrel_queue_messages{state=\"active\"}"), 0.0, "{text}");
-    assert_eq!(value(&text, "petrel_sessions_total{protocol=\"smtp\"}"), 1.0, "{text}");
-    assert_eq!(value(&text, "petrel_sessions_active{protocol=\"smtp\"}"), 1.0, "{text}");
-    assert!(value(&text, "petrel_dns_lookup_duration_seconds_count{kind=\"mx\"}") >= 1.0, "{text}");
-    assert!(value(&text, "petrel_commit_batch_size_count") >= 2.0, "{text}");
+    assert_eq!(
+        value(
+            &text,
+            "petrel_deliveries_total{status=\"sent\",via=\"local\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "petrel_queue_messages{state=\"deferred\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "petrel_queue_messages{state=\"active\"}"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "petrel_sessions_total{protocol=\"smtp\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "petrel_sessions_active{protocol=\"smtp\"}"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            &text,
+            "petrel_dns_lookup_duration_seconds_count{kind=\"mx\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value(&text, "petrel_commit_batch_size_count") >= 2.0,
+        "{text}"
+    );
     assert!(value(&text, "petrel_store_bytes") > 0.0, "{text}");
-    assert!(value(&text, "petrel_queue_oldest_message_age_seconds") >= 0.0, "{text}");
+    assert!(
+        value(&text, "petrel_queue_oldest_message_age_seconds") >= 0.0,
+        "{text}"
+    );
 
     // The session ends: no longer active.
     s.cmd("QUIT");
@@ -129,7 +193,11 @@ fn metrics_count_accepted_refused_delivered_and_deferred_mail() {
     wait_value(&server, "petrel_queue_messages{state=\"hold\"}", 1.0);
     assert!(server.cli(&["delete", &id]).status.success());
     let text = wait_value(&server, "petrel_queue_messages{state=\"hold\"}", 0.0);
-    assert_eq!(value(&text, "petrel_queue_messages{state=\"deferred\"}"), 0.0, "{text}");
+    assert_eq!(
+        value(&text, "petrel_queue_messages{state=\"deferred\"}"),
+        0.0,
+        "{text}"
+    );
 }
 
 #[test]
@@ -156,7 +224,10 @@ fn metrics_over_https_with_the_tls_certificate() {
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("HTTP/1.1 200"), "{text} {out:?}");
-    assert!(text.contains("petrel_sessions_total") || text.contains("# EOF"), "{text}");
+    assert!(
+        text.contains("petrel_sessions_total") || text.contains("# EOF"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -164,16 +235,33 @@ fn pop3_sessions_and_tls_share_are_counted() {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     let cfg = format!(
         "{}\n[[listeners]]\nname = \"pop3\"\nprotocol = \"pop3\"\nbind = \"127.0.0.1:0\"\ntls = \"implicit\"\n{WEB}",
-        base_config(&dir.path().join("spool"), standard_dns(), free_port(), true, true)
+        base_config(
+            &dir.path().join("spool"),
+            standard_dns(),
+            free_port(),
+            true,
+            true
+        )
     );
     let server = TestServer::start_in(dir, &cfg);
     let out = std::process::Command::new("curl")
-        .args(["-sk", "--max-time", "10", &format!("pop3s://{}/", server.addr("pop3")), "-u", "alice:wrong"])
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            &format!("pop3s://{}/", server.addr("pop3")),
+            "-u",
+            "alice:wrong",
+        ])
         .output()
         .expect("curl");
     let _ = out;
     let text = wait_value(&server, "petrel_sessions_total{protocol=\"pop3\"}", 1.0);
-    assert_eq!(value(&text, "petrel_tls_sessions_total{protocol=\"pop3\"}"), 1.0, "{text}");
+    assert_eq!(
+        value(&text, "petrel_tls_sessions_total{protocol=\"pop3\"}"),
+        1.0,
+        "{text}"
+    );
 }
 
 fn status(server: &TestServer) -> serde_json::Value {
@@ -209,7 +297,13 @@ fn status_counts_follow_intake_delivery_hold_release_delete_and_restart() {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     let cfg = format!(
         "{}\n[queue]\nretry_initial = \"1h\"\nretry_max = \"2h\"\n",
-        base_config(&dir.path().join("spool"), standard_dns(), free_port(), false, true)
+        base_config(
+            &dir.path().join("spool"),
+            standard_dns(),
+            free_port(),
+            false,
+            true
+        )
     );
     let mut server = TestServer::start_in(dir.clone(), &cfg);
     wait_status(&server, (0, 0, 0, 0));
@@ -224,7 +318,11 @@ fn status_counts_follow_intake_delivery_hold_release_delete_and_restart() {
         })
         .collect();
     // Local delivery leaves the queue at once.
-    s.send_mail("carol@partner.test", &["bob@example.test"], "Subject: l\r\n\r\nin\r\n");
+    s.send_mail(
+        "carol@partner.test",
+        &["bob@example.test"],
+        "Subject: l\r\n\r\nin\r\n",
+    );
     server.wait_mailbox("bob", 1, Duration::from_secs(10));
     let v = wait_status(&server, (3, 0, 3, 0));
     assert_eq!(v["by_destination"]["partner.test"].as_u64(), Some(6), "{v}");
@@ -234,7 +332,11 @@ fn status_counts_follow_intake_delivery_hold_release_delete_and_restart() {
     wait_status(&server, (3, 0, 2, 1));
     assert!(server.cli(&["release", &ids[0]]).status.success());
     // Released: due now, tried again, deferred again.
-    assert!(server.wait_log_count(&["delivery", &ids[0], "status=deferred"], 4, Duration::from_secs(10)));
+    assert!(server.wait_log_count(
+        &["delivery", &ids[0], "status=deferred"],
+        4,
+        Duration::from_secs(10)
+    ));
     wait_status(&server, (3, 0, 3, 0));
     assert!(server.cli(&["hold", &ids[1]]).status.success());
     assert!(server.cli(&["delete", &ids[2]]).status.success());
@@ -248,5 +350,8 @@ fn status_counts_follow_intake_delivery_hold_release_delete_and_restart() {
     assert_eq!(v["by_destination"]["partner.test"].as_u64(), Some(4), "{v}");
     assert!(server.cli(&["delete", "--all"]).status.success());
     let v = wait_status(&server, (0, 0, 0, 0));
-    assert!(v["by_destination"].as_object().is_none_or(|m| m.is_empty()), "{v}");
+    assert!(
+        v["by_destination"].as_object().is_none_or(|m| m.is_empty()),
+        "{v}"
+    );
 }

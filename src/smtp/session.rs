@@ -133,7 +133,8 @@ impl Session {
 
     /// Runs the session to its end.
     pub async fn run(mut self) {
-        let _session = crate::metrics::get().session(self.listener.protocol.as_str(), self.tls_active());
+        let _session =
+            crate::metrics::get().session(self.listener.protocol.as_str(), self.tls_active());
         if self.debug() >= 1 {
             tracing::info!(client = %self.client, listener = %self.listener.name, "connect");
         }

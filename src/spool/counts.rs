@@ -94,9 +94,7 @@ impl Counts {
             ("hold", self.hold),
         ] {
             m.queue
-                .get_or_create(&crate::metrics::StateLabel {
-                    state: name.into(),
-                })
+                .get_or_create(&crate::metrics::StateLabel { state: name.into() })
                 .set(n as i64);
         }
     }

@@ -268,7 +268,12 @@ impl Spool {
     /// Arrival time (Unix ms) of the oldest queued message: the first
     /// record in id order (ids grow with arrival), one look-up.
     pub fn oldest_arrival(&self) -> Result<Option<i64>, StoreError> {
-        let first = self.tree.snapshot()?.scan_prefix([MSG]).next().transpose()?;
+        let first = self
+            .tree
+            .snapshot()?
+            .scan_prefix([MSG])
+            .next()
+            .transpose()?;
         match first {
             Some((_, v)) => Ok(Some(
                 record::decode::<QueuedMessage>(&v)
