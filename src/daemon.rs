@@ -68,6 +68,8 @@ pub struct Daemon {
     pub smtp: Arc<SmtpShared>,
     /// State shared by POP3 sessions.
     pub pop3: Arc<crate::pop3::Pop3Shared>,
+    /// State shared by http listeners.
+    pub web: Arc<crate::web::WebShared>,
     /// Message history (`petrel track`).
     pub history: crate::history::History,
     /// The delivery pool's resolver (its name servers change on reload).
@@ -342,6 +344,9 @@ impl Daemon {
                 self.pop3.clone(),
                 signal,
             )),
+            Protocol::Http => {
+                tokio::spawn(crate::web::serve(tcp, l.clone(), self.web.clone(), signal))
+            }
             other => {
                 return Err(format!(
                     "{key}.protocol: {} is not available in this version",
@@ -417,8 +422,11 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     spool
         .sweep_orphans()
         .context("cannot sweep orphaned content")?;
-    // No message count here: it would be a scan of the queue at every start.
-    tracing::info!(spool = %spool_dir.display(), recovered, "spool open");
+    // The one scan: from here on the spool keeps its counts as it changes
+    // (`petrel status`, the queue gauges).
+    spool.init_counts().context("cannot count the queue")?;
+    let counts = spool.counts().unwrap_or_default();
+    tracing::info!(spool = %spool_dir.display(), recovered, messages = counts.messages(), "spool open");
     let history = crate::history::History::open(
         &spool_dir.join(crate::history::FILE_NAME),
         crate::history::Limits {
@@ -513,6 +521,11 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         waker: waker.clone(),
         smtp: smtp.clone(),
         pop3: pop3.clone(),
+        web: Arc::new(crate::web::WebShared {
+            config: config.clone(),
+            spool: spool.clone(),
+            tls: smtp.tls.clone(),
+        }),
         history: history.clone(),
         delivery_dns,
         total_limit,

@@ -210,6 +210,12 @@ impl Intake {
             message_id = %msg.message_id.as_deref().unwrap_or(""),
             "accepted"
         );
+        crate::metrics::get()
+            .accepted
+            .get_or_create(&crate::metrics::ListenerLabel {
+                listener: msg.listener.clone(),
+            })
+            .inc();
         if let Some(w) = &self.waker {
             w.wake();
         }

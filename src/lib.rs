@@ -29,3 +29,4 @@ pub mod smtp;
 pub mod spool;
 pub mod store;
 pub mod tls;
+pub mod web;

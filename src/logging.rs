@@ -26,10 +26,22 @@ impl LogControl {
     }
 }
 
+/// The filter for `level`. actix-server's own start and stop lines (one
+/// per http listener and worker) are kept to warnings: the daemon logs
+/// each listener itself.
+fn level_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let f = EnvFilter::try_new(level)?;
+    Ok(if level.contains("actix_server") {
+        f
+    } else {
+        f.add_directive("actix_server=warn".parse()?)
+    })
+}
+
 /// Installs the global subscriber. `level` is a tracing filter; `RUST_LOG`
 /// is not consulted, the configuration is.
 pub fn init(level: &str, format: LogFormat) -> LogControl {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = level_filter(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (layer, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(layer);
     let _ = match format {
@@ -53,7 +65,7 @@ pub fn init(level: &str, format: LogFormat) -> LogControl {
     };
     LogControl {
         set: Arc::new(move |level: &str| {
-            let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            let f = level_filter(level).map_err(|e| e.to_string())?;
             handle.reload(f).map_err(|e| e.to_string())
         }),
     }

@@ -210,16 +210,38 @@ impl Metrics {
 
     /// Counts a session and returns a guard that keeps it in
     /// `sessions_active` until dropped.
-    pub fn session(&'static self, protocol: &'static str) -> SessionGauge {
+    /// `tls`: the session is TLS from its start (`tls = "implicit"`).
+    pub fn session(&'static self, protocol: &str, tls: bool) -> SessionGauge {
         let label = ProtocolLabel {
             protocol: protocol.to_string(),
         };
         self.sessions.get_or_create(&label).inc();
         self.sessions_active.get_or_create(&label).inc();
+        if tls {
+            self.tls_sessions.get_or_create(&label).inc();
+        }
         SessionGauge {
             metrics: self,
             label,
         }
+    }
+
+    /// Counts a session that turned to TLS (STARTTLS, STLS).
+    pub fn tls_session(&self, protocol: &str) {
+        self.tls_sessions
+            .get_or_create(&ProtocolLabel {
+                protocol: protocol.to_string(),
+            })
+            .inc();
+    }
+
+    /// Times a DNS look-up of `kind`.
+    pub fn dns(&self, kind: &str, took: std::time::Duration) {
+        self.dns_seconds
+            .get_or_create(&LookupLabel {
+                kind: kind.to_string(),
+            })
+            .observe(took.as_secs_f64());
     }
 }
 
@@ -261,7 +283,7 @@ mod tests {
         m.reject("RCPT", 550);
         m.delivery("sent", "smtp");
         {
-            let s = m.session("imap");
+            let s = m.session("imap", false);
             s.tls();
         }
         let text = m.render();

@@ -657,6 +657,15 @@ fn apply_outcome(
     r.status = Some(detail.status.clone());
     r.remote_mta = detail.remote_mta.clone();
     r.diagnostic = detail.smtp_reply.clone();
+    crate::metrics::get().delivery(
+        match &outcome {
+            Outcome::Delivered(_) => "sent",
+            Outcome::PermFail(_) => "bounced",
+            Outcome::TempFail(_) if now - arrival >= queue.lifetime.as_millis() as i64 => "expired",
+            Outcome::TempFail(_) => "deferred",
+        },
+        if relay == "local" { "local" } else { "smtp" },
+    );
     match outcome {
         Outcome::Delivered(_) => {
             r.state = RcptState::Delivered;

@@ -134,12 +134,14 @@ impl Dns {
     /// The mail hosts of `domain` in preference order (equal preferences in
     /// the order received). No MX records: the domain itself (implicit MX).
     pub async fn mail_hosts(&self, domain: &str) -> Result<Vec<MailHost>, DnsError> {
-        match self
+        let started = std::time::Instant::now();
+        let answer = self
             .resolver
             .load()
             .lookup(fqdn(domain), RecordType::MX)
-            .await
-        {
+            .await;
+        crate::metrics::get().dns("mx", started.elapsed());
+        match answer {
             Ok(lookup) => {
                 let mut hosts: Vec<MailHost> = lookup
                     .answers()
@@ -194,12 +196,10 @@ impl Dns {
                 s
             }
         };
-        let lookup = self
-            .resolver
-            .load()
-            .lookup(arpa, RecordType::PTR)
-            .await
-            .ok()?;
+        let started = std::time::Instant::now();
+        let lookup = self.resolver.load().lookup(arpa, RecordType::PTR).await;
+        crate::metrics::get().dns("ptr", started.elapsed());
+        let lookup = lookup.ok()?;
         let mut names: Vec<String> = lookup
             .answers()
             .iter()
@@ -224,7 +224,10 @@ impl Dns {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        match self.resolver.load().lookup_ip(fqdn(host)).await {
+        let started = std::time::Instant::now();
+        let answer = self.resolver.load().lookup_ip(fqdn(host)).await;
+        crate::metrics::get().dns("address", started.elapsed());
+        match answer {
             Ok(ips) => {
                 let mut v: Vec<IpAddr> = ips.iter().collect();
                 v.sort_by_key(|ip| ip.is_ipv6());

@@ -110,6 +110,7 @@ impl Session {
 
     /// Runs the session to its end.
     pub async fn run(mut self) {
+        let _session = crate::metrics::get().session("pop3", self.stream.get_ref().is_tls());
         self.ok(&format!(
             "{} POP3 server ready",
             self.config.server.hostname
@@ -254,6 +255,7 @@ impl Session {
         {
             Ok(Ok(tls)) => {
                 self.stream = BufReader::with_capacity(8 * 1024, Conn::ServerTls(Box::new(tls)));
+                crate::metrics::get().tls_session("pop3");
                 self.user_arg = None;
                 Ok(Flow::Continue)
             }

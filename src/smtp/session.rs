@@ -133,6 +133,8 @@ impl Session {
 
     /// Runs the session to its end.
     pub async fn run(mut self) {
+        let _session =
+            crate::metrics::get().session(self.listener.protocol.as_str(), self.tls_active());
         if self.debug() >= 1 {
             tracing::info!(client = %self.client, listener = %self.listener.name, "connect");
         }
@@ -237,6 +239,7 @@ impl Session {
 
     fn reject(&self, stage: &str, reply: &Reply) {
         tracing::info!(client = %self.client, stage = %stage, code = reply.code, reason = %reply.lines.join(" "), "rejected");
+        crate::metrics::get().reject(stage, reply.code);
     }
 
     /// Reads a line, flushing replies first when nothing more is pipelined.
@@ -1013,6 +1016,7 @@ impl Session {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
                 self.stream = BufReader::with_capacity(16 * 1024, Conn::ServerTls(Box::new(tls)));
+                crate::metrics::get().tls_session(self.listener.protocol.as_str());
                 self.helo = None;
                 self.esmtp = false;
                 self.tx = None;

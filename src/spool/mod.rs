@@ -18,6 +18,7 @@
 //! decides *when* or *where* a message goes; the scheduler and router do.
 
 pub mod compact;
+pub mod counts;
 pub mod id;
 pub mod record;
 pub mod store;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 pub use compact::Compacted;
+pub use counts::Counts;
 pub use id::{BadQueueId, QueueId};
 pub use record::{QueuedMessage, RcptState, Recipient, Ret, notify};
 pub use store::{CHUNK_SIZE, CommitStats, MIN_FREE, StoreError};
@@ -176,6 +178,9 @@ pub struct Spool {
     writing: std::sync::Mutex<std::collections::HashSet<QueueId>>,
     /// The store epoch after which `recover_reopened` last ran.
     recovered_epoch: std::sync::atomic::AtomicU64,
+    /// Queue counts kept as records change (see `counts`); `None` until
+    /// `init_counts` ran (commands that open the spool themselves scan).
+    counts: std::sync::Mutex<Option<Counts>>,
 }
 
 impl Spool {
@@ -200,6 +205,7 @@ impl Spool {
             ids: IdGenerator::new(newest),
             writing: std::sync::Mutex::new(std::collections::HashSet::new()),
             recovered_epoch: std::sync::atomic::AtomicU64::new(epoch),
+            counts: std::sync::Mutex::new(None),
         })
     }
 
@@ -234,6 +240,99 @@ impl Spool {
     /// Takes a fresh queue id.
     pub fn new_id(&self) -> QueueId {
         self.ids.next()
+    }
+
+    /// Counts the queue once (a scan) and keeps the counts from then on.
+    /// The daemon calls it at start, before anything writes.
+    pub fn init_counts(&self) -> Result<(), StoreError> {
+        let mut guard = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let active = self.active_set()?;
+        let mut c = Counts::default();
+        for msg in self.messages() {
+            let msg = msg?;
+            c.add(&counts::Summary::of(&msg, active.contains(&msg.id)));
+        }
+        c.publish();
+        *guard = Some(c);
+        Ok(())
+    }
+
+    /// The counts kept since `init_counts`, or `None` before.
+    pub fn counts(&self) -> Option<Counts> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Arrival time (Unix ms) of the oldest queued message: the first
+    /// record in id order (ids grow with arrival), one look-up.
+    pub fn oldest_arrival(&self) -> Result<Option<i64>, StoreError> {
+        let first = self
+            .tree
+            .snapshot()?
+            .scan_prefix([MSG])
+            .next()
+            .transpose()?;
+        match first {
+            Some((_, v)) => Ok(Some(
+                record::decode::<QueuedMessage>(&v)
+                    .map_err(|e| StoreError::Io(e.to_string()))?
+                    .arrival,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn summary(&self, id: QueueId) -> Result<Option<counts::Summary>, StoreError> {
+        Ok(match self.get(id)? {
+            Some(msg) => Some(counts::Summary::of(&msg, self.is_active(id)?)),
+            None => None,
+        })
+    }
+
+    /// Runs a change to message `id`'s record and adjusts the counts by
+    /// what it stored before and after.
+    fn tracked<T>(
+        &self,
+        id: QueueId,
+        change: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = guard.as_mut() else {
+            drop(guard);
+            return change();
+        };
+        let before = self.summary(id);
+        let r = change();
+        let after = self.summary(id);
+        match (before, after) {
+            (Ok(b), Ok(a)) => {
+                if b != a {
+                    if let Some(b) = &b {
+                        c.sub(b);
+                    }
+                    if let Some(a) = &a {
+                        c.add(a);
+                    }
+                    c.publish();
+                }
+            }
+            // Unreadable: counted again at the next start.
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(queue_id = %id, error = %e, "queue counts may be off until restart")
+            }
+        }
+        r
+    }
+
+    /// Counts a message just written (its id is not known to anyone else).
+    pub(crate) fn counted_new(&self, msg: &QueuedMessage) {
+        let mut guard = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = guard.as_mut() {
+            c.add(&counts::Summary::of(msg, false));
+            c.publish();
+        }
     }
 
     /// Writes a new message (content, then record and due entry) without
@@ -274,6 +373,7 @@ impl Spool {
         }
         write_record(&mut ops, &mut msg, Some(now));
         self.tree.apply(ops)?;
+        self.counted_new(&msg);
         Ok(msg)
     }
 
@@ -423,6 +523,11 @@ impl Spool {
         {
             return;
         }
+        if self.counts().is_some()
+            && let Err(e) = self.init_counts()
+        {
+            tracing::error!(error = %e, "cannot count the queue after a reopen");
+        }
         match self.recover_active() {
             Ok(n) => tracing::info!(
                 recovered = n,
@@ -451,7 +556,7 @@ impl Spool {
     fn update(&self, msg: &mut QueuedMessage, when: Option<i64>) -> Result<(), StoreError> {
         let mut ops = Ops::default();
         write_record(&mut ops, msg, when);
-        self.tree.apply(ops)
+        self.tracked(msg.id, || self.tree.apply(ops))
     }
 
     /// Reads a message's content.
@@ -483,7 +588,7 @@ impl Spool {
         for n in 0..msg.chunks {
             ops.remove(&chunk_key(msg.id, n));
         }
-        self.tree.apply(ops)
+        self.tracked(msg.id, || self.tree.apply(ops))
     }
 
     /// Up to `limit` messages due at or before `now`, earliest first.
@@ -543,7 +648,7 @@ impl Spool {
         let mut ops = Ops::default();
         ops.insert(&active_key(msg.id), &[][..]);
         write_record(&mut ops, msg, None);
-        self.tree.apply(ops)
+        self.tracked(msg.id, || self.tree.apply(ops))
     }
 
     /// Ends a message's delivery round: writes its record with its next due
@@ -553,7 +658,7 @@ impl Spool {
         let mut ops = Ops::default();
         write_record(&mut ops, msg, when);
         ops.remove(&active_key(msg.id));
-        self.tree.apply(ops)
+        self.tracked(msg.id, || self.tree.apply(ops))
     }
 
     /// Ids left in `active` by a previous run (a crash or a stop mid-delivery).
@@ -592,7 +697,7 @@ impl Spool {
                 write_record(&mut ops, &mut msg, when);
             }
             ops.remove(&active_key(*id));
-            self.tree.apply(ops)?;
+            self.tracked(*id, || self.tree.apply(ops))?;
         }
         Ok(ids.len())
     }

@@ -178,6 +178,7 @@ impl ContentWriter {
         match self.spool.tree.apply_in(ops, self.epoch) {
             Ok(epoch) => {
                 self.finished = true;
+                self.spool.counted_new(&msg);
                 Ok((msg, epoch))
             }
             Err(e) => {
