@@ -236,7 +236,32 @@ impl Session {
     }
 
     fn reject(&self, stage: &str, reply: &Reply) {
-        tracing::info!(client = %self.client, stage = %stage, code = reply.code, reason = %reply.lines.join(" "), "rejected");
+        let sender = self.tx.as_ref().map(|t| t.mail.address.clone());
+        self.reject_with(stage, reply, sender, None);
+    }
+
+    /// Logs a refusal and records it in the message history.
+    fn reject_with(
+        &self,
+        stage: &str,
+        reply: &Reply,
+        sender: Option<String>,
+        recipient: Option<String>,
+    ) {
+        let reason = reply.lines.join(" ");
+        tracing::info!(client = %self.client, stage = %stage, code = reply.code, reason = %reason, "rejected");
+        crate::history::record(
+            None,
+            crate::history::EventKind::Rejected {
+                client: self.client.clone(),
+                listener: self.listener.name.clone(),
+                stage: stage.to_string(),
+                code: reply.code,
+                reason,
+                sender,
+                recipient,
+            },
+        );
     }
 
     /// Reads a line, flushing replies first when nothing more is pipelined.
@@ -485,7 +510,7 @@ impl Session {
         }
         if self.listener.auth == AuthMode::Required && self.user.is_none() {
             let r = Reply::new(530, "5.7.0", "Authentication required");
-            self.reject("MAIL", &r);
+            self.reject_with("MAIL", &r, Some(mail.address.clone()), None);
             return self.send(r);
         }
         if self.listener.protocol == Protocol::Submission
@@ -505,7 +530,7 @@ impl Session {
                         mail.address
                     ),
                 );
-                self.reject("MAIL", &r);
+                self.reject_with("MAIL", &r, Some(mail.address.clone()), None);
                 return self.send(r);
             }
         }
@@ -517,7 +542,7 @@ impl Session {
             .is_some_and(|s| s > self.config.inbound.max_message_size)
         {
             let r = Reply::new(552, "5.3.4", "Message size exceeds fixed limit");
-            self.reject("MAIL", &r);
+            self.reject_with("MAIL", &r, Some(mail.address.clone()), None);
             return self.send(r);
         }
         let lower = mail.address.to_lowercase();
@@ -534,7 +559,7 @@ impl Session {
                 "5.7.1",
                 format!("<{}>: Sender address rejected: Access denied", mail.address),
             );
-            self.reject("MAIL", &r);
+            self.reject_with("MAIL", &r, Some(mail.address.clone()), None);
             return self.send(r);
         }
         self.tx = Some(Transaction {
@@ -639,7 +664,8 @@ impl Session {
         }
         if count >= self.config.inbound.max_recipients {
             let r = Reply::new(452, "4.5.3", "Error: too many recipients");
-            self.reject("RCPT", &r);
+            let sender = self.tx.as_ref().map(|t| t.mail.address.clone());
+            self.reject_with("RCPT", &r, sender, Some(address.clone()));
             return self.send(r);
         }
         let Some(tx) = &self.tx else { return };
@@ -671,7 +697,8 @@ impl Session {
                 if let Some(tx) = &mut self.tx {
                     tx.refused += 1;
                 }
-                self.reject("RCPT", &r);
+                let sender = self.tx.as_ref().map(|t| t.mail.address.clone());
+            self.reject_with("RCPT", &r, sender, Some(address.clone()));
                 self.send(r);
             }
         }
