@@ -771,8 +771,9 @@ fn apply_outcome(
     };
     let detail = outcome.detail().clone();
     let relay = detail
-        .remote_mta
+        .peer
         .clone()
+        .or_else(|| detail.remote_mta.clone())
         .or_else(|| relay.map(str::to_string))
         .unwrap_or_else(|| "local".into());
     r.status = Some(detail.status.clone());
