@@ -17,7 +17,7 @@ use super::command::{self, Command, MailFrom};
 use super::data::DataScanner;
 use super::line::{Ending, Line, memchr_lf, read_line};
 use super::reply::Reply;
-use crate::config::{AuthMode, Config, Listener, Protocol, TlsMode, glob_match};
+use crate::config::{AuthMode, Config, Listener, Protocol, TlsMode};
 use crate::conn::{Conn, HANDSHAKE_TIMEOUT};
 use crate::intake::{Envelope, EnvelopeRcpt};
 use crate::policy;
@@ -198,19 +198,9 @@ impl Session {
 
     /// `554 5.7.1` at greeting for clients the connection lists refuse.
     fn connection_refusal(&self) -> Option<Reply> {
-        let ip = self.peer.ip();
-        let inbound = &self.config.inbound;
-        let name = self.client_name.as_deref();
-        let denied = inbound
-            .deny_connections_from
-            .iter()
-            .any(|p| p.matches(ip, name));
-        let allowed = inbound.allow_connections_from.is_empty()
-            || inbound
-                .allow_connections_from
-                .iter()
-                .any(|p| p.matches(ip, name));
-        (denied || !allowed).then(|| Reply::new(554, "5.7.1", "Connection refused by policy"))
+        super::policy::connection(&self.config, self.peer.ip(), self.client_name.as_deref())
+            .err()
+            .map(|r| r.reply)
     }
 
     fn send(&mut self, reply: Reply) {
@@ -508,59 +498,24 @@ impl Session {
         if self.tx.is_some() {
             return self.send(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
         }
-        if self.listener.auth == AuthMode::Required && self.user.is_none() {
-            let r = Reply::new(530, "5.7.0", "Authentication required");
-            self.reject_with("MAIL", &r, Some(mail.address.clone()), None);
-            return self.send(r);
-        }
-        if self.listener.protocol == Protocol::Submission
-            && let Some(user) = &self.user
-        {
-            let owned = self.config.directory.user(user).is_some_and(|u| {
-                u.addresses
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(&mail.address))
-            });
-            if !owned {
-                let r = Reply::new(
-                    553,
-                    "5.7.1",
-                    format!(
-                        "<{}>: Sender address rejected: not owned by user {user}",
-                        mail.address
-                    ),
-                );
-                self.reject_with("MAIL", &r, Some(mail.address.clone()), None);
-                return self.send(r);
+        let params = super::policy::MailParams {
+            esmtp: self.esmtp,
+            size: mail.size,
+            body_8bit: mail.body_8bit,
+            smtputf8: mail.smtputf8,
+        };
+        if let Err(r) = super::policy::mail(
+            &self.config,
+            &self.listener,
+            self.user.as_deref(),
+            &mail.address,
+            params,
+        ) {
+            // A protocol error (parameters after HELO) is no policy refusal.
+            if r.reply.code != 555 {
+                self.reject_with("MAIL", &r.reply, Some(mail.address.clone()), None);
             }
-        }
-        if !self.esmtp && (mail.size.is_some() || mail.body_8bit || mail.smtputf8) {
-            return self.send(Reply::new(555, "5.5.4", "Error: parameters need EHLO"));
-        }
-        if mail
-            .size
-            .is_some_and(|s| s > self.config.inbound.max_message_size)
-        {
-            let r = Reply::new(552, "5.3.4", "Message size exceeds fixed limit");
-            self.reject_with("MAIL", &r, Some(mail.address.clone()), None);
-            return self.send(r);
-        }
-        let lower = mail.address.to_lowercase();
-        if !lower.is_empty()
-            && self
-                .config
-                .inbound
-                .deny_senders
-                .iter()
-                .any(|p| glob_match(p, &lower))
-        {
-            let r = Reply::new(
-                550,
-                "5.7.1",
-                format!("<{}>: Sender address rejected: Access denied", mail.address),
-            );
-            self.reject_with("MAIL", &r, Some(mail.address.clone()), None);
-            return self.send(r);
+            return self.send(r.reply);
         }
         self.tx = Some(Transaction {
             mail,
@@ -571,74 +526,17 @@ impl Session {
         self.send(Reply::new(250, "2.1.0", "Ok"));
     }
 
-    fn relay_client(&self) -> bool {
-        if self.user.is_some() {
-            return true;
-        }
-        let ip = self.peer.ip();
-        let name = self.client_name.as_deref();
-        self.config
-            .inbound
-            .relay_from
-            .iter()
-            .any(|p| p.matches(ip, name))
-    }
-
-    /// The RCPT policy: limits, deny list, relay control, local recipient
-    /// verification.
+    /// The RCPT policy (`policy::rcpt`) for this session's client.
     fn rcpt_policy(&self, address: &str) -> Result<(), Reply> {
-        let cfg = &self.config;
-        let lower = address.to_lowercase();
-        if cfg
-            .inbound
-            .deny_recipients
-            .iter()
-            .any(|p| glob_match(p, &lower))
-        {
-            return Err(Reply::new(
-                550,
-                "5.7.1",
-                format!("<{address}>: Recipient address rejected: Access denied"),
-            ));
-        }
-        let (local_part, domain) = address.rsplit_once('@').unwrap_or((address, ""));
-        let relay_denied = || Reply::new(554, "5.7.1", format!("<{address}>: Relay access denied"));
-        if !cfg.domains.is_local(domain) {
-            // Relay domains (an edge's organisation domains) are accepted
-            // from anyone, but never with routing characters.
-            let relay_domain =
-                cfg.domains.is_relay(domain) && !local_part.contains(['%', '!', '@']);
-            return if relay_domain || self.relay_client() {
-                Ok(())
-            } else {
-                Err(relay_denied())
-            };
-        }
-        // Routing characters in a local part (RFC 5321 §3.6.1: `%`, `!`, a
-        // quoted `@`) are old relay tricks: never a local mailbox.
-        if local_part.contains(['%', '!', '@']) {
-            return if self.relay_client() {
-                Err(Reply::new(
-                    550,
-                    "5.1.1",
-                    format!(
-                        "<{address}>: Recipient address rejected: User unknown in local recipient table"
-                    ),
-                ))
-            } else {
-                Err(relay_denied())
-            };
-        }
-        if cfg.inbound.verify_recipients && cfg.directory.expand(address, &cfg.domains).is_empty() {
-            return Err(Reply::new(
-                550,
-                "5.1.1",
-                format!(
-                    "<{address}>: Recipient address rejected: User unknown in local recipient table"
-                ),
-            ));
-        }
-        Ok(())
+        let relay = super::policy::relay_client(
+            &self.config,
+            self.peer.ip(),
+            self.client_name.as_deref(),
+            self.user.as_deref(),
+        );
+        super::policy::rcpt(&self.config, address, relay.as_ref())
+            .map(|_| ())
+            .map_err(|r| r.reply)
     }
 
     async fn rcpt(&mut self, mut rcpt: EnvelopeRcpt) {
