@@ -7,6 +7,7 @@
 
 mod admin;
 mod dkim;
+mod explain;
 mod queue;
 mod sendmail;
 mod track;
@@ -101,6 +102,8 @@ enum Cmd {
     CheckConfig,
     /// The history of a message, also after it left the queue.
     Track(track::Args),
+    /// Run a would-be session through every rule, sending nothing.
+    Explain(explain::Args),
     /// The effective configuration.
     Config {
         #[command(subcommand)]
@@ -296,6 +299,7 @@ pub fn main(args: Vec<String>) -> i32 {
             what: ConfigCmd::Show { changed },
         } => admin::config_show(&config, changed),
         Cmd::Track(args) => track::run(&config, &args),
+        Cmd::Explain(args) => explain::run(&config, &args),
         Cmd::CheckConfig | Cmd::HashPassword | Cmd::Dkim { .. } => {
             unreachable!("handled before loading the configuration")
         }
