@@ -81,7 +81,13 @@ impl AdminOp {
                 AdminOp::Requeue => "requeue",
                 AdminOp::Delete => "delete",
             };
-            crate::history::record(Some(id.0), EventKind::Admin { op: op.into(), by: None });
+            crate::history::record(
+                Some(id.0),
+                EventKind::Admin {
+                    op: op.into(),
+                    by: None,
+                },
+            );
         }
         if done && self == AdminOp::Delete {
             tracing::info!(queue_id = %id, "removed");
@@ -527,17 +533,15 @@ impl Scheduler {
         }
         let result = if msg.is_done() {
             self.forced.remove(&id);
-            self.spool
-                .remove(&msg)
-                .map(|_| {
-                    tracing::info!(queue_id = %id, "removed");
-                    crate::history::record(
-                        Some(id.0),
-                        EventKind::Removed {
-                            reason: "done".into(),
-                        },
-                    );
-                })
+            self.spool.remove(&msg).map(|_| {
+                tracing::info!(queue_id = %id, "removed");
+                crate::history::record(
+                    Some(id.0),
+                    EventKind::Removed {
+                        reason: "done".into(),
+                    },
+                );
+            })
         } else {
             self.spool.finish_active(&mut msg)
         };

@@ -77,38 +77,230 @@ fn explain_and_a_real_session_agree_on_every_case() {
     let server = server();
     // (client, sender, recipient, expected code, the key that decides)
     let cases: &[(&str, &str, &str, u16, &str)] = &[
-        ("127.0.0.1", "alice@example.test", "bob@example.test", 250, "smtp.inbound.verify_recipients"),
-        ("127.0.0.1", "", "alice@example.test", 250, "smtp.inbound.verify_recipients"),
-        ("127.0.0.1", "x@spam.test", "bob@example.test", 550, "smtp.inbound.deny_senders[0]"),
-        ("127.0.0.1", "Someone@Spam.Test", "bob@example.test", 550, "smtp.inbound.deny_senders[0]"),
-        ("127.0.0.1", "ok@other.test", "nobody@example.test", 550, "smtp.inbound.verify_recipients"),
-        ("127.0.0.1", "ok@other.test", "blocked@example.test", 550, "smtp.inbound.deny_recipients[0]"),
-        ("127.0.0.5", "ok@other.test", "blocked@example.test", 550, "smtp.inbound.deny_recipients[0]"),
-        ("127.0.0.1", "ok@other.test", "team@example.test", 250, "smtp.inbound.verify_recipients"),
-        ("127.0.0.1", "ok@other.test", "support@example.test", 250, "smtp.inbound.verify_recipients"),
-        ("127.0.0.1", "ok@other.test", "a.smith@example.org", 250, "smtp.inbound.verify_recipients"),
-        ("127.0.0.1", "ok@other.test", "nobody@example.org", 550, "smtp.inbound.verify_recipients"),
-        ("127.0.0.1", "ok@other.test", "bob@[192.0.2.10]", 250, "smtp.inbound.verify_recipients"),
-        ("127.0.0.1", "ok@other.test", "BOB@EXAMPLE.TEST", 250, "smtp.inbound.verify_recipients"),
-        ("127.0.0.1", "ok@other.test", "postmaster@example.test", 250, "smtp.inbound.verify_recipients"),
-        ("127.0.0.6", "ok@other.test", "dave@partner.test", 554, "smtp.inbound.relay_from"),
-        ("127.0.0.5", "ok@other.test", "dave@partner.test", 250, "smtp.inbound.relay_from[0]"),
-        ("127.0.0.5", "x@spam.test", "dave@partner.test", 550, "smtp.inbound.deny_senders[0]"),
-        ("127.0.0.66", "ok@other.test", "bob@example.test", 554, "smtp.inbound.deny_connections_from[0]"),
-        ("127.0.0.66", "", "dave@partner.test", 554, "smtp.inbound.deny_connections_from[0]"),
-        ("127.0.0.67", "ok@other.test", "bob@example.test", 250, "smtp.inbound.verify_recipients"),
-        ("127.0.0.5", "ok@other.test", "x%y@example.test", 550, "RFC 5321 §3.6.1"),
-        ("127.0.0.6", "ok@other.test", "x%y@example.test", 554, "smtp.inbound.relay_from"),
-        ("127.0.0.6", "ok@other.test", "x!y@example.test", 554, "smtp.inbound.relay_from"),
-        ("127.0.0.6", "ok@other.test", "user@relay.test", 250, "domains.relay_domains"),
-        ("127.0.0.6", "ok@other.test", "nobody@relay.test", 250, "domains.relay_domains"),
-        ("127.0.0.6", "ok@other.test", "a%b@relay.test", 554, "smtp.inbound.relay_from"),
-        ("127.0.0.5", "ok@other.test", "a%b@relay.test", 250, "smtp.inbound.relay_from[0]"),
-        ("127.0.0.6", "ok@other.test", "user@sub.relay.test", 554, "smtp.inbound.relay_from"),
-        ("127.0.0.6", "ok@other.test", "alice@example.test", 250, "smtp.inbound.verify_recipients"),
-        ("127.0.0.9", "bob@example.test", "bob@example.test", 250, "smtp.inbound.verify_recipients"),
-        ("127.0.0.6", "ok@other.test", "x!y@partner.test", 554, "smtp.inbound.relay_from"),
-        ("127.0.0.5", "", "someone@partner.test", 250, "smtp.inbound.relay_from[0]"),
+        (
+            "127.0.0.1",
+            "alice@example.test",
+            "bob@example.test",
+            250,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.1",
+            "",
+            "alice@example.test",
+            250,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.1",
+            "x@spam.test",
+            "bob@example.test",
+            550,
+            "smtp.inbound.deny_senders[0]",
+        ),
+        (
+            "127.0.0.1",
+            "Someone@Spam.Test",
+            "bob@example.test",
+            550,
+            "smtp.inbound.deny_senders[0]",
+        ),
+        (
+            "127.0.0.1",
+            "ok@other.test",
+            "nobody@example.test",
+            550,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.1",
+            "ok@other.test",
+            "blocked@example.test",
+            550,
+            "smtp.inbound.deny_recipients[0]",
+        ),
+        (
+            "127.0.0.5",
+            "ok@other.test",
+            "blocked@example.test",
+            550,
+            "smtp.inbound.deny_recipients[0]",
+        ),
+        (
+            "127.0.0.1",
+            "ok@other.test",
+            "team@example.test",
+            250,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.1",
+            "ok@other.test",
+            "support@example.test",
+            250,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.1",
+            "ok@other.test",
+            "a.smith@example.org",
+            250,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.1",
+            "ok@other.test",
+            "nobody@example.org",
+            550,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.1",
+            "ok@other.test",
+            "bob@[192.0.2.10]",
+            250,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.1",
+            "ok@other.test",
+            "BOB@EXAMPLE.TEST",
+            250,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.1",
+            "ok@other.test",
+            "postmaster@example.test",
+            250,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.6",
+            "ok@other.test",
+            "dave@partner.test",
+            554,
+            "smtp.inbound.relay_from",
+        ),
+        (
+            "127.0.0.5",
+            "ok@other.test",
+            "dave@partner.test",
+            250,
+            "smtp.inbound.relay_from[0]",
+        ),
+        (
+            "127.0.0.5",
+            "x@spam.test",
+            "dave@partner.test",
+            550,
+            "smtp.inbound.deny_senders[0]",
+        ),
+        (
+            "127.0.0.66",
+            "ok@other.test",
+            "bob@example.test",
+            554,
+            "smtp.inbound.deny_connections_from[0]",
+        ),
+        (
+            "127.0.0.66",
+            "",
+            "dave@partner.test",
+            554,
+            "smtp.inbound.deny_connections_from[0]",
+        ),
+        (
+            "127.0.0.67",
+            "ok@other.test",
+            "bob@example.test",
+            250,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.5",
+            "ok@other.test",
+            "x%y@example.test",
+            550,
+            "RFC 5321 §3.6.1",
+        ),
+        (
+            "127.0.0.6",
+            "ok@other.test",
+            "x%y@example.test",
+            554,
+            "smtp.inbound.relay_from",
+        ),
+        (
+            "127.0.0.6",
+            "ok@other.test",
+            "x!y@example.test",
+            554,
+            "smtp.inbound.relay_from",
+        ),
+        (
+            "127.0.0.6",
+            "ok@other.test",
+            "user@relay.test",
+            250,
+            "domains.relay_domains",
+        ),
+        (
+            "127.0.0.6",
+            "ok@other.test",
+            "nobody@relay.test",
+            250,
+            "domains.relay_domains",
+        ),
+        (
+            "127.0.0.6",
+            "ok@other.test",
+            "a%b@relay.test",
+            554,
+            "smtp.inbound.relay_from",
+        ),
+        (
+            "127.0.0.5",
+            "ok@other.test",
+            "a%b@relay.test",
+            250,
+            "smtp.inbound.relay_from[0]",
+        ),
+        (
+            "127.0.0.6",
+            "ok@other.test",
+            "user@sub.relay.test",
+            554,
+            "smtp.inbound.relay_from",
+        ),
+        (
+            "127.0.0.6",
+            "ok@other.test",
+            "alice@example.test",
+            250,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.9",
+            "bob@example.test",
+            "bob@example.test",
+            250,
+            "smtp.inbound.verify_recipients",
+        ),
+        (
+            "127.0.0.6",
+            "ok@other.test",
+            "x!y@partner.test",
+            554,
+            "smtp.inbound.relay_from",
+        ),
+        (
+            "127.0.0.5",
+            "",
+            "someone@partner.test",
+            250,
+            "smtp.inbound.relay_from[0]",
+        ),
     ];
     assert!(cases.len() >= 30);
     let mut failures = Vec::new();
@@ -132,7 +324,10 @@ fn explain_and_a_real_session_agree_on_every_case() {
         }
         // The last line is the reply itself.
         assert!(
-            e["reply"].as_str().unwrap_or("").starts_with(&code.to_string()),
+            e["reply"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(&code.to_string()),
             "{e}"
         );
     }
@@ -142,7 +337,12 @@ fn explain_and_a_real_session_agree_on_every_case() {
 #[test]
 fn explain_names_the_route_mx_answers_and_tls_policy() {
     let server = server();
-    let e = explain(&server, "127.0.0.5", "alice@example.test", "dave@partner.test");
+    let e = explain(
+        &server,
+        "127.0.0.5",
+        "alice@example.test",
+        "dave@partner.test",
+    );
     let steps = e["steps"].as_array().unwrap();
     let route = steps
         .iter()
@@ -150,8 +350,14 @@ fn explain_names_the_route_mx_answers_and_tls_policy() {
         .expect("a route step");
     let detail = route["detail"].as_str().unwrap();
     // The test DNS: partner.test MX 10 mx1 (127.0.0.2), 20 mx2 (127.0.0.3).
-    assert!(detail.contains("10 mx1.partner.test (127.0.0.2)"), "{detail}");
-    assert!(detail.contains("20 mx2.partner.test (127.0.0.3)"), "{detail}");
+    assert!(
+        detail.contains("10 mx1.partner.test (127.0.0.2)"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("20 mx2.partner.test (127.0.0.3)"),
+        "{detail}"
+    );
     assert!(steps.iter().any(|s| s["key"] == "smtp.outbound.tls"), "{e}");
     // An alias expands to its members, local and remote.
     let e = explain(&server, "127.0.0.1", "x@other.test", "team@example.test");

@@ -100,11 +100,7 @@ fn a_week_of_100k_messages_a_day_is_searched_in_under_a_second() {
         // 140 messages from one sender over the week; the first 100.
         (
             "from",
-            Selector::From(format!(
-                "user{}@sender{}.test",
-                probe % 5_000,
-                probe % 50
-            )),
+            Selector::From(format!("user{}@sender{}.test", probe % 5_000, probe % 50)),
             100,
         ),
         // 14 messages to one recipient over the week.

@@ -149,7 +149,10 @@ fn a_delivered_message_is_tracked_by_id_message_id_sender_and_recipient() {
     // The text form names the events.
     let out = server.cli(&["track", &id]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("accepted from=<alice@example.test>"), "{text}");
+    assert!(
+        text.contains("accepted from=<alice@example.test>"),
+        "{text}"
+    );
     assert!(text.contains("sent     to=<dave@partner.test>"), "{text}");
     assert!(text.contains("removed (done)"), "{text}");
 }
@@ -172,7 +175,10 @@ fn the_track_of_a_bounced_message_names_its_bounce() {
         .expect("attempt");
     assert_eq!(attempt["status"], "bounced");
     assert_eq!(attempt["dsn"], "5.1.1");
-    assert!(attempt["reason"].as_str().unwrap().contains("said: 550"), "{attempt}");
+    assert!(
+        attempt["reason"].as_str().unwrap().contains("said: 550"),
+        "{attempt}"
+    );
     let notified = events
         .iter()
         .find(|e| e["event"] == "notified")
@@ -193,10 +199,7 @@ fn the_track_of_a_bounced_message_names_its_bounce() {
     // The text form shows the report's id.
     let out = server.cli(&["track", &id]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("report={report_id}")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("report={report_id}")), "{text}");
 }
 
 /// The printed form of a queue id, as `track --json` gives it beside the
@@ -213,11 +216,7 @@ fn printed(traces: &[Value], q: u64) -> String {
 #[test]
 fn refusals_and_queue_operations_are_recorded() {
     // Nothing listens for partner.test: the message stays queued.
-    let server = TestServer::start_with(
-        "deny_senders = [\"spam@bad.test\"]\n",
-        "",
-        free_port(),
-    );
+    let server = TestServer::start_with("deny_senders = [\"spam@bad.test\"]\n", "", free_port());
     let mut s = Smtp::ready(server.mx());
     let r = s.cmd("MAIL FROM:<spam@bad.test>");
     assert_eq!(r.0, 550, "{r:?}");
@@ -269,7 +268,11 @@ fn parse(line: &str) -> Option<Parsed> {
         let (k, v) = f.split_once('=')?;
         get.insert(k, v);
     }
-    let to = get.get("to")?.strip_prefix('<')?.strip_suffix('>')?.to_string();
+    let to = get
+        .get("to")?
+        .strip_prefix('<')?
+        .strip_suffix('>')?
+        .to_string();
     Some(Parsed {
         to,
         relay: get.get("relay")?.to_string(),
@@ -291,7 +294,11 @@ fn delivery_lines_carry_postfix_field_names() {
     let server = TestServer::start_with("", "", sink.addr.port());
     let id = send(
         &server,
-        &["dave@partner.test", "reject@partner.test", "bob@example.test"],
+        &[
+            "dave@partner.test",
+            "reject@partner.test",
+            "bob@example.test",
+        ],
         "logged-1",
     );
     server.wait_queue_empty(WAIT);

@@ -235,8 +235,10 @@ fn explain(config: &Config, args: &Args) -> Result<Explanation, String> {
         }
         any = true;
         last = (250, "250 2.1.5 Ok".into());
-        let expanded =
-            crate::intake::expand_recipients(config, &[crate::intake::EnvelopeRcpt::plain(&address)]);
+        let expanded = crate::intake::expand_recipients(
+            config,
+            &[crate::intake::EnvelopeRcpt::plain(&address)],
+        );
         for r in expanded {
             route_steps(config, &runtime, &dns, &r.address, &mut steps);
         }
@@ -266,12 +268,15 @@ fn route_steps(
         )),
         Destination::Remote(domain) => {
             let plan = router::next_hop(config, &domain);
-            let route_index = config.outbound.routes.iter().position(|r| {
-                match r.domain.strip_prefix("*.") {
-                    Some(s) => domain.ends_with(&format!(".{s}")),
-                    None => r.domain == domain,
-                }
-            });
+            let route_index =
+                config
+                    .outbound
+                    .routes
+                    .iter()
+                    .position(|r| match r.domain.strip_prefix("*.") {
+                        Some(s) => domain.ends_with(&format!(".{s}")),
+                        None => r.domain == domain,
+                    });
             let key = match (&plan, route_index) {
                 (NextHopPlan::Host(_), Some(i)) => format!("smtp.outbound.routes[{i}]"),
                 (NextHopPlan::Host(_), None) => "smtp.outbound.smarthost".into(),

@@ -129,11 +129,10 @@ pub fn mail(
     if listener.protocol == Protocol::Submission
         && let Some(user) = user
     {
-        let owned = cfg.directory.user(user).is_some_and(|u| {
-            u.addresses
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(sender))
-        });
+        let owned = cfg
+            .directory
+            .user(user)
+            .is_some_and(|u| u.addresses.iter().any(|a| a.eq_ignore_ascii_case(sender)));
         if !owned {
             return Err(refuse(
                 Reply::new(

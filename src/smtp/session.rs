@@ -596,7 +596,7 @@ impl Session {
                     tx.refused += 1;
                 }
                 let sender = self.tx.as_ref().map(|t| t.mail.address.clone());
-            self.reject_with("RCPT", &r, sender, Some(address.clone()));
+                self.reject_with("RCPT", &r, sender, Some(address.clone()));
                 self.send(r);
             }
         }
