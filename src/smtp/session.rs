@@ -526,6 +526,18 @@ impl Session {
         self.send(Reply::new(250, "2.1.0", "Ok"));
     }
 
+    /// Whether the client may relay (authenticated, or a `relay_from`
+    /// entry): `smtp::policy::relay_client`.
+    fn relay_client(&self) -> bool {
+        super::policy::relay_client(
+            &self.config,
+            self.peer.ip(),
+            self.client_name.as_deref(),
+            self.user.as_deref(),
+        )
+        .is_some()
+    }
+
     /// The RCPT policy (`policy::rcpt`) for this session's client.
     fn rcpt_policy(&self, address: &str) -> Result<(), Reply> {
         let relay = super::policy::relay_client(
