@@ -448,7 +448,11 @@ pub async fn execute(
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
             for t in traces {
-                emit(sink, Item::Json(json!(t))).await?;
+                // The printed queue id beside the number, for scripts that
+                // pass it on (`petrel track ID`, `postcat`-like tools).
+                let mut v = json!(t);
+                v["id"] = json!(t.queue_id.map(|q| QueueId(q).to_string()));
+                emit(sink, Item::Json(v)).await?;
             }
             Ok(())
         }

@@ -435,6 +435,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         },
     )
     .context("cannot open the message history")?;
+    crate::history::install(history.clone());
     let store = crate::store::open(&config.store).map_err(|e| match &config.store {
         crate::config::MessageStore::Embedded { path } => {
             anyhow::anyhow!("cannot open the message store {}: {e}", path.display())

@@ -216,6 +216,17 @@ impl Intake {
                 listener: msg.listener.clone(),
             })
             .inc();
+        crate::history::record(
+            Some(msg.id.0),
+            crate::history::EventKind::Accepted {
+                client: msg.client.clone(),
+                listener: msg.listener.clone(),
+                size: msg.size,
+                sender: msg.sender.clone(),
+                recipients: msg.recipients.iter().map(|r| r.address.clone()).collect(),
+                message_id: msg.message_id.clone(),
+            },
+        );
         if let Some(w) = &self.waker {
             w.wake();
         }

@@ -13,6 +13,8 @@ pub struct Detail {
     pub remote_mta: Option<String>,
     /// The remote SMTP reply as received (Diagnostic-Code).
     pub smtp_reply: Option<String>,
+    /// The connection that answered, `name[ip]:port` (the log's `relay=`).
+    pub peer: Option<String>,
 }
 
 impl Detail {
@@ -23,6 +25,7 @@ impl Detail {
             text: text.into(),
             remote_mta: None,
             smtp_reply: None,
+            peer: None,
         }
     }
 

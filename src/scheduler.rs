@@ -17,6 +17,7 @@ use backon::BackoffBuilder;
 use crate::config::{Config, Queue};
 use crate::delivery::{self, DeliveryPool};
 use crate::dsn::{self, Action};
+use crate::history::EventKind;
 use crate::mailbox::{Deliver, LocalTarget, MailboxActor};
 use crate::outcome::Outcome;
 use crate::router::{self, Destination};
@@ -73,8 +74,29 @@ impl AdminOp {
             AdminOp::Requeue => spool.requeue(id)?,
             AdminOp::Delete => spool.delete(id)?,
         };
+        if done {
+            let op = match self {
+                AdminOp::Hold => "hold",
+                AdminOp::Release => "release",
+                AdminOp::Requeue => "requeue",
+                AdminOp::Delete => "delete",
+            };
+            crate::history::record(
+                Some(id.0),
+                EventKind::Admin {
+                    op: op.into(),
+                    by: None,
+                },
+            );
+        }
         if done && self == AdminOp::Delete {
             tracing::info!(queue_id = %id, "removed");
+            crate::history::record(
+                Some(id.0),
+                EventKind::Removed {
+                    reason: "deleted".into(),
+                },
+            );
         }
         Ok(done)
     }
@@ -411,7 +433,11 @@ impl Scheduler {
         ctx.spawn(
             work.into_actor(self)
                 .map(move |(outcomes, content, relays), act, ctx| {
-                    let round = Round { forced, relays };
+                    let round = Round {
+                        forced,
+                        relays,
+                        started: now,
+                    };
                     act.complete(id, outcomes, content, round, ctx)
                 }),
         );
@@ -459,6 +485,7 @@ impl Scheduler {
                 outcome,
                 relay,
                 round.forced,
+                round.started,
             ) {
                 let action = if action == Action::Delivered && delivered_remote {
                     Action::Relayed
@@ -506,9 +533,15 @@ impl Scheduler {
         }
         let result = if msg.is_done() {
             self.forced.remove(&id);
-            self.spool
-                .remove(&msg)
-                .map(|_| tracing::info!(queue_id = %id, "removed"))
+            self.spool.remove(&msg).map(|_| {
+                tracing::info!(queue_id = %id, "removed");
+                crate::history::record(
+                    Some(id.0),
+                    EventKind::Removed {
+                        reason: "done".into(),
+                    },
+                );
+            })
         } else {
             self.spool.finish_active(&mut msg)
         };
@@ -566,14 +599,41 @@ impl Scheduler {
         let new = crate::intake::report(config, &msg.sender, &report);
         let nrcpt = new.recipients.len();
         match self.spool.write_message(new, &report) {
-            Ok(dsn_msg) => tracing::info!(
-                queue_id = %msg.id,
-                dsn_queue_id = %dsn_msg.id,
-                action = action_name(action),
-                nrcpt,
-                to = %format!("<{}>", msg.sender),
-                "sender notified"
-            ),
+            Ok(dsn_msg) => {
+                tracing::info!(
+                    queue_id = %msg.id,
+                    dsn_queue_id = %dsn_msg.id,
+                    action = action_name(action),
+                    nrcpt,
+                    to = %format!("<{}>", msg.sender),
+                    "sender notified"
+                );
+                crate::history::record(
+                    Some(msg.id.0),
+                    EventKind::Notified {
+                        action: action_name(action).into(),
+                        report: dsn_msg.id.0,
+                        to: msg.sender.clone(),
+                    },
+                );
+                // The report is a message of its own: its history starts
+                // here (it never passes through intake).
+                crate::history::record(
+                    Some(dsn_msg.id.0),
+                    EventKind::Accepted {
+                        client: dsn_msg.client.clone(),
+                        listener: dsn_msg.listener.clone(),
+                        size: dsn_msg.size,
+                        sender: dsn_msg.sender.clone(),
+                        recipients: dsn_msg
+                            .recipients
+                            .iter()
+                            .map(|r| r.address.clone())
+                            .collect(),
+                        message_id: dsn_msg.message_id.clone(),
+                    },
+                );
+            }
             Err(e) => {
                 tracing::error!(queue_id = %msg.id, error = %e, "cannot queue the delivery status notification")
             }
@@ -596,6 +656,66 @@ struct Round {
     forced: bool,
     /// Remote recipient index → next hop, for logs.
     relays: HashMap<usize, String>,
+    /// When the round began (Unix ms): splits `delays=`.
+    started: i64,
+}
+
+/// When a recipient's message arrived, its round began and its outcome came.
+struct Timing {
+    arrival: i64,
+    started: i64,
+    now: i64,
+}
+
+/// Seconds in Postfix's style: two decimals under 10 s, one under 100 s,
+/// whole seconds above (`delay=0.35`, `delay=12.4`, `delay=3600`).
+fn seconds(ms: i64) -> String {
+    let s = ms.max(0) as f64 / 1000.0;
+    if s < 10.0 {
+        format!("{s:.2}")
+    } else if s < 100.0 {
+        format!("{s:.1}")
+    } else {
+        format!("{s:.0}")
+    }
+}
+
+/// The delivery line, with Postfix's field names and punctuation so that
+/// tools written for Postfix logs (pflogsumm and its greps) read it:
+/// `delivery ID: to=<a@b>, relay=host[ip]:port, delay=1.2,
+/// delays=a/b/c/d, dsn=2.0.0, status=sent (250 2.0.0 Ok)`. `delays` are
+/// before the queue (0: intake's time is inside the SMTP session), in the
+/// queue until this round, connection set-up (0: not measured apart) and
+/// the round itself.
+fn log_delivery(
+    id: QueueId,
+    r: &Recipient,
+    relay: &str,
+    t: &Timing,
+    detail: &crate::outcome::Detail,
+    status: &str,
+) {
+    let reason = detail.text.replace(['\r', '\n'], " ");
+    tracing::info!(
+        queue_id = %id,
+        "delivery {id}: to=<{}>, relay={relay}, delay={}, delays=0/{}/0/{}, dsn={}, status={status} ({reason})",
+        r.address,
+        seconds(t.now - t.arrival),
+        seconds(t.started - t.arrival),
+        seconds(t.now - t.started),
+        detail.status,
+    );
+    crate::history::record(
+        Some(id.0),
+        EventKind::Attempt {
+            to: r.address.clone(),
+            relay: relay.to_string(),
+            status: status.to_string(),
+            dsn: detail.status.clone(),
+            reason,
+            delay: (t.now - t.arrival).max(0) as f64 / 1000.0,
+        },
+    );
 }
 
 /// Runs futures concurrently on the actor's thread and collects their
@@ -642,16 +762,22 @@ fn apply_outcome(
     outcome: Outcome,
     relay: Option<&str>,
     forced: bool,
+    started: i64,
 ) -> Option<Action> {
     let uncounted = forced && r.attempts > 0 && matches!(outcome, Outcome::TempFail(_));
     if !uncounted {
         r.attempts += 1;
     }
-    let delay = format!("{:.2}", (now - arrival).max(0) as f64 / 1000.0);
+    let timing = Timing {
+        arrival,
+        started,
+        now,
+    };
     let detail = outcome.detail().clone();
     let relay = detail
-        .remote_mta
+        .peer
         .clone()
+        .or_else(|| detail.remote_mta.clone())
         .or_else(|| relay.map(str::to_string))
         .unwrap_or_else(|| "local".into());
     r.status = Some(detail.status.clone());
@@ -670,25 +796,25 @@ fn apply_outcome(
         Outcome::Delivered(_) => {
             r.state = RcptState::Delivered;
             r.last_error = None;
-            tracing::info!(queue_id = %id, to = %r.address, relay = %relay, delay = %delay, dsn = %detail.status, status = %"sent", reason = %detail.text, "delivery");
+            log_delivery(id, r, &relay, &timing, &detail, "sent");
             Some(Action::Delivered)
         }
         Outcome::PermFail(_) => {
             r.state = RcptState::Bounced;
             r.last_error = Some(detail.text.clone());
-            tracing::info!(queue_id = %id, to = %r.address, relay = %relay, delay = %delay, dsn = %detail.status, status = %"bounced", reason = %detail.text, "delivery");
+            log_delivery(id, r, &relay, &timing, &detail, "bounced");
             Some(Action::Failed)
         }
         Outcome::TempFail(_) => {
             r.last_error = Some(detail.text.clone());
             if now - arrival >= queue.lifetime.as_millis() as i64 {
                 r.state = RcptState::Bounced;
-                tracing::info!(queue_id = %id, to = %r.address, relay = %relay, delay = %delay, dsn = %detail.status, status = %"expired", reason = %detail.text, "delivery");
+                log_delivery(id, r, &relay, &timing, &detail, "expired");
                 Some(Action::Failed)
             } else {
                 r.state = RcptState::Deferred;
                 r.next_attempt = now + retry_delay(queue, r.attempts).as_millis() as i64;
-                tracing::info!(queue_id = %id, to = %r.address, relay = %relay, delay = %delay, dsn = %detail.status, status = %"deferred", reason = %detail.text, "delivery");
+                log_delivery(id, r, &relay, &timing, &detail, "deferred");
                 None
             }
         }

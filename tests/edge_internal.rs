@@ -171,7 +171,7 @@ fn internal_users_mail_leaves_through_the_edge() {
     assert!(d.edge.wait_log(
         &[
             "delivery",
-            "to=bob@internet.test",
+            "to=<bob@internet.test>",
             "status=sent",
             "relay=mx.internet.test"
         ],
@@ -209,7 +209,7 @@ fn the_internal_server_talks_only_to_the_edge() {
     }
     assert!(
         d.internal
-            .wait_log(&["delivery", "to=y@nomx.test", "relay=127.0.0.1"], WAIT),
+            .wait_log(&["delivery", "to=<y@nomx.test>", "relay=127.0.0.1"], WAIT),
         "{}",
         d.internal.log()
     );

@@ -147,7 +147,7 @@ fn per_recipient_outcomes_within_one_message() {
         &[
             "delivery",
             &id,
-            "to=defer1@partner.test",
+            "to=<defer1@partner.test>",
             "status=deferred",
             "dsn=4.2.0"
         ],
@@ -157,7 +157,7 @@ fn per_recipient_outcomes_within_one_message() {
         &[
             "delivery",
             &id,
-            "to=reject1@partner.test",
+            "to=<reject1@partner.test>",
             "status=bounced",
             "dsn=5.1.1"
         ],
@@ -558,7 +558,7 @@ fn a_looping_message_from_sendmail_bounces() {
         server.wait_log(
             &[
                 "delivery",
-                "to=alice@example.test",
+                "to=<alice@example.test>",
                 "status=bounced",
                 "dsn=5.4.6"
             ],

@@ -98,7 +98,7 @@ fn delivers_to_a_real_postfix_and_bounces_what_it_refuses() {
     ));
     assert!(
         server.wait_log(
-            &["delivery", &id, "to=user@postfix.test", "status=sent"],
+            &["delivery", &id, "to=<user@postfix.test>", "status=sent"],
             Duration::from_secs(20)
         ),
         "{}",
@@ -108,7 +108,7 @@ fn delivers_to_a_real_postfix_and_bounces_what_it_refuses() {
         &[
             "delivery",
             &id,
-            "to=reject@postfix.test",
+            "to=<reject@postfix.test>",
             "status=bounced",
             "dsn=5.1.1"
         ],

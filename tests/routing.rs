@@ -106,7 +106,7 @@ fn alias_group_reaches_every_member_and_keeps_remote_ones_queued() {
         1
     );
     assert!(server.wait_log(
-        &["delivery", &id, "to=dave@partner.test", "status=deferred"],
+        &["delivery", &id, "to=<dave@partner.test>", "status=deferred"],
         Duration::from_secs(10)
     ));
     let q = server.mailq();

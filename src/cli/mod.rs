@@ -7,6 +7,7 @@
 
 mod admin;
 mod dkim;
+mod explain;
 mod maildir;
 mod queue;
 mod sendmail;
@@ -102,6 +103,8 @@ enum Cmd {
     CheckConfig,
     /// The history of a message, also after it left the queue.
     Track(track::Args),
+    /// Run a would-be session through every rule, sending nothing.
+    Explain(explain::Args),
     /// The effective configuration.
     Config {
         #[command(subcommand)]
@@ -316,6 +319,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Cmd::Track(args) => track::run(&config, &args),
         Cmd::Export { name, maildir } => maildir::export(&config, &name, &maildir),
         Cmd::Import { name, maildir } => maildir::import(&config, &name, &maildir),
+        Cmd::Explain(args) => explain::run(&config, &args),
         Cmd::CheckConfig | Cmd::HashPassword | Cmd::Dkim { .. } => {
             unreachable!("handled before loading the configuration")
         }

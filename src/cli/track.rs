@@ -13,8 +13,11 @@ use crate::history::{Event, EventKind, Selector};
 use crate::spool::QueueId;
 
 /// The command's arguments.
+///
+/// One of the selectors is required; `--since`, `--limit` and `--json` go
+/// with any of them (a struct-level `#[group]` would take them in too).
 #[derive(clap::Args, Debug)]
-#[group(required = true, multiple = false, id = "what")]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(false)))]
 pub struct Args {
     /// A queue id.
     #[arg(group = "what")]

@@ -261,6 +261,25 @@ fn decode(bytes: &[u8]) -> Option<Event> {
     }
 }
 
+/// The daemon's history, once it is open (`install`).
+static INSTALLED: std::sync::OnceLock<History> = std::sync::OnceLock::new();
+
+/// Makes `history` the one `record` writes to: the daemon does this once at
+/// start, so the parts where events happen (intake, the scheduler, the SMTP
+/// session, queue operations) record without carrying a handle. Later calls
+/// are ignored.
+pub fn install(history: History) {
+    let _ = INSTALLED.set(history);
+}
+
+/// Records an event in the installed history; nothing when none is (the
+/// CLI working on the spool directly, unit tests). Never blocks.
+pub fn record(queue_id: Option<u64>, kind: EventKind) {
+    if let Some(h) = INSTALLED.get() {
+        h.record(Event::now(queue_id, kind));
+    }
+}
+
 /// The bounds the writer keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -444,6 +444,7 @@ impl Client {
             ),
             remote_mta: Some(self.peer_name.clone()),
             smtp_reply: Some(reply.line()),
+            peer: Some(self.peer.to_string()),
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod command;
 pub mod data;
 pub mod line;
+pub mod policy;
 pub mod reply;
 pub mod server;
 pub mod session;

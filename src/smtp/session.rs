@@ -17,7 +17,7 @@ use super::command::{self, Command, MailFrom};
 use super::data::DataScanner;
 use super::line::{Ending, Line, memchr_lf, read_line};
 use super::reply::Reply;
-use crate::config::{AuthMode, Config, Listener, Protocol, TlsMode, glob_match};
+use crate::config::{AuthMode, Config, Listener, Protocol, TlsMode};
 use crate::conn::{Conn, HANDSHAKE_TIMEOUT};
 use crate::intake::{Envelope, EnvelopeRcpt};
 use crate::policy;
@@ -200,19 +200,9 @@ impl Session {
 
     /// `554 5.7.1` at greeting for clients the connection lists refuse.
     fn connection_refusal(&self) -> Option<Reply> {
-        let ip = self.peer.ip();
-        let inbound = &self.config.inbound;
-        let name = self.client_name.as_deref();
-        let denied = inbound
-            .deny_connections_from
-            .iter()
-            .any(|p| p.matches(ip, name));
-        let allowed = inbound.allow_connections_from.is_empty()
-            || inbound
-                .allow_connections_from
-                .iter()
-                .any(|p| p.matches(ip, name));
-        (denied || !allowed).then(|| Reply::new(554, "5.7.1", "Connection refused by policy"))
+        super::policy::connection(&self.config, self.peer.ip(), self.client_name.as_deref())
+            .err()
+            .map(|r| r.reply)
     }
 
     fn send(&mut self, reply: Reply) {
@@ -238,8 +228,33 @@ impl Session {
     }
 
     fn reject(&self, stage: &str, reply: &Reply) {
-        tracing::info!(client = %self.client, stage = %stage, code = reply.code, reason = %reply.lines.join(" "), "rejected");
+        let sender = self.tx.as_ref().map(|t| t.mail.address.clone());
+        self.reject_with(stage, reply, sender, None);
+    }
+
+    /// Logs a refusal and records it in the message history.
+    fn reject_with(
+        &self,
+        stage: &str,
+        reply: &Reply,
+        sender: Option<String>,
+        recipient: Option<String>,
+    ) {
+        let reason = reply.lines.join(" ");
+        tracing::info!(client = %self.client, stage = %stage, code = reply.code, reason = %reason, "rejected");
         crate::metrics::get().reject(stage, reply.code);
+        crate::history::record(
+            None,
+            crate::history::EventKind::Rejected {
+                client: self.client.clone(),
+                listener: self.listener.name.clone(),
+                stage: stage.to_string(),
+                code: reply.code,
+                reason,
+                sender,
+                recipient,
+            },
+        );
     }
 
     /// Reads a line, flushing replies first when nothing more is pipelined.
@@ -486,59 +501,24 @@ impl Session {
         if self.tx.is_some() {
             return self.send(Reply::new(503, "5.5.1", "Error: nested MAIL command"));
         }
-        if self.listener.auth == AuthMode::Required && self.user.is_none() {
-            let r = Reply::new(530, "5.7.0", "Authentication required");
-            self.reject("MAIL", &r);
-            return self.send(r);
-        }
-        if self.listener.protocol == Protocol::Submission
-            && let Some(user) = &self.user
-        {
-            let owned = self.config.directory.user(user).is_some_and(|u| {
-                u.addresses
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(&mail.address))
-            });
-            if !owned {
-                let r = Reply::new(
-                    553,
-                    "5.7.1",
-                    format!(
-                        "<{}>: Sender address rejected: not owned by user {user}",
-                        mail.address
-                    ),
-                );
-                self.reject("MAIL", &r);
-                return self.send(r);
+        let params = super::policy::MailParams {
+            esmtp: self.esmtp,
+            size: mail.size,
+            body_8bit: mail.body_8bit,
+            smtputf8: mail.smtputf8,
+        };
+        if let Err(r) = super::policy::mail(
+            &self.config,
+            &self.listener,
+            self.user.as_deref(),
+            &mail.address,
+            params,
+        ) {
+            // A protocol error (parameters after HELO) is no policy refusal.
+            if r.reply.code != 555 {
+                self.reject_with("MAIL", &r.reply, Some(mail.address.clone()), None);
             }
-        }
-        if !self.esmtp && (mail.size.is_some() || mail.body_8bit || mail.smtputf8) {
-            return self.send(Reply::new(555, "5.5.4", "Error: parameters need EHLO"));
-        }
-        if mail
-            .size
-            .is_some_and(|s| s > self.config.inbound.max_message_size)
-        {
-            let r = Reply::new(552, "5.3.4", "Message size exceeds fixed limit");
-            self.reject("MAIL", &r);
-            return self.send(r);
-        }
-        let lower = mail.address.to_lowercase();
-        if !lower.is_empty()
-            && self
-                .config
-                .inbound
-                .deny_senders
-                .iter()
-                .any(|p| glob_match(p, &lower))
-        {
-            let r = Reply::new(
-                550,
-                "5.7.1",
-                format!("<{}>: Sender address rejected: Access denied", mail.address),
-            );
-            self.reject("MAIL", &r);
-            return self.send(r);
+            return self.send(r.reply);
         }
         self.tx = Some(Transaction {
             mail,
@@ -549,74 +529,29 @@ impl Session {
         self.send(Reply::new(250, "2.1.0", "Ok"));
     }
 
+    /// Whether the client may relay (authenticated, or a `relay_from`
+    /// entry): `smtp::policy::relay_client`.
     fn relay_client(&self) -> bool {
-        if self.user.is_some() {
-            return true;
-        }
-        let ip = self.peer.ip();
-        let name = self.client_name.as_deref();
-        self.config
-            .inbound
-            .relay_from
-            .iter()
-            .any(|p| p.matches(ip, name))
+        super::policy::relay_client(
+            &self.config,
+            self.peer.ip(),
+            self.client_name.as_deref(),
+            self.user.as_deref(),
+        )
+        .is_some()
     }
 
-    /// The RCPT policy: limits, deny list, relay control, local recipient
-    /// verification.
+    /// The RCPT policy (`policy::rcpt`) for this session's client.
     fn rcpt_policy(&self, address: &str) -> Result<(), Reply> {
-        let cfg = &self.config;
-        let lower = address.to_lowercase();
-        if cfg
-            .inbound
-            .deny_recipients
-            .iter()
-            .any(|p| glob_match(p, &lower))
-        {
-            return Err(Reply::new(
-                550,
-                "5.7.1",
-                format!("<{address}>: Recipient address rejected: Access denied"),
-            ));
-        }
-        let (local_part, domain) = address.rsplit_once('@').unwrap_or((address, ""));
-        let relay_denied = || Reply::new(554, "5.7.1", format!("<{address}>: Relay access denied"));
-        if !cfg.domains.is_local(domain) {
-            // Relay domains (an edge's organisation domains) are accepted
-            // from anyone, but never with routing characters.
-            let relay_domain =
-                cfg.domains.is_relay(domain) && !local_part.contains(['%', '!', '@']);
-            return if relay_domain || self.relay_client() {
-                Ok(())
-            } else {
-                Err(relay_denied())
-            };
-        }
-        // Routing characters in a local part (RFC 5321 §3.6.1: `%`, `!`, a
-        // quoted `@`) are old relay tricks: never a local mailbox.
-        if local_part.contains(['%', '!', '@']) {
-            return if self.relay_client() {
-                Err(Reply::new(
-                    550,
-                    "5.1.1",
-                    format!(
-                        "<{address}>: Recipient address rejected: User unknown in local recipient table"
-                    ),
-                ))
-            } else {
-                Err(relay_denied())
-            };
-        }
-        if cfg.inbound.verify_recipients && cfg.directory.expand(address, &cfg.domains).is_empty() {
-            return Err(Reply::new(
-                550,
-                "5.1.1",
-                format!(
-                    "<{address}>: Recipient address rejected: User unknown in local recipient table"
-                ),
-            ));
-        }
-        Ok(())
+        let relay = super::policy::relay_client(
+            &self.config,
+            self.peer.ip(),
+            self.client_name.as_deref(),
+            self.user.as_deref(),
+        );
+        super::policy::rcpt(&self.config, address, relay.as_ref())
+            .map(|_| ())
+            .map_err(|r| r.reply)
     }
 
     async fn rcpt(&mut self, mut rcpt: EnvelopeRcpt) {
@@ -642,7 +577,8 @@ impl Session {
         }
         if count >= self.config.inbound.max_recipients {
             let r = Reply::new(452, "4.5.3", "Error: too many recipients");
-            self.reject("RCPT", &r);
+            let sender = self.tx.as_ref().map(|t| t.mail.address.clone());
+            self.reject_with("RCPT", &r, sender, Some(address.clone()));
             return self.send(r);
         }
         let Some(tx) = &self.tx else { return };
@@ -674,7 +610,8 @@ impl Session {
                 if let Some(tx) = &mut self.tx {
                     tx.refused += 1;
                 }
-                self.reject("RCPT", &r);
+                let sender = self.tx.as_ref().map(|t| t.mail.address.clone());
+                self.reject_with("RCPT", &r, sender, Some(address.clone()));
                 self.send(r);
             }
         }
