@@ -6,78 +6,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Smtp, TestServer, free_port, queued_id};
-
-struct PostfixPeer {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl PostfixPeer {
-    fn start() -> Option<PostfixPeer> {
-        if !std::path::Path::new("/usr/sbin/postfix").exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "Postfix is not installed, and CI is set: .ci/run must install it"
-            );
-            eprintln!(
-                "SKIPPED: Postfix is not installed (apt-get install postfix); the CI run does not skip this"
-            );
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/postfix_peer.sh");
-        let child = Command::new("bash")
-            .arg(script)
-            .arg(dir.path().join("pf"))
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postfix");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "Postfix did not start listening");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(PostfixPeer { child, dir, port })
-    }
-
-    fn maildir_files(&self) -> Vec<Vec<u8>> {
-        let new = self.dir.path().join("pf/mail/box/new");
-        std::fs::read_dir(new)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| std::fs::read(e.path()).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for PostfixPeer {
-    fn drop(&mut self) {
-        let _ = Command::new("postfix")
-            .arg("-c")
-            .arg(self.dir.path().join("pf/etc"))
-            .arg("stop")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::postfix::PostfixPeer;
+use common::{Smtp, TestServer, queued_id};
 
 #[test]
 fn delivers_to_a_real_postfix_and_bounces_what_it_refuses() {
-    let Some(peer) = PostfixPeer::start() else {
+    let Some(peer) = PostfixPeer::start("") else {
         return;
     };
     let server = TestServer::start_with(
@@ -114,14 +50,7 @@ fn delivers_to_a_real_postfix_and_bounces_what_it_refuses() {
         ],
         Duration::from_secs(20)
     ));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let files = loop {
-        let f = peer.maildir_files();
-        if !f.is_empty() || Instant::now() > deadline {
-            break f;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let files = peer.wait_maildir(1, Duration::from_secs(20));
     assert_eq!(files.len(), 1, "one message in Postfix's maildir");
     let got = String::from_utf8_lossy(&files[0]).replace("\r\n", "\n");
     // Postfix's cleanup adds the Date: and From: the message lacked.

@@ -23,7 +23,9 @@ impl PostfixPeer {
                 std::env::var_os("CI").is_none(),
                 "Postfix is not installed, and CI is set: .ci/run must install it"
             );
-            eprintln!("SKIPPED: Postfix is not installed (apt-get install postfix)");
+            eprintln!(
+                "SKIPPED: Postfix is not installed (apt-get install postfix); the CI run does not skip this"
+            );
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");
