@@ -165,20 +165,7 @@ fn every_250_follows_an_fdatasync_and_each_commit_is_one_fdatasync() {
     let status: serde_json::Value =
         serde_json::from_slice(&server.cli(&["status", "--json"]).stdout).expect("status");
     // Stop petrel itself (strace's child); strace exits with it.
-    let strace_pid = server.child_pid().expect("running");
-    let children =
-        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
-            .expect("children");
-    let petrel_pid = children
-        .split_whitespace()
-        .next()
-        .expect("petrel under strace")
-        .to_string();
-    let status_kill = std::process::Command::new("kill")
-        .args(["-TERM", &petrel_pid])
-        .status()
-        .expect("kill");
-    assert!(status_kill.success());
+    server.signal_wrapped("-TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(60)), Some(0));
     let text = std::fs::read_to_string(&trace).expect("trace");
     let t = parse(&text);

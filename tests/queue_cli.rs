@@ -499,18 +499,7 @@ fn crash_during_swap(held: &str, reached: fn(&std::path::Path) -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
     // SIGKILL the daemon itself, not strace (which would detach it).
-    let tracer = server.child_pid().expect("strace pid");
-    let children = std::fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children"))
-        .expect("strace's children");
-    let daemon = children
-        .split_whitespace()
-        .next()
-        .expect("the daemon's pid");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", daemon])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    server.signal_wrapped("-9");
     server.kill9();
     let _ = deleter.join();
     assert!(

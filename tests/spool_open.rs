@@ -40,19 +40,6 @@ fn a_new_spool_fsyncs_sleds_conf_and_its_directory_at_open() {
     assert!(synced(&queue), "queue/ not fsynced:\n{text}");
     assert!(synced(&queue.join("db")), "queue/db not fsynced:\n{text}");
     // Stop petrel itself (strace's child); strace exits with it.
-    let strace_pid = server.child_pid().expect("running");
-    let children =
-        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
-            .expect("children");
-    let petrel_pid = children
-        .split_whitespace()
-        .next()
-        .expect("petrel under strace")
-        .to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &petrel_pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    server.signal_wrapped("-TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(60)), Some(0));
 }

@@ -259,6 +259,23 @@ impl TestServer {
         false
     }
 
+    /// Sends `sig` to the daemon itself when it runs under a wrapper
+    /// (`start_wrapped`, e.g. strace, whose own death would detach it).
+    pub fn signal_wrapped(&self, sig: &str) {
+        let wrapper = self.child_pid().expect("running");
+        let children = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
+            .expect("the wrapper's children");
+        let daemon = children
+            .split_whitespace()
+            .next()
+            .expect("the daemon under the wrapper");
+        let killed = Command::new("kill")
+            .args([sig, daemon])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+    }
+
     /// Sends SIGKILL and waits for the process.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
