@@ -109,23 +109,6 @@ impl Line {
     }
 }
 
-/// Reads one command line: as `read_line`, but a bare LF does not end it
-/// (see `Line::absorb`).
-pub async fn read_command_line<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    limit: usize,
-    discard_cap: usize,
-) -> std::io::Result<Line> {
-    let mut line = read_line(reader, limit, discard_cap).await?;
-    while line.ending == Ending::BareLf {
-        let next = read_line(reader, limit, discard_cap).await?;
-        if !line.absorb(next, limit + discard_cap) {
-            break;
-        }
-    }
-    Ok(line)
-}
-
 /// Where the first `\n` in `buf` is.
 pub(crate) fn memchr_lf(buf: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', buf)
@@ -161,19 +144,32 @@ mod tests {
         assert_eq!(ls[3].ending, Ending::Eof);
     }
 
+    /// A command line as the SMTP session reads it: segments joined with
+    /// `Line::absorb` while one ends in a bare LF.
+    async fn command_line(r: &mut (impl AsyncBufRead + Unpin), limit: usize, cap: usize) -> Line {
+        let mut line = read_line(r, limit, cap).await.expect("read");
+        while line.ending == Ending::BareLf {
+            let next = read_line(r, limit, cap).await.expect("read");
+            if !line.absorb(next, limit + cap) {
+                break;
+            }
+        }
+        line
+    }
+
     #[tokio::test]
     async fn a_bare_lf_does_not_end_a_command_line() {
         let mut r = tokio::io::BufReader::with_capacity(3, b"NOOP\nNOOP\r\nQUIT\r\n".as_slice());
-        let l = read_command_line(&mut r, 512, 100).await.expect("read");
+        let l = command_line(&mut r, 512, 100).await;
         assert_eq!(l.ending, Ending::BareLf);
         assert_eq!(l.wire_len, 11);
-        let l = read_command_line(&mut r, 512, 100).await.expect("read");
+        let l = command_line(&mut r, 512, 100).await;
         assert_eq!(
             (l.bytes.as_slice(), l.ending),
             (b"QUIT".as_slice(), Ending::Crlf)
         );
         let mut r = tokio::io::BufReader::new(b"A\nB\nC".as_slice());
-        let l = read_command_line(&mut r, 512, 100).await.expect("read");
+        let l = command_line(&mut r, 512, 100).await;
         assert_eq!(l.ending, Ending::Eof);
     }
 
