@@ -382,7 +382,13 @@ fn delete_all_gives_the_disk_back_at_once_and_loses_no_acknowledged_mail() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(server.log().contains("spool compacted"), "{}", server.log());
+    // The daemon logs before it replies, but the test reads its stderr on
+    // another thread: wait for the line rather than race that reader.
+    assert!(
+        server.wait_log(&["spool compacted"], Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
     let after = petrel::spool::compact::disk_usage(&spool);
     assert!(
         after * 4 < before,
