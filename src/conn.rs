@@ -50,15 +50,29 @@ pub async fn implicit_tls(
     config: Arc<rustls::ServerConfig>,
     peer: SocketAddr,
 ) -> Option<Conn> {
+    accept_tls(stream, config, &format!("[{}]", peer.ip())).await
+}
+
+/// The server side of a TLS handshake on an accepted socket, for implicit
+/// TLS and for the upgrade in place of every protocol (SMTP STARTTLS,
+/// POP3 STLS, IMAP STARTTLS); `None` when it fails or times out (logged
+/// with `client`). The caller builds a new reader on the result, so input
+/// the client pipelined before the handshake is dropped, never read as if
+/// it came inside TLS (CVE-2011-0411).
+pub async fn accept_tls(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    client: &str,
+) -> Option<Conn> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => Some(Conn::ServerTls(Box::new(tls))),
         Ok(Err(e)) => {
-            tracing::info!(client = %format!("[{}]", peer.ip()), error = %e, "TLS handshake failed");
+            tracing::info!(client = %client, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
-            tracing::info!(client = %format!("[{}]", peer.ip()), "TLS handshake timed out");
+            tracing::info!(client = %client, "TLS handshake timed out");
             None
         }
     }

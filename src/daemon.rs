@@ -499,7 +499,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         config: config.clone(),
         intake: Intake::new(spool.clone(), Some(waker.clone())),
         debug,
-        connections: server::ConnectionCount::default(),
+        connections: crate::session::limits::ConnectionCount::default(),
         tls,
         // A resolver of its own: the delivery pool's lives on the delivery
         // arbiter's runtime, and hickory's sockets belong to the runtime

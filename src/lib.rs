@@ -24,6 +24,7 @@ pub mod queue_report;
 pub mod router;
 pub mod scheduler;
 pub mod service;
+pub mod session;
 pub mod shutdown;
 pub mod smtp;
 pub mod spool;

@@ -29,7 +29,7 @@ pub struct Pop3Shared {
     pub tls: crate::tls::ServerTls,
     /// Open POP3 sessions, in total and per client address
     /// (`pop3.max_connections`, `pop3.max_connections_per_client`).
-    pub connections: crate::smtp::server::ConnectionCount,
+    pub connections: crate::session::limits::ConnectionCount,
 }
 
 impl Pop3Shared {

@@ -4,15 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::io::{AsyncWriteExt, BufReader};
 
 use super::Pop3Shared;
 use crate::config::{Config, Listener, TlsMode};
 use crate::conn::Conn;
+use crate::session::{login, sasl};
 use crate::shutdown::Signal;
 use crate::smtp::line::{Ending, read_line};
 use crate::store::{FolderId, MessageMeta as MailMeta};
@@ -23,8 +21,6 @@ const COMMAND_LIMIT: usize = 255;
 const DISCARD: usize = 64 * 1024;
 /// Errors after which the session is closed.
 const MAX_ERRORS: u32 = 20;
-/// Failed logins after which the session is closed; each waits longer.
-const MAX_AUTH_FAILURES: u32 = 3;
 
 /// The open maildrop of a session in the TRANSACTION state.
 struct Maildrop {
@@ -51,7 +47,7 @@ pub struct Session {
     user_arg: Option<String>,
     drop_: Option<Maildrop>,
     errors: u32,
-    auth_failures: u32,
+    auth_failures: login::Backoff,
 }
 
 enum Flow {
@@ -80,7 +76,7 @@ impl Session {
             user_arg: None,
             drop_: None,
             errors: 0,
-            auth_failures: 0,
+            auth_failures: Default::default(),
         }
     }
 
@@ -247,19 +243,14 @@ impl Session {
         let Some(cfg) = self.shared.tls.get() else {
             return Ok(Flow::Close);
         };
-        match tokio::time::timeout(
-            crate::conn::HANDSHAKE_TIMEOUT,
-            tokio_rustls::TlsAcceptor::from(cfg).accept(tcp),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => {
-                self.stream = BufReader::with_capacity(8 * 1024, Conn::ServerTls(Box::new(tls)));
+        match crate::conn::accept_tls(tcp, cfg, &self.client).await {
+            Some(tls) => {
+                self.stream = BufReader::with_capacity(8 * 1024, tls);
                 crate::metrics::get().tls_session("pop3");
                 self.user_arg = None;
                 Ok(Flow::Continue)
             }
-            _ => {
+            None => {
                 self.stream = BufReader::new(Conn::Closed);
                 Ok(Flow::Close)
             }
@@ -294,33 +285,34 @@ impl Session {
                 String::from_utf8_lossy(&line.bytes).into_owned()
             }
         };
-        if response == "*" {
-            self.err("authentication cancelled");
-            return Ok(Flow::Continue);
-        }
-        let decoded = if response == "=" {
-            Ok(Vec::new())
-        } else {
-            BASE64.decode(response.trim())
-        };
-        let Ok(raw) = decoded else {
-            self.err("malformed AUTH response");
-            return Ok(Flow::Continue);
-        };
-        let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
-        match parts.as_slice() {
-            [authz, authc, pass] if authz.is_empty() || authz == authc => {
-                let (u, p) = (
-                    String::from_utf8_lossy(authc).into_owned(),
-                    String::from_utf8_lossy(pass).into_owned(),
-                );
-                self.login(&u, &p).await
+        match sasl::decode(response.as_bytes()).and_then(|raw| sasl::plain(&raw)) {
+            Ok((u, p)) => self.login(&u, &p).await,
+            Err(sasl::SaslError::Cancelled) => {
+                self.err("authentication cancelled");
+                Ok(Flow::Continue)
             }
-            _ => {
+            Err(sasl::SaslError::Authz) => self.login_failed("PLAIN", "").await,
+            Err(_) => {
                 self.err("malformed AUTH response");
                 Ok(Flow::Continue)
             }
         }
+    }
+
+    /// A failed login: slowed, logged, and the session closed after the
+    /// last one allowed.
+    async fn login_failed(&mut self, mechanism: &str, login: &str) -> std::io::Result<Flow> {
+        let close = self
+            .auth_failures
+            .failed(&self.client, "POP3", mechanism, login)
+            .await;
+        tracing::info!(client = %self.client, stage = %"POP3 login", code = %"-ERR", reason = "invalid credentials", "rejected");
+        self.err("[AUTH] invalid user name or password");
+        if close {
+            self.err("[AUTH] too many failures; closing");
+            return Ok(Flow::Close);
+        }
+        Ok(Flow::Continue)
     }
 
     /// Checks the credentials and opens the maildrop.
@@ -329,44 +321,14 @@ impl Session {
             Some((u, m)) if !m.is_empty() => (u.to_string(), Some(m.to_string())),
             _ => (login.to_string(), None),
         };
-        let dir = &self.config.directory;
-        let user = dir
-            .users
-            .iter()
-            .find(|u| u.name == who || u.addresses.iter().any(|a| a.eq_ignore_ascii_case(&who)))
-            .cloned();
-        let verified = match &user {
-            Some(u) if !u.password.is_empty() => {
-                let (hash, pw) = (u.password.clone(), password.to_string());
-                tokio::task::spawn_blocking(move || crate::auth::verify_password(&pw, &hash))
-                    .await
-                    .unwrap_or(false)
-            }
-            _ => false,
-        };
+        let user = login::verify(&self.config, &who, password).await;
         let target = match (&user, &mailbox) {
             (Some(u), None) => Some(u.name.clone()),
-            (Some(u), Some(m))
-                if dir
-                    .mailin
-                    .iter()
-                    .any(|x| &x.name == m && x.readers.contains(&u.name)) =>
-            {
-                Some(m.clone())
-            }
+            (Some(u), Some(m)) if login::may_read(&self.config, &u.name, m) => Some(m.clone()),
             _ => None,
         };
-        let (Some(target), true) = (target, verified) else {
-            self.auth_failures += 1;
-            tokio::time::sleep(Duration::from_secs(self.auth_failures as u64)).await;
-            crate::auth::log_failure(&self.client, "POP3", "password", login);
-            tracing::info!(client = %self.client, stage = %"POP3 login", code = %"-ERR", reason = "invalid credentials", "rejected");
-            self.err("[AUTH] invalid user name or password");
-            if self.auth_failures >= MAX_AUTH_FAILURES {
-                self.err("[AUTH] too many failures; closing");
-                return Ok(Flow::Close);
-            }
-            return Ok(Flow::Continue);
+        let Some(target) = target else {
+            return self.login_failed("password", login).await;
         };
         let lock = match self.shared.store.lock_maildrop(&target).await {
             Ok(Some(l)) => l,

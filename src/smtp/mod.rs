@@ -30,7 +30,7 @@ pub struct SmtpShared {
     /// SMTP trace level (0–3), changed at run time by `petrel debug smtp`.
     pub debug: Arc<AtomicU8>,
     /// Open sessions, in total and per client address.
-    pub connections: server::ConnectionCount,
+    pub connections: crate::session::limits::ConnectionCount,
     /// Server TLS configuration, when any listener uses TLS; replaced by a
     /// reload (renewed certificates).
     pub tls: crate::tls::ServerTls,

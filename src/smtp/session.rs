@@ -8,8 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::SmtpShared;
@@ -18,9 +16,10 @@ use super::data::DataScanner;
 use super::line::{Ending, Line, memchr_lf, read_line};
 use super::reply::Reply;
 use crate::config::{AuthMode, Config, Listener, Protocol, TlsMode};
-use crate::conn::{Conn, HANDSHAKE_TIMEOUT};
+use crate::conn::Conn;
 use crate::intake::{Envelope, EnvelopeRcpt};
 use crate::policy;
+use crate::session::sasl;
 use crate::shutdown::Signal;
 use crate::spool::StoreError;
 
@@ -30,9 +29,6 @@ const COMMAND_LIMIT: usize = 512;
 const COMMAND_DISCARD: usize = 64 * 1024;
 /// RFC 5321 §6.3: a message that has crossed this many hosts is looping.
 const MAX_HOPS: usize = 50;
-/// Failed AUTH attempts after which the session is closed; each failure
-/// waits one second more than the last before its reply.
-const MAX_AUTH_FAILURES: u32 = 3;
 
 /// How a session ended.
 enum Flow {
@@ -70,7 +66,7 @@ pub struct Session {
     /// The client's forward-confirmed host name, looked up only when a
     /// host pattern needs it.
     client_name: Option<String>,
-    auth_failures: u32,
+    auth_failures: crate::session::login::Backoff,
     /// SPF of the current transaction's MAIL FROM, for DMARC after DATA.
     spf: Option<mail_auth::SpfOutput>,
 }
@@ -100,7 +96,7 @@ impl Session {
             errors: 0,
             signal,
             user: None,
-            auth_failures: 0,
+            auth_failures: Default::default(),
             client_name: None,
             spf: None,
         }
@@ -943,16 +939,16 @@ impl Session {
         if pipelined > 0 {
             tracing::info!(client = %self.client, octets = pipelined, "discarded input pipelined after STARTTLS");
         }
-        let Some(acceptor) = self.shared.tls.get().map(tokio_rustls::TlsAcceptor::from) else {
+        let Some(cfg) = self.shared.tls.get() else {
             return Ok(Flow::Close);
         };
         let Some(tcp) = self.stream.get_mut().take_plain() else {
             return Ok(Flow::Close);
         };
         // A new reader drops whatever was buffered.
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => {
-                self.stream = BufReader::with_capacity(16 * 1024, Conn::ServerTls(Box::new(tls)));
+        match crate::conn::accept_tls(tcp, cfg, &self.client).await {
+            Some(tls) => {
+                self.stream = BufReader::with_capacity(16 * 1024, tls);
                 crate::metrics::get().tls_session(self.listener.protocol.as_str());
                 self.helo = None;
                 self.esmtp = false;
@@ -962,13 +958,7 @@ impl Session {
                 }
                 Ok(Flow::Continue)
             }
-            Ok(Err(e)) => {
-                tracing::info!(client = %self.client, error = %e, "TLS handshake failed");
-                self.stream = BufReader::new(Conn::Closed);
-                Ok(Flow::Close)
-            }
-            Err(_) => {
-                tracing::info!(client = %self.client, "TLS handshake timed out");
+            None => {
                 self.stream = BufReader::new(Conn::Closed);
                 Ok(Flow::Close)
             }
@@ -998,12 +988,7 @@ impl Session {
                 "Error: malformed authentication response",
             )));
         }
-        if line.bytes == b"*" {
-            return Ok(Err(Reply::new(501, "5.7.0", "Authentication aborted")));
-        }
-        Ok(BASE64
-            .decode(&line.bytes)
-            .map_err(|_| Reply::new(501, "5.5.2", "Error: cannot decode the response (base64)")))
+        Ok(sasl::decode(&line.bytes).map_err(sasl_reply))
     }
 
     /// RFC 4954 AUTH with PLAIN (RFC 4616) or LOGIN.
@@ -1051,40 +1036,17 @@ impl Session {
             ));
             return Ok(Flow::Continue);
         }
-        let decode = |s: &str| {
-            if s == "=" {
-                Ok(Vec::new())
-            } else {
-                BASE64.decode(s).map_err(|_| {
-                    Reply::new(501, "5.5.2", "Error: cannot decode the response (base64)")
-                })
-            }
-        };
         let credentials: Result<(String, String), Reply> = match mech.as_str() {
             "PLAIN" => {
                 let raw = match initial {
-                    Some(i) => decode(i),
+                    Some(i) => sasl::decode(i.as_bytes()).map_err(sasl_reply),
                     None => self.sasl_line("").await?,
                 };
-                raw.and_then(|raw| {
-                    let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
-                    match parts.as_slice() {
-                        [authz, authc, pass] if authz.is_empty() || authz == authc => Ok((
-                            String::from_utf8_lossy(authc).into_owned(),
-                            String::from_utf8_lossy(pass).into_owned(),
-                        )),
-                        [_, _, _] => Err(Reply::new(
-                            535,
-                            "5.7.8",
-                            "Authentication credentials invalid",
-                        )),
-                        _ => Err(Reply::new(501, "5.5.2", "Error: malformed PLAIN response")),
-                    }
-                })
+                raw.and_then(|raw| sasl::plain(&raw).map_err(sasl_reply))
             }
             "LOGIN" => {
                 let user = match initial {
-                    Some(i) => decode(i),
+                    Some(i) => sasl::decode(i.as_bytes()).map_err(sasl_reply),
                     None => self.sasl_line("VXNlcm5hbWU6").await?,
                 };
                 match user {
@@ -1113,24 +1075,9 @@ impl Session {
                 return Ok(if close { Flow::Close } else { Flow::Continue });
             }
         };
-        // The login is a user name, or one of the user's addresses.
-        let user = self
-            .config
-            .directory
-            .users
-            .iter()
-            .find(|u| u.name == login || u.addresses.iter().any(|a| a.eq_ignore_ascii_case(&login)))
-            .cloned();
-        let ok = match user {
-            Some(u) if !u.password.is_empty() => {
-                let hash = u.password.clone();
-                tokio::task::spawn_blocking(move || crate::auth::verify_password(&password, &hash))
-                    .await
-                    .unwrap_or(false)
-                    .then_some(u.name)
-            }
-            _ => None,
-        };
+        let ok = crate::session::login::verify(&self.config, &login, &password)
+            .await
+            .map(|u| u.name);
         match ok {
             Some(name) => {
                 tracing::info!(client = %self.client, user = %name, mechanism = %mech, "authenticated");
@@ -1139,14 +1086,15 @@ impl Session {
                 Ok(Flow::Continue)
             }
             None => {
-                self.auth_failures += 1;
                 // Slow down guessing: 1 s, 2 s, 3 s, then goodbye.
-                tokio::time::sleep(std::time::Duration::from_secs(self.auth_failures as u64)).await;
+                let close = self
+                    .auth_failures
+                    .failed(&self.client, "SMTP", &mech, &login)
+                    .await;
                 let r = Reply::new(535, "5.7.8", "Authentication credentials invalid");
-                crate::auth::log_failure(&self.client, "SMTP", &mech, &login);
                 self.reject("AUTH", &r);
                 self.send(r);
-                if self.auth_failures >= MAX_AUTH_FAILURES {
+                if close {
                     self.send(Reply::new(
                         421,
                         "4.7.0",
@@ -1160,5 +1108,17 @@ impl Session {
                 Ok(Flow::Continue)
             }
         }
+    }
+}
+
+/// The SMTP reply to an unusable SASL response (RFC 4954 §4, §6).
+fn sasl_reply(e: sasl::SaslError) -> Reply {
+    match e {
+        sasl::SaslError::Cancelled => Reply::new(501, "5.7.0", "Authentication aborted"),
+        sasl::SaslError::Base64 => {
+            Reply::new(501, "5.5.2", "Error: cannot decode the response (base64)")
+        }
+        sasl::SaslError::Authz => Reply::new(535, "5.7.8", "Authentication credentials invalid"),
+        sasl::SaslError::Malformed => Reply::new(501, "5.5.2", "Error: malformed PLAIN response"),
     }
 }
