@@ -68,6 +68,8 @@ pub struct Daemon {
     pub smtp: Arc<SmtpShared>,
     /// State shared by POP3 sessions.
     pub pop3: Arc<crate::pop3::Pop3Shared>,
+    /// What IMAP sessions share.
+    pub imap: Arc<crate::imap::ImapShared>,
     /// State shared by http listeners.
     pub web: Arc<crate::web::WebShared>,
     /// Message history (`petrel track`).
@@ -344,14 +346,14 @@ impl Daemon {
                 self.pop3.clone(),
                 signal,
             )),
+            Protocol::Imap => tokio::spawn(crate::imap::serve(
+                tcp,
+                l.clone(),
+                self.imap.clone(),
+                signal,
+            )),
             Protocol::Http => {
                 tokio::spawn(crate::web::serve(tcp, l.clone(), self.web.clone(), signal))
-            }
-            other => {
-                return Err(format!(
-                    "{key}.protocol: {} is not available in this version",
-                    other.as_str()
-                ));
             }
         };
         tracing::info!(listener = %l.name, protocol = %l.protocol.as_str(), address = %addr, "listening");
@@ -515,6 +517,11 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         store.clone(),
         smtp.tls.clone(),
     ));
+    let imap = Arc::new(crate::imap::ImapShared::new(
+        config.clone(),
+        store.clone(),
+        smtp.tls.clone(),
+    ));
     let shutdown = Shutdown::new();
     let daemon = Arc::new(Daemon {
         config: config.clone(),
@@ -522,6 +529,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         waker: waker.clone(),
         smtp: smtp.clone(),
         pop3: pop3.clone(),
+        imap,
         web: Arc::new(crate::web::WebShared {
             config: config.clone(),
             spool: spool.clone(),

@@ -12,6 +12,7 @@ pub mod directory;
 pub mod dsn;
 pub mod headers;
 pub mod history;
+pub mod imap;
 pub mod intake;
 pub mod logging;
 pub mod mailbox;

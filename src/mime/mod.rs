@@ -143,6 +143,44 @@ impl Summary {
     }
 }
 
+/// Header text for people: RFC 2047 encoded words decoded (charsets as
+/// `mail-parser` knows them), anything else as UTF-8 (lossy).
+pub fn decode_words(raw: &[u8]) -> String {
+    if !raw.windows(2).any(|w| w == b"=?") {
+        return String::from_utf8_lossy(raw).into_owned();
+    }
+    let mut m = b"Subject: ".to_vec();
+    m.extend_from_slice(raw);
+    m.extend_from_slice(b"\r\n\r\n");
+    mail_parser::MessageParser::default()
+        .parse(&m)
+        .and_then(|p| p.subject().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned())
+}
+
+/// The words a full-text search looks in: every text part decoded (HTML
+/// as text), and with `headers` the header fields too (IMAP SEARCH TEXT).
+pub fn searchable_text(content: &[u8], headers: bool) -> String {
+    let mut s = String::new();
+    if headers {
+        for (n, v) in crate::headers::fields(content) {
+            s.push_str(&n);
+            s.push_str(": ");
+            s.push_str(&decode_words(v.as_bytes()));
+            s.push('\n');
+        }
+    }
+    if let Some(m) = mail_parser::MessageParser::default().parse(content) {
+        let mut i = 0;
+        while let Some(t) = m.body_text(i) {
+            s.push_str(&t);
+            s.push('\n');
+            i += 1;
+        }
+    }
+    s
+}
+
 fn plain_part(raw: &[u8], header_start: u64, body_start: u64, body_end: u64) -> Part {
     let body = raw
         .get(body_start as usize..body_end as usize)
