@@ -163,7 +163,16 @@ fn per_recipient_outcomes_within_one_message() {
         ],
         WAIT
     ));
-    let q = server.mailq();
+    // The bounce for reject1 is queued too until its local delivery to
+    // alice is done: wait for the queue to hold only the deferred message.
+    let deadline = std::time::Instant::now() + WAIT;
+    let q = loop {
+        let q = server.mailq();
+        if q.len() == 1 || std::time::Instant::now() > deadline {
+            break q;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(q.len(), 1, "{q:?}");
     let rcpts = q[0]["recipients"].as_array().expect("rcpts");
     assert_eq!(rcpts.len(), 1);
