@@ -183,6 +183,18 @@ pub fn needs(key: &SearchKey) -> (bool, bool) {
     }
 }
 
+/// Whether a MODSEQ key is in the search (RFC 7162 §3.1.5: the result
+/// then carries the highest MODSEQ found).
+pub fn uses_modseq(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::Modseq(_) => true,
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        SearchKey::And(ks) => ks.iter().any(uses_modseq),
+        _ => false,
+    }
+}
+
 /// What one message offers the evaluation.
 pub struct Candidate<'a> {
     pub msn: u32,

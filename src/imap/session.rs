@@ -456,10 +456,7 @@ impl Session {
                 read_only,
                 condstore,
                 qresync,
-            } => {
-                self.select(&tag, &mailbox, read_only, condstore, qresync)
-                    .await
-            }
+            } => self.select(&mailbox, read_only, condstore, qresync).await,
             Command::Create(m) => self.create(&m).await,
             Command::Delete(m) => self.delete(&m).await,
             Command::Rename(a, b) => self.rename(&a, &b).await,
@@ -734,17 +731,16 @@ impl Session {
     /// The name the client sees for a folder of an account, as an IMAP
     /// string.
     fn wire_name(&self, account: &str, folder: &str) -> Vec<u8> {
-        let text = if account == self.user_name() {
-            folder.to_string()
-        } else if folder == "INBOX" {
-            format!("{SHARED}/{account}")
-        } else {
-            format!("{SHARED}/{account}/{folder}")
-        };
+        self.wire(&self.display(account, folder))
+    }
+
+    /// A display name (UTF-8) as an IMAP string: modified UTF-7 unless
+    /// the client enabled UTF8=ACCEPT.
+    fn wire(&self, name: &str) -> Vec<u8> {
         let text = if self.utf8 {
-            text
+            name.to_string()
         } else {
-            super::mutf7::encode(&text)
+            super::mutf7::encode(name)
         };
         let mut out = Vec::new();
         fetch::string(&mut out, text.as_bytes());
@@ -800,7 +796,6 @@ impl Session {
 
     async fn select(
         &mut self,
-        tag: &str,
         wire: &[u8],
         read_only: bool,
         condstore: bool,
@@ -881,7 +876,6 @@ impl Session {
                 }
             }
         }
-        let _ = tag;
         self.selected = Some(Selected {
             account,
             folder: info.id,
@@ -1082,16 +1076,7 @@ impl Session {
             }
         }
         for (name, attrs, id) in lines {
-            let wire = {
-                let t = if self.utf8 {
-                    name.clone()
-                } else {
-                    super::mutf7::encode(&name)
-                };
-                let mut o = Vec::new();
-                fetch::string(&mut o, t.as_bytes());
-                o
-            };
+            let wire = self.wire(&name);
             self.out
                 .extend_from_slice(format!("* {verb} ({attrs}) \"/\" ").as_bytes());
             self.out.extend_from_slice(&wire);
@@ -1156,12 +1141,8 @@ impl Session {
             Ok(None) => return Err(("NO", format!("[TRYCREATE] {name} does not exist"))),
             Err(e) => return Err(("NO", store_no(&e))),
         }
-        let summary = crate::mime::Summary::parse(&message);
         let append = Append {
-            content: NewContent {
-                content: Arc::new(message),
-                summary: Arc::new(summary),
-            },
+            content: NewContent::parse(message),
             flags: bits,
             keywords,
             internal_date: date,
@@ -1469,7 +1450,7 @@ impl Session {
             }
         }
         let nums: Vec<u32> = hits.iter().map(|h| if uid { h.1 } else { h.0 }).collect();
-        let uses_modseq = format!("{keys:?}").contains("Modseq(");
+        let uses_modseq = search::uses_modseq(&keys);
         if uses_modseq {
             self.condstore = true;
         }
@@ -1924,16 +1905,12 @@ impl Session {
         let mut copied = crate::store::Copied::default();
         for m in store.metas(from, uids).await? {
             let content = store.read(from, m.uid, None).await?;
-            let summary = crate::mime::Summary::parse(&content);
             let placed = store
                 .append(
                     account,
                     folder,
                     Append {
-                        content: NewContent {
-                            content: Arc::new(content),
-                            summary: Arc::new(summary),
-                        },
+                        content: NewContent::parse(content),
                         flags: m.flags,
                         keywords: m.keywords.clone(),
                         internal_date: Some(m.internal_date),

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::mime::Summary;
 
 /// How the suite gets a store: `open` gives the same store each time
 /// (after the previous handle was dropped: a restart).
@@ -33,11 +32,7 @@ pub fn content(subject: &str, body_len: usize) -> NewContent {
     if raw.len() < body_len {
         raw.extend(std::iter::repeat_n(b'x', body_len - raw.len()));
     }
-    let summary = Arc::new(Summary::parse(&raw));
-    NewContent {
-        content: Arc::new(raw),
-        summary,
-    }
+    NewContent::parse(raw)
 }
 
 /// An APPEND of `content(subject, 200)`.

@@ -8,7 +8,6 @@
 //! untouched) only after every mailbox was restored and committed.
 
 use crate::mailbox::MailboxStore;
-use crate::mime::Summary;
 use crate::spool::Spool;
 
 use super::{Append, MailStore, NewContent, StoreError, flags};
@@ -58,14 +57,10 @@ pub async fn from_spool(
                     )));
                 };
                 done.bytes += content.len() as u64;
-                let summary = std::sync::Arc::new(Summary::parse(&content));
                 batch.push((
                     uid,
                     Append {
-                        content: NewContent {
-                            content: std::sync::Arc::new(content),
-                            summary,
-                        },
+                        content: NewContent::parse(content),
                         flags: (m.flags as u16) & flags::ALL,
                         keywords: Vec::new(),
                         internal_date: Some(m.arrival.div_euclid(1000)),

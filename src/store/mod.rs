@@ -163,6 +163,17 @@ pub struct NewContent {
     pub summary: Arc<Summary>,
 }
 
+impl NewContent {
+    /// Content whose summary is computed here (`mime::Summary::parse`).
+    pub fn parse(content: Vec<u8>) -> NewContent {
+        let summary = Arc::new(Summary::parse(&content));
+        NewContent {
+            content: Arc::new(content),
+            summary,
+        }
+    }
+}
+
 /// One target of a local delivery.
 #[derive(Debug, Clone)]
 pub struct DeliveryTarget {

@@ -144,16 +144,12 @@ pub async fn append(
             Err(e) => return Err(err(e)),
         }
     }
-    let summary = std::sync::Arc::new(crate::mime::Summary::parse(&content));
     let placed = store
         .append(
             account,
             folder,
             Append {
-                content: NewContent {
-                    content: std::sync::Arc::new(content),
-                    summary,
-                },
+                content: NewContent::parse(content),
                 flags: row.flags & super::flags::ALL,
                 keywords: row.keywords.clone(),
                 internal_date: Some(row.internal_date),
