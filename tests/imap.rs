@@ -1,5 +1,7 @@
 //! IMAP against the real daemon: Python's imaplib (tests/interop/
-//! imap_interop.py) and curl read and change what SMTP delivered; raw
+//! imap_interop.py) and curl read and change what SMTP delivered; scripted
+//! Thunderbird and Outlook sessions (imap_clients.py) compress and idle;
+//! mbsync and offlineimap3 (imap_sync.py) synchronise both ways; raw
 //! sockets check the refusals a hostile or broken client meets.
 
 mod common;
@@ -70,6 +72,46 @@ fn python_imaplib_reads_and_changes_what_smtp_delivered() {
         PASSWORD.to_string(),
     ];
     common::run_python_interop("imap_interop.py", &args, &server, "10 passed, 0 failed");
+}
+
+#[test]
+fn thunderbird_and_outlook_sessions_compress_and_idle() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let server = TestServer::start_in(dir.clone(), &config(dir.path(), false));
+    deliver(&server);
+    let args = [
+        "--imap".to_string(),
+        server.addr("imap").port().to_string(),
+        "--smtp".to_string(),
+        server.mx().port().to_string(),
+        "--password".to_string(),
+        PASSWORD.to_string(),
+    ];
+    common::run_python_interop("imap_clients.py", &args, &server, "4 passed, 0 failed");
+}
+
+#[test]
+fn mbsync_and_offlineimap_synchronise_both_ways() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let imaps = "[[listeners]]\nname = \"imaps\"\nprotocol = \"imap\"\nbind = \"127.0.0.1:0\"\ntls = \"implicit\"\n";
+    let server = TestServer::start_in(
+        dir.clone(),
+        &format!("{imaps}{}", config(dir.path(), false)),
+    );
+    deliver(&server);
+    let args = [
+        "--imap".to_string(),
+        server.addr("imap").port().to_string(),
+        "--imaps".to_string(),
+        server.addr("imaps").port().to_string(),
+        "--smtp".to_string(),
+        server.mx().port().to_string(),
+        "--password".to_string(),
+        PASSWORD.to_string(),
+        "--cert".to_string(),
+        dir.path().join("spool/tls/cert.pem").display().to_string(),
+    ];
+    common::run_python_interop("imap_sync.py", &args, &server, "5 passed, 0 failed");
 }
 
 #[test]

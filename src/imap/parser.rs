@@ -235,6 +235,8 @@ pub enum Command {
         message: Vec<u8>,
     },
     Idle,
+    /// `COMPRESS <algorithm>` (RFC 4978), the name upper-cased.
+    Compress(String),
     Check,
     Close,
     Unselect,
@@ -341,6 +343,10 @@ fn command(p: &mut Parser<'_>, verb: &str, uid: bool) -> R<Command> {
         "CLOSE" => Command::Close,
         "UNSELECT" => Command::Unselect,
         "IDLE" => Command::Idle,
+        "COMPRESS" => {
+            p.sp()?;
+            Command::Compress(p.word()?)
+        }
         "NAMESPACE" => Command::Namespace,
         "ID" => {
             // RFC 2971: `ID NIL` or a list of pairs; the client's values

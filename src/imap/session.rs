@@ -304,6 +304,9 @@ impl Session {
             "QUOTA=RES-STORAGE",
             "UTF8=ACCEPT",
         ]);
+        if self.user.is_some() && !self.stream.get_ref().is_compressed() {
+            c.push("COMPRESS=DEFLATE");
+        }
         c.join(" ")
     }
 
@@ -444,6 +447,7 @@ impl Session {
             Command::Fetch { .. } | Command::Store { .. } | Command::Search { .. }
         ) || uid;
         let result = match t.command {
+            Command::Compress(algorithm) => return self.compress(&tag, &algorithm).await,
             Command::StartTls | Command::Login { .. } | Command::Authenticate { .. } => {
                 Err(("BAD", "already authenticated".to_string()))
             }
@@ -603,6 +607,29 @@ impl Session {
                 Ok(Flow::Close)
             }
         }
+    }
+
+    /// COMPRESS DEFLATE (RFC 4978): the tagged OK goes out as it is, and
+    /// everything after it both ways is deflated.
+    async fn compress(&mut self, tag: &str, algorithm: &str) -> Io<Flow> {
+        if self.stream.get_ref().is_compressed() {
+            self.tagged(tag, "NO", "[COMPRESSIONACTIVE] DEFLATE is on already");
+            return Ok(Flow::Continue);
+        }
+        if algorithm != "DEFLATE" {
+            self.tagged(tag, "BAD", "unknown algorithm; DEFLATE is offered");
+            return Ok(Flow::Continue);
+        }
+        if !self.stream.buffer().is_empty() {
+            // The client must wait for the OK (RFC 4978 §3); what it sent
+            // after COMPRESS cannot be told apart from compressed data.
+            self.tagged(tag, "BAD", "data after COMPRESS; closing");
+            return Ok(Flow::Close);
+        }
+        self.tagged(tag, "OK", "DEFLATE active");
+        self.flush().await?;
+        self.stream.get_mut().start_deflate();
+        Ok(Flow::Continue)
     }
 
     async fn authenticate(

@@ -13,6 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::shutdown::Signal;
 
+mod deflate;
+pub use deflate::Deflate;
+
 /// Time allowed for a TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -86,6 +89,8 @@ pub enum Conn {
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS, we are the client.
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Compressed (IMAP COMPRESS=DEFLATE) over a plain or TLS connection.
+    Deflate(Box<Deflate>),
     /// Moved out for a handshake.
     Closed,
 }
@@ -93,7 +98,23 @@ pub enum Conn {
 impl Conn {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
-        matches!(self, Conn::ServerTls(_) | Conn::ClientTls(_))
+        match self {
+            Conn::ServerTls(_) | Conn::ClientTls(_) => true,
+            Conn::Deflate(d) => d.inner().is_tls(),
+            _ => false,
+        }
+    }
+
+    /// Whether traffic is compressed.
+    pub fn is_compressed(&self) -> bool {
+        matches!(self, Conn::Deflate(_))
+    }
+
+    /// Starts compressing in both directions (RFC 4978), from the next
+    /// octet read or written.
+    pub fn start_deflate(&mut self) {
+        let inner = std::mem::replace(self, Conn::Closed);
+        *self = Conn::Deflate(Box::new(Deflate::new(inner)));
     }
 
     /// Takes the plain socket out for a TLS handshake.
@@ -119,6 +140,7 @@ impl Conn {
                 s.get_ref().1.protocol_version(),
                 s.get_ref().1.negotiated_cipher_suite(),
             ),
+            Conn::Deflate(d) => return d.inner().tls_summary(),
             _ => return None,
         };
         Some(format!(
@@ -143,6 +165,7 @@ impl AsyncRead for Conn {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Conn::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Conn::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -158,6 +181,7 @@ impl AsyncWrite for Conn {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Conn::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Conn::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -166,6 +190,7 @@ impl AsyncWrite for Conn {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
             Conn::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Conn::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Conn::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -174,6 +199,7 @@ impl AsyncWrite for Conn {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Conn::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Conn::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Conn::Closed => Poll::Ready(Ok(())),
         }
     }
