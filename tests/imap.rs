@@ -71,7 +71,7 @@ fn python_imaplib_reads_and_changes_what_smtp_delivered() {
         "--password".to_string(),
         PASSWORD.to_string(),
     ];
-    common::run_python_interop("imap_interop.py", &args, &server, "10 passed, 0 failed");
+    common::run_python_interop("imap_interop.py", &args, &server, "11 passed, 0 failed");
 }
 
 #[test]
@@ -317,4 +317,38 @@ fn sessions_per_user_are_limited_and_failed_logins_slowed() {
         server.wait_log(&["authentication failed"], Duration::from_secs(5))
             || server.log().contains("IMAP")
     );
+}
+
+/// Accepted logins are remembered for a while (session::login); a password
+/// changed by a reload must still take effect at once: the old one is
+/// refused on the next login, the new one accepted.
+#[test]
+fn a_password_changed_by_reload_takes_effect_at_once() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let cfg = config(dir.path(), true);
+    let server = TestServer::start_in(dir.clone(), &cfg);
+    let addr = server.addr("imap");
+    let login = |password: &str| {
+        let mut c = Imap::connect(addr);
+        let reply = c.cmd("a", &format!("LOGIN alice \"{password}\""));
+        reply.last().expect("tagged").starts_with("a OK")
+    };
+    assert!(login(PASSWORD), "first login");
+    assert!(login(PASSWORD), "second login, remembered");
+    let old_hash = cfg
+        .lines()
+        .find_map(|l| l.strip_prefix("password = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("alice's hash")
+        .to_string();
+    let new_hash = petrel::auth::hash_password("a new secret").expect("hash");
+    std::fs::write(&server.config_path, cfg.replace(&old_hash, &new_hash)).expect("write");
+    let out = server.cli(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!login(PASSWORD), "the old password after the change");
+    assert!(login("a new secret"), "the new password");
 }

@@ -185,6 +185,53 @@ def main():
         ok(m.delete("&AMk-t&AOk-"))
         m.logout()
 
+    def the_rest_of_imaplib():
+        m = imaplib.IMAP4("127.0.0.1", a.imap, timeout=20)
+        m.starttls(ssl_context=ctx())
+        user = "alice"
+        ok(m.authenticate("PLAIN", lambda _: f"\0{user}\0{a.password}".encode()))
+        ok(m.capability())
+        ok(m.noop())
+        ok(m.enable("UTF8=ACCEPT"))
+        ok(m.subscribe("Archive"))
+        assert any(b'"Archive"' in l for l in ok(m.lsub()))
+        ok(m.unsubscribe("Archive"))
+        assert not any(b'"Archive"' in l for l in ok(m.lsub()) if l)
+        typ, data = m.getquotaroot("INBOX")
+        root = data[0][0].decode().split()[-1] if isinstance(data[0], bytes) else "\"\""
+        ok(m.getquota(root))
+        ok(m.select("INBOX"))
+        ok(m.check())
+        ok(m.copy("1", "Trash"))
+        ok(m.unselect())
+        ok(m.select("Trash"))
+        n = len(ok(m.search(None, "ALL"))[0].split())
+        assert n >= 1, n
+        ok(m.store("1:*", "+FLAGS", "(\\Deleted)"))
+        ok(m.expunge())
+        assert ok(m.search(None, "ALL"))[0] == b"", "Trash emptied"
+        ok(m.close())
+        # Commands of extensions petrel does not offer (ACL, ANNOTATE,
+        # SORT, THREAD, quota changes, proxy logins, IMAP2's PARTIAL) get a
+        # clear NO or BAD, and the session goes on.
+        ok(m.select("INBOX"))
+        for call in (lambda: m.getacl("INBOX"), lambda: m.myrights("INBOX"),
+                     lambda: m.setacl("INBOX", "bob", "lr"), lambda: m.deleteacl("INBOX", "bob"),
+                     lambda: m.getannotation("INBOX", "/comment", "value.shared"),
+                     lambda: m.setannotation("INBOX", "/comment", "(value.shared x)"),
+                     lambda: m.setquota(root, "(STORAGE 10)"),
+                     lambda: m.sort("(DATE)", "UTF-8", "ALL"),
+                     lambda: m.thread("REFERENCES", "UTF-8", "ALL"),
+                     lambda: m.proxyauth("bob"), lambda: m.partial("1", "RFC822", "0", "10"),
+                     lambda: m.login_cram_md5("alice", "x")):
+            try:
+                typ, data = call()
+                assert typ in ("NO", "BAD"), (typ, data)
+            except imaplib.IMAP4.error:
+                pass
+            ok(m.noop())
+        m.logout()
+
     for name, fn in [
         ("login without TLS is refused, STARTTLS offered", plaintext_login_refused),
         ("INBOX and the special-use folders, Shared/support", folders_with_special_use),
@@ -196,6 +243,8 @@ def main():
         ("a mail-in box read as Shared/support", shared_mailbox),
         ("QUOTA and NAMESPACE", quota_and_namespace),
         ("modified UTF-7 folder names", non_ascii_folder_names),
+        ("the rest of imaplib: AUTHENTICATE, LSUB, CHECK, CLOSE, COPY, EXPUNGE, and refusals",
+         the_rest_of_imaplib),
     ]:
         check(name, fn)
     failed = [r for r in results if r[1] is not None]
