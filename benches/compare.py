@@ -128,7 +128,9 @@ def rss_kib(root):
 class Postfix:
     name = "postfix"
 
-    def __init__(self, sink_port):
+    def __init__(self, sink_port, extra="", services=""):
+        """`extra`: main.cf lines after the defaults (later lines win);
+        `services`: more master.cf lines."""
         self.dir = tempfile.mkdtemp(prefix="pfbench.")
         os.chmod(self.dir, 0o755)
         self.port = free_port()
@@ -154,7 +156,7 @@ smtp_dns_support_level = disabled
 smtpd_peername_lookup = no
 smtpd_recipient_restrictions = permit_mynetworks, reject
 maillog_file = /dev/stdout
-""")
+{extra}""")
         with open(os.path.join(self.dir, "etc", "master.cf"), "w") as f:
             f.write(f"""127.0.0.1:{self.port} inet n - n - - smtpd
 pickup    unix  n       -       n       60      1       pickup
@@ -176,7 +178,7 @@ discard   unix  -       -       n       -       -       discard
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
-""")
+{services}""")
         # Postfix logs every message, as petrel does at `info`.
         self.log = open(os.path.join(self.dir, "maillog"), "w")
         self.proc = subprocess.Popen(["postfix", "-c", os.path.join(self.dir, "etc"), "start-fg"],
