@@ -58,19 +58,25 @@ fn deliver(server: &TestServer) {
     server.wait_mailbox("support", 1, Duration::from_secs(10));
 }
 
-#[test]
-fn python_imaplib_reads_and_changes_what_smtp_delivered() {
-    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-    let server = TestServer::start_in(dir.clone(), &config(dir.path(), false));
-    deliver(&server);
-    let args = [
+/// The arguments every interop script takes: the IMAP and SMTP ports and
+/// alice's password.
+fn interop_args(server: &TestServer) -> Vec<String> {
+    vec![
         "--imap".to_string(),
         server.addr("imap").port().to_string(),
         "--smtp".to_string(),
         server.mx().port().to_string(),
         "--password".to_string(),
         PASSWORD.to_string(),
-    ];
+    ]
+}
+
+#[test]
+fn python_imaplib_reads_and_changes_what_smtp_delivered() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let server = TestServer::start_in(dir.clone(), &config(dir.path(), false));
+    deliver(&server);
+    let args = interop_args(&server);
     common::run_python_interop("imap_interop.py", &args, &server, "11 passed, 0 failed");
 }
 
@@ -79,14 +85,7 @@ fn thunderbird_and_outlook_sessions_compress_and_idle() {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     let server = TestServer::start_in(dir.clone(), &config(dir.path(), false));
     deliver(&server);
-    let args = [
-        "--imap".to_string(),
-        server.addr("imap").port().to_string(),
-        "--smtp".to_string(),
-        server.mx().port().to_string(),
-        "--password".to_string(),
-        PASSWORD.to_string(),
-    ];
+    let args = interop_args(&server);
     common::run_python_interop("imap_clients.py", &args, &server, "4 passed, 0 failed");
 }
 
@@ -99,18 +98,13 @@ fn mbsync_and_offlineimap_synchronise_both_ways() {
         &format!("{imaps}{}", config(dir.path(), false)),
     );
     deliver(&server);
-    let args = [
-        "--imap".to_string(),
-        server.addr("imap").port().to_string(),
+    let mut args = interop_args(&server);
+    args.extend([
         "--imaps".to_string(),
         server.addr("imaps").port().to_string(),
-        "--smtp".to_string(),
-        server.mx().port().to_string(),
-        "--password".to_string(),
-        PASSWORD.to_string(),
         "--cert".to_string(),
         dir.path().join("spool/tls/cert.pem").display().to_string(),
-    ];
+    ]);
     common::run_python_interop("imap_sync.py", &args, &server, "5 passed, 0 failed");
 }
 

@@ -16,17 +16,7 @@ import sys
 import time
 import zlib
 
-results = []
-
-
-def check(name, fn):
-    try:
-        fn()
-        results.append((name, None))
-        print(f"ok   {name}")
-    except Exception as e:  # report and go on
-        results.append((name, e))
-        print(f"FAIL {name}: {e!r}")
+from scenarios import check, summary
 
 
 class Client:
@@ -264,9 +254,7 @@ def main():
         ("IDLE wakes within a second of a STORE and of a delivery", idle_wakes_within_a_second),
     ]:
         check(name, fn)
-    failed = [r for r in results if r[1] is not None]
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
+    sys.exit(summary())
 
 
 if __name__ == "__main__":

@@ -13,17 +13,7 @@ import threading
 import time
 import imaplib
 
-results = []
-
-
-def check(name, fn):
-    try:
-        fn()
-        results.append((name, None))
-        print(f"ok   {name}")
-    except Exception as e:  # report and go on
-        results.append((name, e))
-        print(f"FAIL {name}: {e!r}")
+from scenarios import check, summary
 
 
 def main():
@@ -247,9 +237,7 @@ def main():
          the_rest_of_imaplib),
     ]:
         check(name, fn)
-    failed = [r for r in results if r[1] is not None]
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
+    sys.exit(summary())
 
 
 if __name__ == "__main__":

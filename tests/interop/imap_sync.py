@@ -16,17 +16,7 @@ import sys
 import tempfile
 import time
 
-results = []
-
-
-def check(name, fn):
-    try:
-        fn()
-        results.append((name, None))
-        print(f"ok   {name}")
-    except Exception as e:  # report and go on
-        results.append((name, e))
-        print(f"FAIL {name}: {e!r}")
+from scenarios import check, summary
 
 
 def run(cmd, **kw):
@@ -241,9 +231,7 @@ folderfilter = lambda f: not f.startswith('Shared')
         ("offlineimap3: every folder over implicit TLS, a flag back", offlineimap_pulls_every_folder),
     ]:
         check(name, fn)
-    failed = [r for r in results if r[1] is not None]
-    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
+    sys.exit(summary())
 
 
 if __name__ == "__main__":

@@ -17,17 +17,7 @@ import sys
 import tempfile
 import time
 
-results = []
-
-
-def check(name, fn):
-    try:
-        fn()
-        results.append((name, None))
-        print(f"ok   {name}")
-    except Exception as e:  # report and go on
-        results.append((name, e))
-        print(f"FAIL {name}: {e!r}")
+from scenarios import check, summary
 
 
 def main():
@@ -226,9 +216,7 @@ def main():
     check("garbage, long lines, NUL and out-of-state commands get -ERR", garbage_gets_err)
     check("fetchmail fetches over STLS, bytes intact", fetchmail_over_stls)
 
-    failed = sum(1 for _, e in results if e)
-    print(f"{len(results) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":

@@ -17,17 +17,7 @@ import sys
 import time
 from email.message import EmailMessage
 
-results = []
-
-
-def check(name, fn):
-    try:
-        fn()
-        results.append((name, None))
-        print(f"ok   {name}")
-    except Exception as e:  # report and go on with the other checks
-        results.append((name, e))
-        print(f"FAIL {name}: {e!r}")
+from scenarios import check, summary
 
 
 def main():
@@ -188,9 +178,7 @@ def main():
     check("submission with AUTH over STARTTLS (smtplib)", submission_with_auth_over_starttls)
     check("submission with AUTH over STARTTLS (swaks)", swaks_submission)
 
-    failed = sum(1 for _, e in results if e)
-    print(f"{len(results) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":
