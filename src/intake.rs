@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::headers;
+use crate::mime::downgrade;
 use crate::policy::dkim_sign;
 use crate::scheduler::Waker;
 use crate::spool::{ContentWriter, NewMessage, QueuedMessage, Recipient, Ret, Spool, StoreError};
@@ -87,8 +88,13 @@ impl Intake {
         content: &[u8],
     ) -> Result<QueuedMessage, StoreError> {
         let trusted = env.trusted;
-        let new = self.prepare(config, env, content);
-        let signature = if dkim_sign::may_sign(config, trusted, &new.recipients) {
+        let mut new = self.prepare(config, env, content);
+        let may_sign = dkim_sign::may_sign(config, trusted, &new.recipients);
+        let cleaned = may_sign
+            .then(|| clean_for_signing(&mut new, content))
+            .flatten();
+        let content = cleaned.as_deref().unwrap_or(content);
+        let signature = if may_sign {
             dkim_sign::sign_off_thread(
                 config,
                 trusted,
@@ -134,12 +140,33 @@ impl Intake {
         message_id: Option<String>,
     ) -> Result<QueuedMessage, StoreError> {
         let trusted = env.trusted;
-        let new = self.prepare_with(config, env, message_id);
+        let mut new = self.prepare_with(config, env, message_id);
         // DKIM: the body is read back from the spool only for a message
         // that may be signed; the signature joins the prefix.
         let mut signed = None;
         if dkim_sign::may_sign(config, trusted, &new.recipients) {
             let whole = [prefix, &writer.body()?].concat();
+            if let Some(clean) = clean_for_signing(&mut new, &whole) {
+                // The streamed content is replaced by the converted one,
+                // under the same queue id: the writer's chunks go first.
+                let signature = dkim_sign::sign_off_thread(
+                    config,
+                    trusted,
+                    &new.sender,
+                    &new.recipients,
+                    clean.clone(),
+                )
+                .await
+                .map_err(|e| StoreError::Unsigned(e.to_string()))?;
+                let content = match signature {
+                    Some(h) => [h.as_bytes(), &clean].concat(),
+                    None => clean,
+                };
+                drop(writer);
+                let msg = self.spool.enqueue(new, &content).await?;
+                self.accepted(&msg);
+                return Ok(msg);
+            }
             signed =
                 dkim_sign::sign_off_thread(config, trusted, &new.sender, &new.recipients, whole)
                     .await
@@ -160,7 +187,11 @@ impl Intake {
         content: &[u8],
     ) -> Result<QueuedMessage, StoreError> {
         let trusted = env.trusted;
-        let new = self.prepare(config, env, content);
+        let mut new = self.prepare(config, env, content);
+        let cleaned = dkim_sign::may_sign(config, trusted, &new.recipients)
+            .then(|| clean_for_signing(&mut new, content))
+            .flatten();
+        let content = cleaned.as_deref().unwrap_or(content);
         let signature =
             crate::policy::dkim_sign::sign(config, trusted, &new.sender, &new.recipients, content)
                 .map_err(|e| StoreError::Unsigned(e.to_string()))?;
@@ -260,6 +291,29 @@ pub fn report(config: &Config, to: &str, content: &[u8]) -> NewMessage {
 /// second addresses of a mailbox already reached (one copy per mailbox, as
 /// local(8) does). Unknown local addresses stay as they are (delivery
 /// bounces them).
+/// The content to sign and queue for a message petrel signs, made 7-bit
+/// clean with no line over 998 octets before the signature (RFC 6376
+/// §5.3: a signer converts to the encoding the transport needs first): a
+/// peer without 8BITMIME would otherwise get it re-encoded after signing,
+/// and the signature broken. `None`: it goes as it is — already clean, or
+/// SMTPUTF8 (its header fields cannot be made 7-bit; such a peer must
+/// take 8 bits anyway).
+fn clean_for_signing(new: &mut NewMessage, content: &[u8]) -> Option<Vec<u8>> {
+    if new.smtputf8 || (content.is_ascii() && !downgrade::has_long_line(content)) {
+        return None;
+    }
+    match downgrade::downgrade(content, false) {
+        Ok(clean) => {
+            new.body_8bit = false;
+            Some(clean)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "dkim: cannot convert to 7 bits before signing; signed as it is");
+            None
+        }
+    }
+}
+
 pub fn expand_recipients(config: &Config, given: &[EnvelopeRcpt]) -> Vec<Recipient> {
     let mut out: Vec<Recipient> = Vec::new();
     let mut mailboxes = std::collections::HashSet::new();

@@ -305,6 +305,79 @@ fn outbound_mail_is_signed_with_the_sender_domains_key_and_dkimpy_verifies_it() 
     assert!(header_values(&local[0].1, "DKIM-Signature").is_empty());
 }
 
+/// 8-bit text and an over-long line, signed, for a peer that offers no
+/// 8BITMIME: petrel converts before it signs, so what arrives is 7-bit and
+/// its signature verifies (converting after signing would break it).
+#[test]
+fn eight_bit_mail_for_a_seven_bit_peer_is_converted_before_signing() {
+    let sink = Sink::start(
+        "127.0.0.2:0",
+        SinkOptions {
+            seven_bit: true,
+            ..SinkOptions::default()
+        },
+    );
+    let dir = Arc::new(tempfile::tempdir().expect("dir"));
+    let (key, txt) = keygen(dir.path(), "example.test", "s1", "ed25519");
+    let extra = format!(
+        "[[dkim.keys]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey = \"{}\"\n",
+        key.display()
+    );
+    let server = start(dir.clone(), standard_dns(), sink.addr.port(), "", &extra);
+    let long = "x".repeat(1200);
+    let text = |subject: &str| {
+        format!(
+            "From: alice@example.test\r\nTo: dave@partner.test\r\nSubject: {subject}\r\n\
+             Date: Wed, 02 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{subject}@test>\r\n\
+             MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Transfer-Encoding: 8bit\r\n\r\nGrüße aus Köln.\r\n{long}\r\n"
+        )
+    };
+    // Over SMTP (the streamed path) and through sendmail.
+    let mut s = Smtp::ready(server.mx());
+    let r = s.send_mail("alice@example.test", &["dave@partner.test"], &text("smtp"));
+    assert_eq!(r.0, 250, "{r:?}");
+    let out = server.cli_stdin(
+        &["sendmail", "-f", "alice@example.test", "dave@partner.test"],
+        text("sendmail").as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = sink.wait(2, Duration::from_secs(30));
+    assert_eq!(got.len(), 2);
+    let recs = records(dir.path(), &[("s1._domainkey.example.test".into(), txt)]);
+    for m in &got {
+        let subject = header_values(&m.data, "Subject")[0].clone();
+        assert!(m.data.is_ascii(), "{subject}: 8 bits reached a 7-bit peer");
+        assert!(
+            m.data.split(|&b| b == b'\n').all(|l| l.len() <= 1000),
+            "{subject}: a line over 998"
+        );
+        assert_eq!(
+            header_values(&m.data, "Content-Transfer-Encoding"),
+            ["quoted-printable"],
+            "{subject}"
+        );
+        let body = String::from_utf8_lossy(&m.data).into_owned();
+        let body = body.split("\r\n\r\n").nth(1).expect("a body");
+        let decoded = petrel::mime::downgrade::qp_decode(body.as_bytes());
+        // (The sink keeps the data without its last line end.)
+        assert_eq!(
+            String::from_utf8_lossy(&decoded).trim_end(),
+            format!("Grüße aus Köln.\r\n{long}"),
+            "{subject}: the text as sent"
+        );
+        assert_eq!(
+            dkimpy_verify(dir.path(), &m.data, &recs),
+            "dkim=pass 1",
+            "{subject}"
+        );
+    }
+}
+
 #[test]
 fn a_signing_failure_defers_unless_allow_unsigned() {
     let sink = Sink::start("127.0.0.2:0", SinkOptions::default());
