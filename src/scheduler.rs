@@ -597,6 +597,10 @@ impl Scheduler {
             until,
         );
         let new = crate::intake::report(config, &msg.sender, &report);
+        let report = match crate::policy::dkim_sign::sign_report(config, &new.recipients, &report) {
+            Some(h) => [h.as_bytes(), &report].concat(),
+            None => report,
+        };
         let nrcpt = new.recipients.len();
         match self.spool.write_message(new, &report) {
             Ok(dsn_msg) => {

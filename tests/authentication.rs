@@ -378,6 +378,46 @@ fn eight_bit_mail_for_a_seven_bit_peer_is_converted_before_signing() {
     }
 }
 
+/// A delivery status notification petrel writes for a remote sender is
+/// signed with the key of its host name's parent domain, and verifies.
+#[test]
+fn reports_to_remote_senders_are_signed() {
+    let sink = Sink::start("127.0.0.2:0", SinkOptions::default());
+    let dir = Arc::new(tempfile::tempdir().expect("dir"));
+    let (key, txt) = keygen(dir.path(), "example.test", "s1", "rsa2048");
+    let extra = format!(
+        "[[dkim.keys]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey = \"{}\"\n",
+        key.display()
+    );
+    let server = start(dir.clone(), standard_dns(), sink.addr.port(), "", &extra);
+    // Relayed for a remote sender to a peer without DSN, NOTIFY=SUCCESS:
+    // petrel reports "relayed" to the sender (RFC 3461 §5.2.3).
+    let mut s = Smtp::ready(server.mx());
+    assert_eq!(s.cmd("MAIL FROM:<dave@partner.test>").0, 250);
+    assert_eq!(s.cmd("RCPT TO:<erin@partner.test> NOTIFY=SUCCESS").0, 250);
+    assert_eq!(s.cmd("DATA").0, 354);
+    s.send_raw(
+        b"From: dave@partner.test\r\nTo: erin@partner.test\r\nSubject: relayed\r\n\r\nx\r\n.\r\n",
+    );
+    queued_id(&s.reply());
+    let got = sink.wait(2, Duration::from_secs(30));
+    let report = got
+        .iter()
+        .find(|m| m.mail.contains("<>"))
+        .expect("the report reached the sender's MX");
+    let sigs = header_values(&report.data, "DKIM-Signature");
+    assert_eq!(sigs.len(), 1, "{sigs:?}");
+    assert!(
+        sigs[0].replace(' ', "").contains("d=example.test"),
+        "{sigs:?}"
+    );
+    let recs = records(dir.path(), &[("s1._domainkey.example.test".into(), txt)]);
+    assert_eq!(
+        dkimpy_verify(dir.path(), &report.data, &recs),
+        "dkim=pass 1"
+    );
+}
+
 #[test]
 fn a_signing_failure_defers_unless_allow_unsigned() {
     let sink = Sink::start("127.0.0.2:0", SinkOptions::default());

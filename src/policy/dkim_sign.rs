@@ -116,6 +116,39 @@ pub fn key_for<'c>(
     (!already).then_some(entry)
 }
 
+/// The signature of a delivery status notification petrel writes (From
+/// `MAILER-DAEMON@` the server's host name) for a remote sender: the key
+/// of the host name's domain or of the nearest parent domain that has one
+/// (`d=example.test` for `mx.example.test` aligns under DMARC's relaxed
+/// rule). `None` when no key fits or the recipients are all local. A
+/// signing failure sends the report unsigned (logged): a bounce is never
+/// held back for it.
+pub fn sign_report(config: &Config, recipients: &[Recipient], content: &[u8]) -> Option<String> {
+    if !may_sign(config, true, recipients) {
+        return None;
+    }
+    let host = config.server.hostname.to_ascii_lowercase();
+    let entry = config
+        .dkim
+        .keys
+        .iter()
+        .filter(|k| {
+            let d = k.domain.to_ascii_lowercase();
+            host == d || host.ends_with(&format!(".{d}"))
+        })
+        .max_by_key(|k| k.domain.len())?;
+    match keys::load(entry)
+        .map_err(SignError::from)
+        .and_then(|k| sign_chunks(&k, [content]))
+    {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(reason = %e, "dkim: report sent unsigned");
+            None
+        }
+    }
+}
+
 /// The `DKIM-Signature:` header (ending in CRLF) over `chunks`, which
 /// together are the message.
 pub fn sign_chunks<'a>(
