@@ -33,7 +33,6 @@ Everything started is stopped; every wait is bounded.
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -207,15 +206,15 @@ smtpd_reject_unlisted_recipient = no
 """, services="lmtp      unix  -       -       n       -       -       lmtp\n")
         self.port = self.postfix.port
         self.roots = [self.postfix.root, self.dovecot.root]
-        self.log = os.path.join(self.postfix.dir, "maillog")
+        self.log_path = os.path.join(self.postfix.dir, "maillog")
 
     def stop(self):
         self.postfix.stop()
         self.dovecot.stop()
 
 
-class Petrel:
-    name = "petrel"
+class Petrel(compare.Petrel):
+    """petrel with an IMAP listener and `users`; stopped as compare's."""
 
     def __init__(self, users):
         self.dir = tempfile.mkdtemp(prefix="petrelbench.")
@@ -253,23 +252,14 @@ level = "info"
             for u in users:
                 f.write(f'[[users]]\nname = "{u}"\npassword = "{h}"\naddresses = ["{u}@example.test"]\n')
         self.cfg = cfg
-        self.log = os.path.join(self.dir, "log")
-        self.logf = open(self.log, "w")
+        self.log_path = os.path.join(self.dir, "log")
+        self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([PETREL, "-c", cfg, "serve"], stdout=subprocess.DEVNULL,
-                                     stderr=self.logf)
+                                     stderr=self.log)
         wait_port(self.port)
         wait_port(self.imap)
         self.root = self.proc.pid
         self.roots = [self.root]
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.logf.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def message(i, size):
@@ -308,7 +298,7 @@ def delivery():
                                 "-f", "load@partner.test", "-t", "user@example.test", "-M", "source.test",
                                 f"127.0.0.1:{s.port}"], check=True, timeout=LIMIT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                wait_count(s.log, b"status=sent", DELIVERIES)
+                wait_count(s.log_path, b"status=sent", DELIVERIES)
                 t = time.time() - t0
                 cpu = sum(cpu_ms(r) for r in s.roots) - cpu0
                 peak = sampler.stop()
