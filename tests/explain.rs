@@ -30,7 +30,8 @@ fn server() -> TestServer {
          relay_from = [\"127.0.0.5/32\"]\n\
          deny_senders = [\"*@spam.test\"]\n\
          deny_recipients = [\"blocked@example.test\"]\n\
-         verify_recipients = true\n"
+         verify_recipients = true\n\
+         [smtp.inbound.checks]\ndnsbl = [\"bl.test\"]\n"
     );
     TestServer::start_in(dir, &cfg)
 }
@@ -77,6 +78,13 @@ fn explain_and_a_real_session_agree_on_every_case() {
     let server = server();
     // (client, sender, recipient, expected code, the key that decides)
     let cases: &[(&str, &str, &str, u16, &str)] = &[
+        (
+            "127.0.0.77",
+            "ok@other.test",
+            "bob@example.test",
+            554,
+            "smtp.inbound.checks.dnsbl",
+        ),
         (
             "127.0.0.1",
             "alice@example.test",

@@ -158,6 +158,53 @@ fn explain(config: &Config, args: &Args) -> Result<Explanation, String> {
             return Ok(done(steps, "reject", code, text));
         }
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let dns = crate::delivery::dns::Dns::new(&config.dns.nameservers)?;
+    // Rate limits and DNS lists apply to clients that may not relay, as in
+    // a session (an authenticated client is not known at connect).
+    if policy::relay_client(config, ip, name, None).is_none() {
+        let r = &config.inbound.rate_limits;
+        steps.push(info(
+            "connect",
+            "smtp.inbound.rate_limits",
+            if r.connections_per_minute + r.messages_per_minute + r.recipients_per_minute == 0 {
+                "no rate limits".to_string()
+            } else {
+                format!(
+                    "per client and minute: {} connections, {} messages, {} recipients \
+                     (0: none); counted by the running daemon, not here",
+                    r.connections_per_minute, r.messages_per_minute, r.recipients_per_minute
+                )
+            },
+        ));
+        let mut trace = Vec::new();
+        let refusal = runtime.block_on(crate::policy::dnsbl::dns_checks(
+            &dns.resolver(),
+            config,
+            ip,
+            &mut trace,
+        ));
+        // With a refusal, the last check is the one that decided.
+        let decided = refusal.as_ref().and_then(|_| trace.pop());
+        for f in trace {
+            steps.push(info("connect", f.key, f.detail));
+        }
+        if let (Some(reply), Some(f)) = (refusal, decided) {
+            let (s, code, text) = reject(
+                "connect",
+                Refusal {
+                    key: f.key.to_string(),
+                    detail: f.detail,
+                    reply,
+                },
+            );
+            steps.push(s);
+            return Ok(done(steps, "reject", code, text));
+        }
+    }
     steps.push(info(
         "helo",
         "-",
@@ -199,11 +246,6 @@ fn explain(config: &Config, args: &Args) -> Result<Explanation, String> {
     });
     let mut last = (250u16, "250 2.1.5 Ok".to_string());
     let mut any = false;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let dns = crate::delivery::dns::Dns::new(&config.dns.nameservers)?;
     for to in &args.to {
         let address = if to.eq_ignore_ascii_case("postmaster") {
             format!("postmaster@{}", config.domains.primary)

@@ -148,39 +148,96 @@ pub async fn at_connect(
     config: &Config,
     ip: IpAddr,
 ) -> Option<Reply> {
-    let inbound = &config.inbound;
-    if let Some(r) = rates.check(ip, super::rate::Event::Connection, &inbound.rate_limits) {
+    if let Some(r) = rates.check(
+        ip,
+        super::rate::Event::Connection,
+        &config.inbound.rate_limits,
+    ) {
         return Some(r);
     }
-    let checks = &inbound.checks;
+    dns_checks(resolver, config, ip, &mut Vec::new()).await
+}
+
+/// One connect-time check and what it found, for `petrel explain`: the
+/// configuration key and a line of detail.
+pub struct Finding {
+    pub key: &'static str,
+    pub detail: String,
+}
+
+/// The DNS checks at connect, in the order a session meets them —
+/// allowlists (`dnswl`), blocklists (`dnsbl`), `require_ptr` — with a line
+/// per check in `trace`. `Some(reply)` refuses.
+pub async fn dns_checks(
+    resolver: &TokioResolver,
+    config: &Config,
+    ip: IpAddr,
+    trace: &mut Vec<Finding>,
+) -> Option<Reply> {
+    let checks = &config.inbound.checks;
     let client = crate::config::canonical_ip(ip);
     let allowed = if checks.dnswl.is_empty() {
         None
     } else {
-        first_listed(resolver, ip, &checks.dnswl).await.0
+        let (listed, _) = first_listed(resolver, ip, &checks.dnswl).await;
+        trace.push(Finding {
+            key: "smtp.inbound.checks.dnswl",
+            detail: match &listed {
+                Some(z) => format!("listed in {z}: blocklists skipped"),
+                None => format!("not listed in {}", checks.dnswl.join(", ")),
+            },
+        });
+        listed
     };
     if let Some(zone) = &allowed {
         tracing::debug!(client = %format!("[{client}]"), zone = %zone, "dnswl: listed; blocklists skipped");
     } else if !checks.dnsbl.is_empty() {
         let (listed, unknown) = first_listed(resolver, ip, &checks.dnsbl).await;
-        for zone in unknown {
+        for zone in &unknown {
             tracing::warn!(client = %format!("[{client}]"), zone = %zone, "dnsbl: look-up failed; counted as not listed");
         }
+        let failed = if unknown.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (no answer from {}: counted as not listed)",
+                unknown.join(", ")
+            )
+        };
         if let Some(zone) = listed {
+            trace.push(Finding {
+                key: "smtp.inbound.checks.dnsbl",
+                detail: format!("listed in {zone}{failed}"),
+            });
             return Some(Reply::new(
                 554,
                 "5.7.1",
                 format!("Service unavailable; client [{client}] blocked using {zone}"),
             ));
         }
+        trace.push(Finding {
+            key: "smtp.inbound.checks.dnsbl",
+            detail: format!("not listed in {}{failed}", checks.dnsbl.join(", ")),
+        });
     }
-    if checks.require_ptr && forward_confirmed(resolver, ip).await == Some(false) {
-        // RFC 7372 §3.3: 5.7.25, reverse DNS validation failed.
-        return Some(Reply::new(
-            550,
-            "5.7.25",
-            format!("Client host rejected: cannot find your hostname, [{client}]"),
-        ));
+    if checks.require_ptr {
+        let confirmed = forward_confirmed(resolver, ip).await;
+        trace.push(Finding {
+            key: "smtp.inbound.checks.require_ptr",
+            detail: match confirmed {
+                Some(true) => "a reverse name that points back".to_string(),
+                Some(false) => "no reverse name that points back".to_string(),
+                None => "look-up failed: let in".to_string(),
+            },
+        });
+        if confirmed == Some(false) {
+            // RFC 7372 §3.3: 5.7.25, reverse DNS validation failed.
+            return Some(Reply::new(
+                550,
+                "5.7.25",
+                format!("Client host rejected: cannot find your hostname, [{client}]"),
+            ));
+        }
     }
     None
 }

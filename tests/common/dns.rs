@@ -268,6 +268,11 @@ impl TestDns {
                     Rec::A("mx.internet.test", Ipv4Addr::new(127, 0, 0, 6)),
                 ],
             ),
+            // A blocklist that lists 127.0.0.77 (tests/explain.rs).
+            (
+                "bl.test",
+                vec![Rec::A("77.0.0.127.bl.test", Ipv4Addr::new(127, 0, 0, 2))],
+            ),
         ])
     }
 }
