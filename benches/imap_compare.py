@@ -53,6 +53,7 @@ PARTS = os.environ.get("PARTS", "delivery mixed big").split()
 SECONDS = int(os.environ.get("SECONDS_PER_RUN", "20"))
 CLIENTS = [int(c) for c in os.environ.get("CLIENTS", "10 100").split()]
 BIG = int(os.environ.get("BIG", "100000"))
+SERVERS = os.environ.get("SERVERS", "dovecot petrel").split()  # big only
 DELIVERIES = int(os.environ.get("DELIVERIES", "5000"))
 PASSWORD = "bench secret"
 USERS = max(CLIENTS)
@@ -353,7 +354,8 @@ def big():
     keys = ["select_ms", "fetch_flags_ms", "search_subject_ms", "search_from_ms", "qresync_ms"]
     print("| server | fill s | cold EXAMINE ms | " + " | ".join(keys) + " | FLAGS lines | SUBJECT / FROM hits | QRESYNC FETCHes |")
     print("| --- " * (len(keys) + 6) + "|")
-    for make in (lambda: Dovecot(["big"]), lambda: Petrel(["big"])):
+    makers = {"dovecot": lambda: Dovecot(["big"]), "petrel": lambda: Petrel(["big"])}
+    for make in (makers[n] for n in SERVERS):
         s = make()
         port = s.imap if s.name == "petrel" else s.port
         try:

@@ -1453,12 +1453,18 @@ impl Session {
         let saved = self.saved.clone();
         let keys = resolve_saved(keys, &saved);
         let mut hits: Vec<(u32, u32, u64)> = Vec::new();
+        let summaries = if need_summary {
+            let blobs: Vec<_> = metas.iter().map(|m| m.blob).collect();
+            self.shared
+                .store
+                .summaries(&blobs)
+                .await
+                .map_err(|e| ("NO", store_no(&e)))?
+        } else {
+            Vec::new()
+        };
         for (i, m) in metas.iter().enumerate() {
-            let summary = if need_summary {
-                self.shared.store.summary(m.blob).await.ok()
-            } else {
-                None
-            };
+            let summary = summaries.get(i).cloned().flatten();
             let content = if need_content {
                 self.shared.store.read(folder, m.uid, None).await.ok()
             } else {

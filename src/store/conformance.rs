@@ -688,6 +688,19 @@ pub async fn delivery_shares_one_body(b: &dyn Backend) {
         Some(&b"shared"[..]),
         "the envelope is cached"
     );
+    // Many at once, in order, a missing one as None.
+    let many = s
+        .summaries(&[blobs[0], BlobId(u64::MAX), blobs[0]])
+        .await
+        .expect("summaries");
+    assert_eq!(many.len(), 3);
+    assert!(many[1].is_none(), "no such blob");
+    for got in [&many[0], &many[2]] {
+        assert_eq!(
+            got.as_ref().expect("found").envelope.subject.as_deref(),
+            Some(&b"shared"[..])
+        );
+    }
     for p in &placed[..4] {
         s.expunge(p.folder, None, false).await.expect("expunge");
     }

@@ -402,6 +402,16 @@ pub trait MailStore: Send + Sync + 'static {
     /// The cached summary of a blob.
     async fn summary(&self, blob: BlobId) -> Result<Arc<Summary>, StoreError>;
 
+    /// The cached summaries of many blobs, in order (`None`: not found),
+    /// for SEARCH over a folder: one read for all where the backend can.
+    async fn summaries(&self, blobs: &[BlobId]) -> Result<Vec<Option<Arc<Summary>>>, StoreError> {
+        let mut out = Vec::with_capacity(blobs.len());
+        for &b in blobs {
+            out.push(self.summary(b).await.ok());
+        }
+        Ok(out)
+    }
+
     /// The stored octets of a copy: its prefix, then its blob. `range`
     /// limits the result to those octets of that whole.
     async fn read(

@@ -388,6 +388,19 @@ impl Snapshot {
         load(t.get(id).map_err(io)?)
     }
 
+    /// The summaries of `ids`, in order, handed to `each` (`None`: none).
+    pub fn summaries(
+        &self,
+        ids: impl Iterator<Item = u64>,
+        mut each: impl FnMut(Option<crate::mime::Summary>),
+    ) -> Result<(), StoreError> {
+        let t = self.txn.open_table(SUMMARIES).map_err(io)?;
+        for id in ids {
+            each(load(t.get(id).map_err(io)?)?);
+        }
+        Ok(())
+    }
+
     /// UIDs changed after `modseq`, and UIDs expunged after it.
     pub fn changes(&self, folder: u64, modseq: u64) -> Result<(Vec<u32>, Vec<u32>), StoreError> {
         let after = modseq.saturating_add(1);

@@ -1478,6 +1478,14 @@ impl MailStore for EmbeddedStore {
             .ok_or_else(|| StoreError::NotFound(format!("blob {}", blob.0)))
     }
 
+    async fn summaries(&self, blobs: &[BlobId]) -> Result<Vec<Option<Arc<Summary>>>, StoreError> {
+        // One read transaction and one table for the whole folder.
+        let snap = self.snapshot()?;
+        let mut out = Vec::with_capacity(blobs.len());
+        snap.summaries(blobs.iter().map(|b| b.0), |s| out.push(s.map(Arc::new)))?;
+        Ok(out)
+    }
+
     async fn read(
         &self,
         folder: FolderId,
