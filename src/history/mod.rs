@@ -298,6 +298,9 @@ pub struct History {
     pub dropped: Arc<AtomicU64>,
 }
 
+/// The history database's page cache.
+const CACHE_SIZE: usize = 16 << 20;
+
 enum Command {
     Record(Event),
     /// Answered once everything recorded before it is committed.
@@ -308,7 +311,16 @@ enum Command {
 impl History {
     /// Opens (or creates) the history file and starts its writer.
     pub fn open(path: &Path, limits: Limits) -> Result<History, HistoryError> {
-        let db = Arc::new(Database::create(path).map_err(|e| HistoryError(e.to_string()))?);
+        // redb's default page cache is 1 GiB, and a busy day's history
+        // fills it: a queue of 1 M messages held 1.4 GiB at rest. Searches
+        // are index range scans and writes are batched, so a small cache
+        // serves them.
+        let db = Arc::new(
+            Database::builder()
+                .set_cache_size(CACHE_SIZE)
+                .create(path)
+                .map_err(|e| HistoryError(e.to_string()))?,
+        );
         {
             let w = db.begin_write()?;
             w.open_table(EVENTS)?;
