@@ -3,7 +3,8 @@
 //! `Received:` trace; failed remote deliveries and failed logins say who
 //! was involved; `debug smtp 3` traces the outbound client too; the
 //! self-signed certificate is issued to `server.hostname`; outbound
-//! connections leave from `smtp.outbound.source_address`.
+//! connections leave from `smtp.outbound.source_address`; JSON logs are
+//! one object per line; `config show` fills in defaults, `--changed` not.
 
 mod common;
 
@@ -306,4 +307,127 @@ fn outbound_connections_leave_from_the_source_address() {
     let got = sink.wait(1, WAIT);
     let peer = got[0].peer.expect("peer address");
     assert_eq!(peer.ip().to_string(), "127.0.0.9");
+}
+
+/// `log.format = "json"`: every line the daemon writes is one JSON object,
+/// and a delivery line keeps Postfix's field names inside its message.
+#[test]
+fn json_logs_are_one_object_per_line_with_postfix_fields() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let base = common::base_config(
+        &dir.path().join("spool"),
+        common::standard_dns(),
+        free_port(),
+        true,
+        false,
+    )
+    .replace(
+        "bind = \"127.0.0.1:0\"",
+        &format!("bind = \"127.0.0.1:{port}\""),
+    );
+    let cfg = dir.path().join("petrel.toml");
+    std::fs::write(&cfg, format!("{base}\n[log]\nformat = \"json\"\n")).expect("write");
+    let mut child = std::process::Command::new(common::petrel_bin())
+        .args(["-c", cfg.to_str().expect("path"), "serve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn petrel");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + WAIT;
+    let mut next = |what: &str| -> serde_json::Value {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what} line"));
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+            let msg = v["message"].as_str().unwrap_or("").to_string();
+            if msg.contains(what) {
+                return v;
+            }
+        }
+    };
+    let listening = next("listening");
+    assert!(
+        listening["level"].is_string() && listening["timestamp"].is_string(),
+        "{listening}"
+    );
+    assert_eq!(
+        listening["address"].as_str(),
+        Some(format!("127.0.0.1:{port}").as_str())
+    );
+    let mut s = Smtp::ready(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    queued_id(&s.send_mail(
+        "x@partner.test",
+        &["bob@example.test"],
+        "Subject: json\r\n\r\nhello\r\n",
+    ));
+    let delivery = next("status=sent");
+    let msg = delivery["message"].as_str().expect("message");
+    for field in [
+        "to=<bob@example.test>",
+        "relay=",
+        "delay=",
+        "delays=",
+        "dsn=2.",
+    ] {
+        assert!(msg.contains(field), "{field} in {msg}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `petrel config show` prints the effective configuration with every
+/// default filled in; `--changed` only what the file sets.
+#[test]
+fn config_show_prints_defaults_and_changed_only_what_is_set() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("petrel.toml");
+    let base = common::base_config(
+        &dir.path().join("spool"),
+        common::standard_dns(),
+        free_port(),
+        true,
+        false,
+    );
+    std::fs::write(&cfg, &base).expect("write");
+    let show = |args: &[&str]| {
+        let out = common::cli_with(&cfg, args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let all = show(&["config", "show"]);
+    let changed = show(&["config", "show", "--changed"]);
+    // Both are TOML that petrel reads back.
+    for text in [&all, &changed] {
+        let t: toml::Value = toml::from_str(text).expect("valid TOML");
+        assert_eq!(t["server"]["hostname"].as_str(), Some("mx.example.test"));
+    }
+    // A default the file does not set: shown in full, not in --changed.
+    assert!(
+        all.contains("[dkim]") && all.contains("allow_unsigned = false"),
+        "{all}"
+    );
+    assert!(!changed.contains("allow_unsigned"), "{changed}");
+    assert!(changed.contains("retry_initial = \"1s\""), "{changed}");
+    assert!(changed.len() < all.len());
 }
