@@ -348,7 +348,7 @@ fn json_logs_are_one_object_per_line_with_postfix_fields() {
         }
     });
     let deadline = Instant::now() + WAIT;
-    let mut next = |what: &str| -> serde_json::Value {
+    let next = |what: &str| -> serde_json::Value {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
