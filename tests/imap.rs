@@ -77,7 +77,7 @@ fn python_imaplib_reads_and_changes_what_smtp_delivered() {
     let server = TestServer::start_in(dir.clone(), &config(dir.path(), false));
     deliver(&server);
     let args = interop_args(&server);
-    common::run_python_interop("imap_interop.py", &args, &server, "11 passed, 0 failed");
+    common::run_python_interop("imap_interop.py", &args, &server, "12 passed, 0 failed");
 }
 
 #[test]

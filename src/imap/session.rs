@@ -1169,7 +1169,7 @@ impl Session {
             Err(e) => return Err(("NO", store_no(&e))),
         }
         let append = Append {
-            content: NewContent::parse(message),
+            content: NewContent::parse_off_thread(message).await,
             flags: bits,
             keywords,
             internal_date: date,
@@ -1943,7 +1943,7 @@ impl Session {
                     account,
                     folder,
                     Append {
-                        content: NewContent::parse(content),
+                        content: NewContent::parse_off_thread(content).await,
                         flags: m.flags,
                         keywords: m.keywords.clone(),
                         internal_date: Some(m.internal_date),

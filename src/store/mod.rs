@@ -172,7 +172,27 @@ impl NewContent {
             summary,
         }
     }
+
+    /// `parse` for a session on the async runtime: a large message is
+    /// parsed on the blocking pool, so one APPEND of many megabytes does
+    /// not hold up the other sessions on that worker.
+    pub async fn parse_off_thread(content: Vec<u8>) -> NewContent {
+        if content.len() < PARSE_INLINE {
+            return NewContent::parse(content);
+        }
+        let content = Arc::new(content);
+        let c = content.clone();
+        let summary = match tokio::task::spawn_blocking(move || Summary::parse(&c)).await {
+            Ok(s) => Arc::new(s),
+            // The pool is shutting down: parse here rather than fail.
+            Err(_) => Arc::new(Summary::parse(&content)),
+        };
+        NewContent { content, summary }
+    }
 }
+
+/// Messages under this size are parsed inline (a few microseconds).
+const PARSE_INLINE: usize = 64 * 1024;
 
 /// One target of a local delivery.
 #[derive(Debug, Clone)]

@@ -175,6 +175,26 @@ def main():
         ok(m.delete("&AMk-t&AOk-"))
         m.logout()
 
+    def large_append_round_trips():
+        m = session()
+        body = b"".join(b"line %06d of a large message, parsed off the runtime\r\n" % i
+                        for i in range(5000))
+        msg = b"Subject: large\r\nFrom: alice@example.test\r\n\r\n" + body
+        assert len(msg) > 256 * 1024, len(msg)
+        typ, data = m.append("Archive", None, None, msg)
+        assert typ == "OK", data
+        uid = re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1).decode()
+        ok(m.select("Archive"))
+        got = ok(m.uid("FETCH", uid, "(RFC822.SIZE BODYSTRUCTURE BODY.PEEK[])"))
+        assert got[0][1] == msg, "byte-exact"
+        assert f"RFC822.SIZE {len(msg)}".encode() in got[0][0], got[0][0]
+        assert b'"TEXT" "PLAIN"' in got[0][0] or b"\"TEXT\" \"PLAIN\"" in got[0][0], got[0][0]
+        hits = ok(m.uid("SEARCH", None, 'SUBJECT "large"'))[0].split()
+        assert uid.encode() in hits, hits
+        ok(m.uid("STORE", uid, "+FLAGS", "(\\Deleted)"))
+        ok(m.expunge())
+        m.logout()
+
     def the_rest_of_imaplib():
         m = imaplib.IMAP4("127.0.0.1", a.imap, timeout=20)
         m.starttls(ssl_context=ctx())
@@ -233,6 +253,7 @@ def main():
         ("a mail-in box read as Shared/support", shared_mailbox),
         ("QUOTA and NAMESPACE", quota_and_namespace),
         ("modified UTF-7 folder names", non_ascii_folder_names),
+        ("a 300 KiB APPEND comes back byte-exact, structured, searchable", large_append_round_trips),
         ("the rest of imaplib: AUTHENTICATE, LSUB, CHECK, CLOSE, COPY, EXPUNGE, and refusals",
          the_rest_of_imaplib),
     ]:
