@@ -286,11 +286,6 @@ pub fn report(config: &Config, to: &str, content: &[u8]) -> NewMessage {
     }
 }
 
-/// Expands local aliases; keeps the original address as ORCPT where it
-/// changed (unless the client gave one); drops duplicate addresses, and
-/// second addresses of a mailbox already reached (one copy per mailbox, as
-/// local(8) does). Unknown local addresses stay as they are (delivery
-/// bounces them).
 /// The content to sign and queue for a message petrel signs, made 7-bit
 /// clean with no line over 998 octets before the signature (RFC 6376
 /// §5.3: a signer converts to the encoding the transport needs first): a
@@ -314,6 +309,11 @@ fn clean_for_signing(new: &mut NewMessage, content: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Expands local aliases; keeps the original address as ORCPT where it
+/// changed (unless the client gave one); drops duplicate addresses, and
+/// second addresses of a mailbox already reached (one copy per mailbox, as
+/// local(8) does). Unknown local addresses stay as they are (delivery
+/// bounces them).
 pub fn expand_recipients(config: &Config, given: &[EnvelopeRcpt]) -> Vec<Recipient> {
     let mut out: Vec<Recipient> = Vec::new();
     let mut mailboxes = std::collections::HashSet::new();
