@@ -185,7 +185,7 @@ fn explain(config: &Config, args: &Args) -> Result<Explanation, String> {
             &dns.resolver(),
             config,
             ip,
-            &mut trace,
+            Some(&mut trace),
         ));
         // With a refusal, the last check is the one that decided.
         let decided = refusal.as_ref().and_then(|_| trace.pop());

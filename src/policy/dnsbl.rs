@@ -155,7 +155,7 @@ pub async fn at_connect(
     ) {
         return Some(r);
     }
-    dns_checks(resolver, config, ip, &mut Vec::new()).await
+    dns_checks(resolver, config, ip, None).await
 }
 
 /// One connect-time check and what it found, for `petrel explain`: the
@@ -167,25 +167,31 @@ pub struct Finding {
 
 /// The DNS checks at connect, in the order a session meets them —
 /// allowlists (`dnswl`), blocklists (`dnsbl`), `require_ptr` — with a line
-/// per check in `trace`. `Some(reply)` refuses.
+/// per check in `trace` when one is given (a session gives none, and no
+/// line is formatted). `Some(reply)` refuses.
 pub async fn dns_checks(
     resolver: &TokioResolver,
     config: &Config,
     ip: IpAddr,
-    trace: &mut Vec<Finding>,
+    mut trace: Option<&mut Vec<Finding>>,
 ) -> Option<Reply> {
+    let mut note = |key: &'static str, detail: &dyn Fn() -> String| {
+        if let Some(t) = trace.as_deref_mut() {
+            t.push(Finding {
+                key,
+                detail: detail(),
+            });
+        }
+    };
     let checks = &config.inbound.checks;
     let client = crate::config::canonical_ip(ip);
     let allowed = if checks.dnswl.is_empty() {
         None
     } else {
         let (listed, _) = first_listed(resolver, ip, &checks.dnswl).await;
-        trace.push(Finding {
-            key: "smtp.inbound.checks.dnswl",
-            detail: match &listed {
-                Some(z) => format!("listed in {z}: blocklists skipped"),
-                None => format!("not listed in {}", checks.dnswl.join(", ")),
-            },
+        note("smtp.inbound.checks.dnswl", &|| match &listed {
+            Some(z) => format!("listed in {z}: blocklists skipped"),
+            None => format!("not listed in {}", checks.dnswl.join(", ")),
         });
         listed
     };
@@ -196,18 +202,19 @@ pub async fn dns_checks(
         for zone in &unknown {
             tracing::warn!(client = %format!("[{client}]"), zone = %zone, "dnsbl: look-up failed; counted as not listed");
         }
-        let failed = if unknown.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " (no answer from {}: counted as not listed)",
-                unknown.join(", ")
-            )
+        let failed = || {
+            if unknown.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (no answer from {}: counted as not listed)",
+                    unknown.join(", ")
+                )
+            }
         };
         if let Some(zone) = listed {
-            trace.push(Finding {
-                key: "smtp.inbound.checks.dnsbl",
-                detail: format!("listed in {zone}{failed}"),
+            note("smtp.inbound.checks.dnsbl", &|| {
+                format!("listed in {zone}{}", failed())
             });
             return Some(Reply::new(
                 554,
@@ -215,20 +222,19 @@ pub async fn dns_checks(
                 format!("Service unavailable; client [{client}] blocked using {zone}"),
             ));
         }
-        trace.push(Finding {
-            key: "smtp.inbound.checks.dnsbl",
-            detail: format!("not listed in {}{failed}", checks.dnsbl.join(", ")),
+        note("smtp.inbound.checks.dnsbl", &|| {
+            format!("not listed in {}{}", checks.dnsbl.join(", "), failed())
         });
     }
     if checks.require_ptr {
         let confirmed = forward_confirmed(resolver, ip).await;
-        trace.push(Finding {
-            key: "smtp.inbound.checks.require_ptr",
-            detail: match confirmed {
-                Some(true) => "a reverse name that points back".to_string(),
-                Some(false) => "no reverse name that points back".to_string(),
-                None => "look-up failed: let in".to_string(),
-            },
+        note("smtp.inbound.checks.require_ptr", &|| {
+            match confirmed {
+                Some(true) => "a reverse name that points back",
+                Some(false) => "no reverse name that points back",
+                None => "look-up failed: let in",
+            }
+            .to_string()
         });
         if confirmed == Some(false) {
             // RFC 7372 §3.3: 5.7.25, reverse DNS validation failed.
