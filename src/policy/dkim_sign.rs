@@ -137,10 +137,7 @@ pub fn sign_report(config: &Config, recipients: &[Recipient], content: &[u8]) ->
             host == d || host.ends_with(&format!(".{d}"))
         })
         .max_by_key(|k| k.domain.len())?;
-    match keys::load(entry)
-        .map_err(SignError::from)
-        .and_then(|k| sign_chunks(&k, [content]))
-    {
+    match sign_with(entry, content) {
         Ok(h) => Some(h),
         Err(e) => {
             tracing::warn!(reason = %e, "dkim: report sent unsigned");
@@ -220,10 +217,14 @@ pub fn sign(
     let Some(entry) = key_for(config, trusted, sender, recipients, content) else {
         return Ok(None);
     };
-    let result = keys::load(entry)
+    allow(config, sign_with(entry, content))
+}
+
+/// The signature of `content` with the key of `entry`.
+fn sign_with(entry: &crate::config::DkimKey, content: &[u8]) -> Result<String, SignError> {
+    keys::load(entry)
         .map_err(SignError::from)
-        .and_then(|k| sign_chunks(&k, [content]));
-    allow(config, result)
+        .and_then(|k| sign_chunks(&k, [content]))
 }
 
 fn allow(config: &Config, result: Result<String, SignError>) -> Result<Option<String>, SignError> {
