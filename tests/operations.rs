@@ -309,6 +309,17 @@ fn outbound_connections_leave_from_the_source_address() {
     assert_eq!(peer.ip().to_string(), "127.0.0.9");
 }
 
+/// The standard test configuration in `dir`, without outbound delivery.
+fn local_config(dir: &std::path::Path) -> String {
+    common::base_config(
+        &dir.join("spool"),
+        common::standard_dns(),
+        free_port(),
+        true,
+        false,
+    )
+}
+
 /// `log.format = "json"`: every line the daemon writes is one JSON object,
 /// and a delivery line keeps Postfix's field names inside its message.
 #[test]
@@ -316,14 +327,7 @@ fn json_logs_are_one_object_per_line_with_postfix_fields() {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let base = common::base_config(
-        &dir.path().join("spool"),
-        common::standard_dns(),
-        free_port(),
-        true,
-        false,
-    )
-    .replace(
+    let base = local_config(dir.path()).replace(
         "bind = \"127.0.0.1:0\"",
         &format!("bind = \"127.0.0.1:{port}\""),
     );
@@ -398,13 +402,7 @@ fn json_logs_are_one_object_per_line_with_postfix_fields() {
 fn config_show_prints_defaults_and_changed_only_what_is_set() {
     let dir = tempfile::tempdir().expect("dir");
     let cfg = dir.path().join("petrel.toml");
-    let base = common::base_config(
-        &dir.path().join("spool"),
-        common::standard_dns(),
-        free_port(),
-        true,
-        false,
-    );
+    let base = local_config(dir.path());
     std::fs::write(&cfg, &base).expect("write");
     let show = |args: &[&str]| {
         let out = common::cli_with(&cfg, args, None);
