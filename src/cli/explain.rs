@@ -136,6 +136,8 @@ fn explain(config: &Config, args: &Args) -> Result<Explanation, String> {
             .find(|l| l.protocol != Protocol::Pop3)
             .ok_or("no SMTP listener")?,
     };
+    // The console's deny list, as the daemon would read it now.
+    let deny = crate::policy::denylist::DenyList::load(&config.server.spool)?;
     let mut steps = Vec::new();
     let ip = crate::config::canonical_ip(args.client);
     let name = args.client_name.as_deref();
@@ -150,7 +152,7 @@ fn explain(config: &Config, args: &Args) -> Result<Explanation, String> {
         &format!("listeners[{}]", listener.name),
         format!("{} on {} ({:?})", ip, listener.bind, listener.protocol),
     ));
-    match policy::connection(config, ip, name) {
+    match policy::connection(config, &deny, ip, name) {
         Ok(d) => steps.push(pass("connect", d)),
         Err(r) => {
             let (s, code, text) = reject("connect", r);
@@ -227,7 +229,14 @@ fn explain(config: &Config, args: &Args) -> Result<Explanation, String> {
         esmtp: true,
         ..Default::default()
     };
-    match policy::mail(config, listener, args.auth.as_deref(), &args.from, params) {
+    match policy::mail(
+        config,
+        &deny,
+        listener,
+        args.auth.as_deref(),
+        &args.from,
+        params,
+    ) {
         Ok(d) => steps.push(pass("mail", d)),
         Err(r) => {
             let (s, code, text) = reject("mail", r);

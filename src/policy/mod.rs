@@ -8,6 +8,8 @@
 //!   writes the one `Authentication-Results:` header (RFC 8601), seals ARC
 //!   on an edge, and says whether the message is refused or quarantined.
 //! - `dnsbl` looks the client up in DNS block and allow lists at connect.
+//! - `denylist` holds the senders, domains and clients refused from the
+//!   console (data the daemon owns, in the spool).
 //! - `rate` counts connections, messages and recipients per client and
 //!   minute (as Postfix's anvil).
 //!
@@ -18,6 +20,7 @@
 //! pool, never on a runtime worker.
 
 pub mod auth_results;
+pub mod denylist;
 pub mod dkim_sign;
 pub mod dnsbl;
 pub mod keys;

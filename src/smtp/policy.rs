@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use crate::config::{AuthMode, Config, HostPattern, Listener, Protocol, glob_match};
+use crate::policy::denylist::DenyList;
 
 use super::reply::Reply;
 
@@ -37,6 +38,14 @@ fn d(key: impl Into<String>, detail: impl Into<String>) -> Decision {
     }
 }
 
+/// `what, added by WHO at WHEN` for a refusal by a console entry.
+fn added(what: &str, e: &crate::policy::denylist::Entry) -> String {
+    let when = chrono::DateTime::from_timestamp(e.added_at, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default();
+    format!("{what} added by {} at {when}", e.added_by)
+}
+
 fn refuse(reply: Reply, key: impl Into<String>, detail: impl Into<String>) -> Refusal {
     Refusal {
         reply,
@@ -60,9 +69,21 @@ fn first_match(list: &[HostPattern], ip: IpAddr, name: Option<&str>) -> Option<u
 /// The connection lists: `554 5.7.1` at greeting for clients
 /// `deny_connections_from` names or `allow_connections_from` (when set)
 /// does not.
-pub fn connection(cfg: &Config, ip: IpAddr, name: Option<&str>) -> Result<Decision, Refusal> {
+pub fn connection(
+    cfg: &Config,
+    deny: &DenyList,
+    ip: IpAddr,
+    name: Option<&str>,
+) -> Result<Decision, Refusal> {
     let inbound = &cfg.inbound;
     let refused = || Reply::new(554, "5.7.1", "Connection refused by policy");
+    if let Some(e) = deny.client(ip) {
+        return Err(refuse(
+            refused(),
+            "deny list (console)",
+            added(&format!("client {ip}"), e),
+        ));
+    }
     if let Some(i) = first_match(&inbound.deny_connections_from, ip, name) {
         return Err(refuse(
             refused(),
@@ -113,6 +134,7 @@ pub struct MailParams {
 /// user, parameters that need EHLO, the size limit, `deny_senders`.
 pub fn mail(
     cfg: &Config,
+    deny: &DenyList,
     listener: &Listener,
     user: Option<&str>,
     sender: &str,
@@ -178,6 +200,17 @@ pub fn mail(
             ),
             format!("smtp.inbound.deny_senders[{i}]"),
             format!("{sender} matches {}", cfg.inbound.deny_senders[i]),
+        ));
+    }
+    if let Some(e) = deny.sender(&lower) {
+        return Err(refuse(
+            Reply::new(
+                550,
+                "5.7.1",
+                format!("<{sender}>: Sender address rejected: Access denied"),
+            ),
+            "deny list (console)",
+            added(&format!("{} {}", e.kind.as_str(), e.value), e),
         ));
     }
     Ok(d(

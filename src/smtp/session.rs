@@ -196,9 +196,14 @@ impl Session {
 
     /// `554 5.7.1` at greeting for clients the connection lists refuse.
     fn connection_refusal(&self) -> Option<Reply> {
-        super::policy::connection(&self.config, self.peer.ip(), self.client_name.as_deref())
-            .err()
-            .map(|r| r.reply)
+        super::policy::connection(
+            &self.config,
+            &crate::policy::denylist::current(),
+            self.peer.ip(),
+            self.client_name.as_deref(),
+        )
+        .err()
+        .map(|r| r.reply)
     }
 
     fn send(&mut self, reply: Reply) {
@@ -505,6 +510,7 @@ impl Session {
         };
         if let Err(r) = super::policy::mail(
             &self.config,
+            &crate::policy::denylist::current(),
             &self.listener,
             self.user.as_deref(),
             &mail.address,
