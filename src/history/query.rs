@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -60,6 +60,54 @@ pub struct Trace {
 }
 
 impl History {
+    /// The latest refusals, newest first: at most `limit` whose client,
+    /// stage, code, reason, sender or recipient contains `filter` (every
+    /// one when it is empty), among the latest `scan` events (so that a
+    /// search of a long history stays quick).
+    pub fn recent_rejections(
+        &self,
+        filter: &str,
+        limit: usize,
+        scan: usize,
+    ) -> Result<Vec<Event>, HistoryError> {
+        let r = self.db().begin_read()?;
+        let events = r.open_table(EVENTS)?;
+        let filter = filter.trim().to_lowercase();
+        let mut out = Vec::new();
+        for item in events.iter()?.rev().take(scan) {
+            let (_, v) = item?;
+            let Some(e) = decode(v.value()) else {
+                continue;
+            };
+            if let EventKind::Rejected {
+                client,
+                stage,
+                code,
+                reason,
+                sender,
+                recipient,
+                ..
+            } = &e.kind
+            {
+                let hit = filter.is_empty() || {
+                    let text = format!(
+                        "{client} {stage} {code} {reason} {} {}",
+                        sender.as_deref().unwrap_or(""),
+                        recipient.as_deref().unwrap_or("")
+                    );
+                    text.to_lowercase().contains(&filter)
+                };
+                if hit {
+                    out.push(e);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The histories matching `selector` with events at or after `since`
     /// (Unix ms), at most `limit` messages, oldest first; each followed by
     /// the histories of the reports it caused.

@@ -705,13 +705,28 @@ impl Spool {
     /// Every message record in id (arrival) order. Unreadable records are
     /// reported as errors in the stream, not skipped silently.
     pub fn messages(&self) -> impl Iterator<Item = Result<QueuedMessage, StoreError>> + '_ {
+        self.messages_after(None)
+    }
+
+    /// The messages after `after` in id order (all when `None`): the
+    /// console's pages start where the previous one ended, one seek into
+    /// the tree however long the queue.
+    pub fn messages_after(
+        &self,
+        after: Option<QueueId>,
+    ) -> impl Iterator<Item = Result<QueuedMessage, StoreError>> + '_ {
         let (tree, err) = match self.tree.snapshot() {
             Ok(t) => (Some(t), None),
             Err(e) => (None, Some(Err(e))),
         };
+        let start: Vec<u8> = match after {
+            // The key after `after`'s: its own key with one more octet.
+            Some(id) => [&msg_key(id)[..], &[0]].concat(),
+            None => vec![MSG],
+        };
         err.into_iter().chain(
             tree.into_iter()
-                .flat_map(|t| t.scan_prefix([MSG]))
+                .flat_map(move |t| t.range(start.clone()..vec![MSG + 1]))
                 .map(|item| {
                     let (_, v) = item?;
                     record::decode(&v).map_err(|e| StoreError::Io(e.to_string()))
