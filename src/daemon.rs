@@ -438,6 +438,8 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     )
     .context("cannot open the message history")?;
     crate::history::install(history.clone());
+    crate::policy::denylist::install(&spool_dir)
+        .map_err(|e| anyhow::anyhow!("cannot read the console's deny list: {e}"))?;
     let store = crate::store::open(&config.store).map_err(|e| match &config.store {
         crate::config::MessageStore::Embedded { path } => {
             anyhow::anyhow!("cannot open the message store {}: {e}", path.display())
@@ -534,6 +536,10 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
             config: config.clone(),
             spool: spool.clone(),
             tls: smtp.tls.clone(),
+            store: store.clone(),
+            intake: smtp.intake.clone(),
+            sessions: Default::default(),
+            daemon: Default::default(),
         }),
         history: history.clone(),
         delivery_dns,
@@ -545,6 +551,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         path,
     });
 
+    let _ = daemon.web.daemon.set(Arc::downgrade(&daemon));
     {
         let mut running = daemon.listeners.lock().await;
         let listeners = config.load().listeners.clone();

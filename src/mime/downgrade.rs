@@ -704,7 +704,7 @@ fn tokenize(v: &[u8]) -> Vec<(Vec<u8>, Tok)> {
 /// RFC 2047 encoded words (base64) for `text`, each at most 75 characters,
 /// split between whole UTF-8 characters; `unknown-8bit` (RFC 1428) when the
 /// octets are not UTF-8.
-fn encoded_words(text: &[u8]) -> Vec<String> {
+pub fn encoded_words(text: &[u8]) -> Vec<String> {
     let (charset, utf8) = match std::str::from_utf8(text) {
         Ok(_) => ("utf-8", true),
         Err(_) => ("unknown-8bit", false),
@@ -819,7 +819,8 @@ pub fn qp_decode(content: &[u8]) -> Vec<u8> {
     out
 }
 
-fn base64_encode(content: &[u8]) -> Vec<u8> {
+/// Base64 in lines of 76 characters, CRLF between them (none after the last).
+pub fn base64_encode(content: &[u8]) -> Vec<u8> {
     wrap(
         base64::engine::general_purpose::STANDARD
             .encode(content)

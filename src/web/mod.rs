@@ -3,8 +3,16 @@
 //! or HTTPS (`tls = "implicit"`, the `[tls]` certificate through rustls).
 //!
 //! `app` is the application factory: the shared state and the routes
-//! (`routes`). Today it serves `GET /metrics` (Prometheus, clients in
-//! `web.metrics_from`); webmail and the console add their routes there.
+//! (`routes`): the webmail (`mail`) under `/`, Prometheus at `/metrics`
+//! (clients in `web.metrics_from`). Every answer carries the security
+//! headers (`security_headers`: a Content-Security-Policy without inline
+//! script, no framing, no referrer, no sniffing, no caching of pages).
+
+pub mod admin;
+pub mod compose;
+pub mod mail;
+pub mod message;
+pub mod sessions;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -15,8 +23,10 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, Listener, MessageStore, TlsMode};
+use crate::intake::Intake;
 use crate::shutdown::Signal;
 use crate::spool::{Spool, now_ms};
+use crate::store::MailStore;
 use crate::tls::ServerTls;
 
 /// The OpenMetrics text format that `prometheus-client` writes (Prometheus
@@ -34,16 +44,86 @@ pub struct WebShared {
     pub spool: Arc<Spool>,
     /// The server certificate, for `tls = "implicit"`.
     pub tls: ServerTls,
+    /// The message store (webmail).
+    pub store: Arc<dyn MailStore>,
+    /// Where the webmail's messages enter the queue.
+    pub intake: Intake,
+    /// Browser sessions and the login throttle.
+    pub sessions: sessions::Sessions,
+    /// The daemon, for the console (set once it exists; weak, since the
+    /// daemon holds this).
+    pub daemon: std::sync::OnceLock<std::sync::Weak<crate::daemon::Daemon>>,
 }
+
+/// What a handler needs to know of its listener.
+pub struct Listening {
+    /// TLS (`tls = "implicit"`): cookies are `Secure`.
+    pub secure: bool,
+}
+
+/// The static files, compiled in.
+const CSS: &str = include_str!("static/petrel.css");
+const JS: &str = include_str!("static/petrel.js");
 
 /// The routes of the web server.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(metrics));
+    cfg.route("/metrics", web::get().to(metrics))
+        .route("/static/petrel.css", web::get().to(css))
+        .route("/static/petrel.js", web::get().to(js))
+        .route("/login", web::get().to(mail::login_form))
+        .route("/login", web::post().to(mail::login_submit))
+        .route("/logout", web::post().to(mail::logout))
+        .route("/", web::get().to(mail::list))
+        .route("/read", web::get().to(mail::read))
+        .route("/attachment", web::get().to(mail::attachment))
+        .route("/inline", web::get().to(mail::inline))
+        .route("/act", web::post().to(mail::act))
+        .route("/compose", web::get().to(mail::compose_form))
+        .route("/send", web::post().to(mail::send))
+        .route("/events", web::get().to(mail::events))
+        .route("/admin", web::get().to(admin::overview))
+        .route("/admin/trace", web::post().to(admin::trace))
+        .route("/admin/queue", web::get().to(admin::queue))
+        .route("/admin/queue/act", web::post().to(admin::queue_act))
+        .route("/admin/message", web::get().to(admin::message))
+        .route("/admin/deny", web::get().to(admin::deny_list))
+        .route("/admin/deny/add", web::post().to(admin::deny_add))
+        .route("/admin/deny/remove", web::post().to(admin::deny_remove))
+        .route("/admin/rejections", web::get().to(admin::rejections))
+        .default_service(web::to(|| async {
+            mail::error(actix_web::http::StatusCode::NOT_FOUND, "No such page.")
+        }));
+}
+
+async fn css() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header(("Cache-Control", "public, max-age=3600"))
+        .body(CSS)
+}
+
+async fn js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "public, max-age=3600"))
+        .body(JS)
+}
+
+/// The headers every answer carries unless its handler set them (the
+/// reading page sets its own Content-Security-Policy).
+fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add(("Content-Security-Policy", mail::csp(false)))
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add(("Cache-Control", "no-store"))
 }
 
 /// The application: shared state and routes, one per server worker.
 pub fn app(
     shared: web::Data<WebShared>,
+    secure: bool,
 ) -> App<
     impl actix_web::dev::ServiceFactory<
         actix_web::dev::ServiceRequest,
@@ -53,7 +133,15 @@ pub fn app(
         InitError = (),
     >,
 > {
-    App::new().app_data(shared).configure(routes)
+    let limit = shared.config.load().inbound.max_message_size as usize;
+    App::new()
+        .wrap(security_headers())
+        .app_data(shared)
+        .app_data(web::Data::new(Listening { secure }))
+        // Login and action forms are small; uploads go through multipart.
+        .app_data(web::FormConfig::default().limit(64 * 1024))
+        .app_data(web::PayloadConfig::new(limit.max(64 * 1024)))
+        .configure(routes)
 }
 
 /// Whether `ip` may read `/metrics` (`web.metrics_from`; an empty list
@@ -156,7 +244,8 @@ fn start(
         _ => None,
     };
     let data = web::Data::from(shared);
-    let server = HttpServer::new(move || app(data.clone()))
+    let secure = tls.is_some();
+    let server = HttpServer::new(move || app(data.clone(), secure))
         .workers(1)
         .disable_signals()
         .shutdown_timeout(STOP_GRACE.as_secs());

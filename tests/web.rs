@@ -1,0 +1,407 @@
+//! The webmail and the administrator's console against the real daemon:
+//! headless Chromium driven by Selenium (tests/interop/webmail.py) logs
+//! in, reads what SMTP delivered, sends, moves, deletes, and uses the
+//! console; raw HTTP requests check the security rules a browser cannot
+//! show (CSRF, cookies, headers, another user's message, uploads).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::sink::{Sink, SinkOptions};
+use common::{Smtp, TestServer, base_config, free_port, queued_id, run_cmd, standard_dns};
+
+const PASSWORD: &str = "web secret";
+
+fn config(dir: &Path, outbound_port: u16) -> String {
+    let hash = petrel::auth::hash_password(PASSWORD).expect("hash");
+    let base = base_config(
+        &dir.join("spool"),
+        standard_dns(),
+        outbound_port,
+        true,
+        true,
+    )
+    .replace(
+        "name = \"alice\"\naddresses",
+        &format!("name = \"alice\"\nadmin = true\npassword = \"{hash}\"\naddresses"),
+    )
+    .replace(
+        "name = \"bob\"\naddresses",
+        &format!("name = \"bob\"\npassword = \"{hash}\"\naddresses"),
+    );
+    format!(
+        "{base}\n[[listeners]]\nname = \"web\"\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n\n\
+         [[listeners]]\nname = \"imap\"\nprotocol = \"imap\"\nbind = \"127.0.0.1:0\"\ntls = \"starttls\"\n\n\
+         [smtp.inbound]\nrelay_from = [\"127.0.0.0/8\"]\nmax_message_size = \"2MiB\"\n"
+    )
+}
+
+/// Octets of every value, twice, and some text: what the attachment holds.
+fn attachment_bytes() -> Vec<u8> {
+    let mut v: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+    v.extend_from_slice(b"\r\n.\r\nend\n");
+    v
+}
+
+fn base64(b: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for (i, c) in b.chunks(3).enumerate() {
+        if i > 0 && i % 19 == 0 {
+            out.push_str("\r\n");
+        }
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn deliver(server: &TestServer, tracker: u16) -> String {
+    let mut s = Smtp::ready(server.mx());
+    queued_id(&s.send_mail(
+        "someone@partner.test",
+        &["alice@example.test"],
+        "From: Someone <someone@partner.test>\r\nTo: alice@example.test\r\nSubject: Plain hello\r\n\
+         Date: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nfirst line of a plain message\r\nsecond line\r\n",
+    ));
+    let html = format!(
+        "From: News <news@partner.test>\r\nTo: alice@example.test\r\nSubject: HTML with a script\r\n\
+         Date: Thu, 03 Dec 2026 11:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=b1\r\n\r\n\
+         --b1\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
+         <html><body><p><b>Bold words</b></p><script>window.pwned = 1; document.title = 'pwned';</script>\r\n\
+         <img src=\"http://127.0.0.1:{tracker}/pixel.gif\" alt=tracker>\r\n\
+         <img src=x onerror=\"document.title='pwned2'\">\r\n\
+         <form action=\"http://127.0.0.1:{tracker}/steal\"><input name=pw></form>\r\n\
+         <a href=\"http://127.0.0.1:{tracker}/link\">a link</a></body></html>\r\n\
+         --b1\r\nContent-Type: application/octet-stream\r\n\
+         Content-Disposition: attachment; filename*=UTF-8''R%C3%A9sum%C3%A9%20%E2%82%AC.bin\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
+        base64(&attachment_bytes())
+    );
+    queued_id(&s.send_mail("news@partner.test", &["alice@example.test"], &html));
+    queued_id(&s.send_mail(
+        "zoe@partner.test",
+        &["alice@example.test"],
+        "From: =?UTF-8?Q?Zo=C3=AB_M=C3=BCller?= <zoe@partner.test>\r\nTo: alice@example.test\r\n\
+         Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe_aus_K=C3=B6ln?=\r\nDate: Thu, 03 Dec 2026 12:00:00 +0000\r\n\r\nHallo\r\n",
+    ));
+    server.wait_mailbox("alice", 3, Duration::from_secs(15));
+    // Stays queued: internet.test's MX (127.0.0.6) refuses connections.
+    let id = queued_id(&s.send_mail(
+        "spammer@bad.test",
+        &["victim@internet.test"],
+        "From: spammer@bad.test\r\nSubject: buy now\r\n\r\ncheap\r\n",
+    ));
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        let q = server.mailq();
+        if q.iter()
+            .any(|e| e["queue_id"] == id.as_str() && e["queue_name"] == "deferred")
+        {
+            return id;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "{id} did not reach the deferred queue: {:?}",
+        server.mailq()
+    );
+}
+
+/// Debian's Python (with python3-selenium) when there is one.
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+#[test]
+fn a_browser_reads_sends_files_and_administers() {
+    let sink = Sink::start("127.0.0.2:0", SinkOptions::default());
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let server = TestServer::start_in(dir.clone(), &config(dir.path(), sink.addr.port()));
+    let tracker = free_port();
+    let queued = deliver(&server, tracker);
+    let att = dir.path().join("attachment.bin");
+    std::fs::write(&att, attachment_bytes()).expect("write");
+    let shots = std::env::var("PETREL_SCREENSHOTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| dir.path().join("screenshots"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/webmail.py");
+    let mut cmd = Command::new(python());
+    cmd.arg(script)
+        .args(["--web", &server.addr("web").port().to_string()])
+        .args(["--smtp", &server.mx().port().to_string()])
+        .args(["--imap", &server.addr("imap").port().to_string()])
+        .args(["--password", PASSWORD])
+        .args(["--tracker", &tracker.to_string()])
+        .args(["--queued", &queued])
+        .arg("--attachment")
+        .arg(&att)
+        .arg("--shots")
+        .arg(&shots);
+    let out = run_cmd(cmd, None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "webmail.py failed:\n{stdout}");
+    assert!(stdout.contains("15 passed, 0 failed"), "{stdout}");
+    for name in ["message-list", "read-html", "compose", "console-queue"] {
+        assert!(
+            shots.join(format!("{name}.png")).exists(),
+            "screenshot {name}"
+        );
+    }
+
+    // The message sent from the browser reached the remote peer with the
+    // attachment, from alice's address, without a Bcc header.
+    let got = sink.wait(1, Duration::from_secs(15));
+    let m = got
+        .iter()
+        .find(|r| r.rcpts.iter().any(|a| a == "someone@partner.test"))
+        .expect("the remote copy");
+    assert!(m.mail.contains("<alice@example.test>"), "{}", m.mail);
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&m.data)
+        .expect("parse");
+    assert_eq!(parsed.subject(), Some("Sent from the web — ünïcode"));
+    let a = parsed.attachments().next().expect("attachment");
+    assert_eq!(a.contents(), attachment_bytes().as_slice());
+    assert!(
+        !String::from_utf8_lossy(&m.data)
+            .to_lowercase()
+            .contains("\nbcc:")
+    );
+    // The denied sender is refused by a new session (and kept over a
+    // restart: the list is the daemon's own file).
+    assert!(dir.path().join("spool/deny-list.json").exists());
+}
+
+/// One raw HTTP/1.1 request; the status, headers and body.
+fn http(port: u16, req: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_string(), body.to_string())
+}
+
+fn login(port: u16, user: &str, password: &str) -> (String, String) {
+    let body = format!("username={user}&password={}", password.replace(' ', "+"));
+    let (code, head, _) = http(
+        port,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(code, 303, "{head}");
+    let cookie_line = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .expect("cookie")
+        .to_string();
+    let cookie = cookie_line
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (_, _, page) = http(
+        port,
+        &format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"),
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("csrf token")
+        .to_string();
+    (cookie, cookie_line + "|" + &csrf)
+}
+
+#[test]
+fn the_web_refuses_what_it_must() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let server = TestServer::start_in(dir.clone(), &config(dir.path(), free_port()));
+    let port = server.addr("web").port();
+    let mut s = Smtp::ready(server.mx());
+    queued_id(&s.send_mail(
+        "x@partner.test",
+        &["alice@example.test"],
+        "Subject: for alice\r\n\r\nprivate\r\n",
+    ));
+    server.wait_mailbox("alice", 1, Duration::from_secs(10));
+
+    // Not logged in: pages go to the login form.
+    let (code, head, _) = http(
+        port,
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 303);
+    assert!(head.to_lowercase().contains("location: /login"), "{head}");
+
+    // Every answer carries the security headers.
+    let (code, head, _) = http(
+        port,
+        "GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+    let h = head.to_lowercase();
+    for want in [
+        "content-security-policy: default-src 'none'; script-src 'self'",
+        "x-frame-options: deny",
+        "referrer-policy: no-referrer",
+        "x-content-type-options: nosniff",
+    ] {
+        assert!(h.contains(want), "missing {want}:\n{head}");
+    }
+    assert!(!h.contains("unsafe-inline"));
+
+    let (cookie, rest) = login(port, "alice", PASSWORD);
+    let (set_cookie, csrf) = rest.split_once('|').unwrap();
+    let sc = set_cookie.to_lowercase();
+    assert!(
+        sc.contains("httponly") && sc.contains("samesite=strict") && sc.contains("path=/"),
+        "{set_cookie}"
+    );
+    assert!(
+        !sc.contains("secure"),
+        "no Secure on a plain listener: {set_cookie}"
+    );
+
+    // A state change without the token is refused and changes nothing.
+    let form = "f=INBOX&uid=1&op=delete";
+    let (code, _, _) = http(
+        port,
+        &format!(
+            "POST /act HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(code, 403);
+    assert_eq!(server.mailbox("alice").len(), 1, "nothing deleted");
+    let form = format!("csrf={}&f=INBOX&uid=1&op=flag", "0".repeat(64));
+    let (code, _, _) = http(
+        port,
+        &format!(
+            "POST /act HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(code, 403, "a wrong token");
+    let form = format!("csrf={csrf}&f=INBOX&uid=1&op=flag&back=//evil.test/");
+    let (code, head, _) = http(
+        port,
+        &format!(
+            "POST /act HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(code, 303);
+    assert!(
+        head.contains("Location: /?f=INBOX") || head.contains("location: /?f=INBOX"),
+        "stays on this site: {head}"
+    );
+
+    // bob cannot name alice's message, nor her folders, nor the console.
+    let (bob, _) = login(port, "bob", PASSWORD);
+    for path in [
+        "/read?f=INBOX&uid=1",
+        "/attachment?f=INBOX&uid=1&a=0",
+        "/?f=Shared/support",
+    ] {
+        let (code, _, body) = http(
+            port,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {bob}\r\n\r\n"
+            ),
+        );
+        assert_eq!(code, 404, "{path}");
+        assert!(!body.contains("private"));
+    }
+    let (code, _, _) = http(
+        port,
+        &format!(
+            "GET /admin/queue HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {bob}\r\n\r\n"
+        ),
+    );
+    assert_eq!(code, 403);
+
+    // An upload past the message size limit (2 MiB) is refused whole.
+    let big = "x".repeat(3 * 1024 * 1024);
+    let body = format!(
+        "--B\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n--B\r\nContent-Disposition: form-data; name=\"files\"; filename=\"../../etc/big\"\r\nContent-Type: text/plain\r\n\r\n{big}\r\n--B--\r\n"
+    );
+    let (code, _, _) = http(
+        port,
+        &format!(
+            "POST /send HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(code == 413 || code == 400, "{code}");
+    assert!(server.mailq().is_empty(), "nothing queued");
+
+    // Logout ends the session on the server: the old cookie is no key.
+    let form = format!("csrf={csrf}");
+    let (code, _, _) = http(
+        port,
+        &format!(
+            "POST /logout HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert_eq!(code, 303);
+    let (code, head, _) = http(
+        port,
+        &format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"),
+    );
+    assert_eq!(code, 303, "{head}");
+
+    // Failed logins are slowed: the second waits about 2 s.
+    let bad = "username=alice&password=nope";
+    let req = format!(
+        "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{bad}",
+        bad.len()
+    );
+    assert_eq!(http(port, &req).0, 401);
+    let t = Instant::now();
+    assert_eq!(http(port, &req).0, 401);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
+        "second failure answered after {waited:?}"
+    );
+    assert!(server.wait_log(
+        &["authentication failed", "protocol=http"],
+        Duration::from_secs(5)
+    ));
+}
