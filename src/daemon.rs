@@ -539,6 +539,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
             store: store.clone(),
             intake: smtp.intake.clone(),
             sessions: Default::default(),
+            lists: Default::default(),
             daemon: Default::default(),
         }),
         history: history.clone(),

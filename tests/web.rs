@@ -405,3 +405,125 @@ fn the_web_refuses_what_it_must() {
         Duration::from_secs(5)
     ));
 }
+
+/// A form POST with a session cookie; the status and head.
+fn post(port: u16, cookie: &str, path: &str, form: &str) -> (u16, String) {
+    let (code, head, _) = http(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    (code, head)
+}
+
+fn mail_from(server: &TestServer, sender: &str) -> (u16, String) {
+    let mut s = Smtp::ready(server.mx());
+    s.cmd(&format!("MAIL FROM:<{sender}>"))
+}
+
+#[test]
+fn console_entries_reach_new_sessions_and_outlive_a_restart() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let cfg = config(dir.path(), free_port());
+    let mut server = TestServer::start_in(dir.clone(), &cfg);
+    let port = server.addr("web").port();
+    let (cookie, rest) = login(port, "alice", PASSWORD);
+    let csrf = rest.split_once('|').unwrap().1.to_string();
+    let (_, _, overview) = http(
+        port,
+        &format!("GET /admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"),
+    );
+    assert!(
+        overview.contains("Delivery rates") && overview.contains("delivered"),
+        "{overview}"
+    );
+
+    assert_eq!(
+        mail_from(&server, "spammer@bad.test").0,
+        250,
+        "not denied yet"
+    );
+    let (code, head) = post(
+        port,
+        &cookie,
+        "/admin/deny/add",
+        &format!("csrf={csrf}&kind=domain&value=Bad.Test"),
+    );
+    assert_eq!(code, 303, "{head}");
+    for sender in ["spammer@bad.test", "x@mx.bad.test"] {
+        let (code, text) = mail_from(&server, sender);
+        assert_eq!(code, 550, "{sender}: {text}");
+        assert!(text.contains("5.7.1"), "{text}");
+    }
+    assert_eq!(mail_from(&server, "friend@partner.test").0, 250);
+    let (code, _) = post(
+        port,
+        &cookie,
+        "/admin/trace",
+        &format!("csrf={csrf}&level=2"),
+    );
+    assert_eq!(code, 303);
+    assert!(server.wait_log(
+        &["smtp_debug set from the console", "level=2"],
+        Duration::from_secs(5)
+    ));
+    // The explain dry run reads the same list, and names it.
+    let out = server.cli(&[
+        "explain",
+        "--client",
+        "192.0.2.50",
+        "--from",
+        "spammer@bad.test",
+        "--to",
+        "alice@example.test",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("explain json");
+    assert_eq!(v["code"], 550, "{v}");
+    assert!(v.to_string().contains("deny list (console)"), "{v}");
+
+    // A restart keeps the entry (and ends the browser sessions).
+    server.stop();
+    let server = TestServer::start_in(dir.clone(), &cfg);
+    let port = server.addr("web").port();
+    assert_eq!(
+        mail_from(&server, "spammer@bad.test").0,
+        550,
+        "denied after a restart"
+    );
+    let (code, _, _) = http(
+        port,
+        &format!("GET /admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"),
+    );
+    assert_eq!(code, 303, "the old session is gone");
+    let (cookie, rest) = login(port, "alice", PASSWORD);
+    let csrf = rest.split_once('|').unwrap().1.to_string();
+    let (_, _, list) = http(
+        port,
+        &format!(
+            "GET /admin/deny HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"
+        ),
+    );
+    assert!(
+        list.contains("bad.test") && list.contains("alice"),
+        "{list}"
+    );
+    let (code, _) = post(
+        port,
+        &cookie,
+        "/admin/deny/remove",
+        &format!("csrf={csrf}&kind=domain&value=bad.test"),
+    );
+    assert_eq!(code, 303);
+    assert_eq!(mail_from(&server, "spammer@bad.test").0, 250, "removed");
+    // A value that is no address is refused with a reason, nothing added.
+    let (code, _) = post(
+        port,
+        &cookie,
+        "/admin/deny/add",
+        &format!("csrf={csrf}&kind=client&value=not-an-ip"),
+    );
+    assert_eq!(code, 400);
+}

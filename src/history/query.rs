@@ -60,6 +60,31 @@ pub struct Trace {
 }
 
 impl History {
+    /// Delivery attempts at or after `since` (Unix ms), by status
+    /// (`sent`, `deferred`, `bounced`, `expired`): the console's delivery
+    /// rates. Reads the events of that stretch only (the table is in time
+    /// order), at most `scan` of them.
+    pub fn attempts_since(
+        &self,
+        since: i64,
+        scan: usize,
+    ) -> Result<BTreeMap<String, u64>, HistoryError> {
+        let r = self.db().begin_read()?;
+        let events = r.open_table(EVENTS)?;
+        let mut out = BTreeMap::new();
+        for item in events.range((since.max(0) as u64, 0)..)?.take(scan) {
+            let (_, v) = item?;
+            if let Some(Event {
+                kind: EventKind::Attempt { status, .. },
+                ..
+            }) = decode(v.value())
+            {
+                *out.entry(status).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
+    }
+
     /// The latest refusals, newest first: at most `limit` whose client,
     /// stage, code, reason, sender or recipient contains `filter` (every
     /// one when it is empty), among the latest `scan` events (so that a

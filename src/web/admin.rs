@@ -91,6 +91,7 @@ struct Overview {
     deferred: u64,
     hold: u64,
     destinations: Vec<(String, u64)>,
+    rates: Vec<(&'static str, String)>,
     trace: u8,
     levels: Vec<(u8, &'static str)>,
 }
@@ -113,6 +114,36 @@ pub async fn overview(
         .collect();
     destinations.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     destinations.truncate(20);
+    // Delivery attempts per minute over the last 5 minutes and hour, from
+    // the message history (a time-ordered table: one range read each).
+    let history = c.daemon.history.clone();
+    let now = crate::spool::now_ms();
+    let windows = tokio::task::spawn_blocking(move || {
+        history.sync();
+        [5u32, 60].map(|m| {
+            history
+                .attempts_since(now - i64::from(m) * 60_000, 2_000_000)
+                .unwrap_or_default()
+        })
+    })
+    .await
+    .unwrap_or_default();
+    let rates = [("last 5 minutes", 5.0), ("last hour", 60.0)]
+        .iter()
+        .zip(windows.iter())
+        .map(|(&(label, minutes), counts)| {
+            let per = |k: &str| counts.get(k).copied().unwrap_or(0) as f64 / minutes;
+            (
+                label,
+                format!(
+                    "{:.1} delivered, {:.1} deferred, {:.1} bounced per minute",
+                    per("sent"),
+                    per("deferred"),
+                    per("bounced") + per("expired")
+                ),
+            )
+        })
+        .collect();
     page(&Overview {
         user: c.a.user.name.clone(),
         csrf: c.a.session.csrf.clone(),
@@ -122,6 +153,7 @@ pub async fn overview(
         deferred: counts.deferred,
         hold: counts.hold,
         destinations,
+        rates,
         trace: c
             .daemon
             .smtp

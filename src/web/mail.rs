@@ -195,8 +195,12 @@ pub async fn login_submit(
     match login::verify(&config, name, &form.password).await {
         Some(user) => {
             shared.sessions.succeeded(ip);
-            if let Err(e) = shared.store.ensure_account(&user.name).await {
-                return store_failed(e);
+            for account in
+                std::iter::once(user.name.clone()).chain(login::readable(&config, &user.name))
+            {
+                if let Err(e) = shared.store.ensure_account(&account).await {
+                    return store_failed(e);
+                }
             }
             let id = shared
                 .sessions
@@ -294,8 +298,14 @@ async fn visible(
         all.push((f.name.clone(), user.to_string(), f));
     }
     for m in login::readable(config, user) {
-        shared.store.ensure_account(&m).await?;
-        let mut theirs = shared.store.folders(&m).await?;
+        // Made at login; a mail-in box added by a reload since is made here.
+        let mut theirs = match shared.store.folders(&m).await {
+            Ok(f) if !f.is_empty() => f,
+            _ => {
+                shared.store.ensure_account(&m).await?;
+                shared.store.folders(&m).await?
+            }
+        };
         theirs.sort_by_key(|f| (f.name != "INBOX", f.special_use.is_none(), f.name.clone()));
         for f in theirs {
             let shown = if f.name == "INBOX" {
@@ -580,6 +590,138 @@ fn date_text(t: i64) -> String {
         .unwrap_or_default()
 }
 
+/// What a list page shows of a folder: the folder as it is now (its
+/// MODSEQ changes with every flag, arrival and expunge), the order and
+/// the filters. Equal keys give the same ordered selection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListKey {
+    folder: crate::store::FolderId,
+    modseq: u64,
+    sort: Sort,
+    desc: bool,
+    words: String,
+    field: &'static str,
+    since: Option<i64>,
+    before: Option<i64>,
+}
+
+/// The folder's copies selected and ordered as `key` asks: all of them
+/// (metas), the summaries only when a search or a sort needs them.
+async fn select(shared: &WebShared, key: &ListKey) -> Result<Vec<MessageMeta>, StoreError> {
+    let mut metas = shared.store.messages(key.folder).await?;
+    // Date range: INTERNALDATE, the day `before` included.
+    if key.since.is_some() || key.before.is_some() {
+        metas.retain(|m| {
+            key.since.is_none_or(|s| m.internal_date >= s)
+                && key.before.is_none_or(|b| m.internal_date < b)
+        });
+    }
+    let words = key.words.as_str();
+    let field = key.field;
+    let need_all =
+        !words.is_empty() && field != "body" || matches!(key.sort, Sort::From | Sort::Subject);
+    let mut summaries: Vec<Option<Arc<Summary>>> = Vec::new();
+    if need_all {
+        let blobs: Vec<_> = metas.iter().map(|m| m.blob).collect();
+        summaries = shared.store.summaries(&blobs).await?;
+    }
+    if !words.is_empty() {
+        let mut keep = Vec::with_capacity(metas.len());
+        let mut kept_sums = Vec::new();
+        for (i, m) in metas.iter().enumerate() {
+            let s = summaries.get(i).cloned().flatten();
+            let head = s.as_deref().is_some_and(|s| match field {
+                "from" => from_text(s).contains(words),
+                "subject" => subject(s).to_lowercase().contains(words),
+                "any" => from_text(s).contains(words) || subject(s).to_lowercase().contains(words),
+                _ => false,
+            });
+            let hit = head
+                || (field == "body" || field == "any") && {
+                    match shared.store.read(key.folder, m.uid, None).await {
+                        Ok(raw) => crate::mime::searchable_text(&raw, false)
+                            .to_lowercase()
+                            .contains(words),
+                        Err(_) => false,
+                    }
+                };
+            if hit {
+                keep.push(m.clone());
+                kept_sums.push(s);
+            }
+        }
+        metas = keep;
+        if need_all {
+            summaries = kept_sums;
+        }
+    }
+    // Sort an index so that the summaries stay with their messages.
+    let mut order: Vec<usize> = (0..metas.len()).collect();
+    let key_text = |i: usize, f: fn(&Summary) -> String| -> String {
+        summaries
+            .get(i)
+            .and_then(|s| s.as_deref().map(f))
+            .unwrap_or_default()
+            .to_lowercase()
+    };
+    match key.sort {
+        Sort::Date => order.sort_by_key(|&i| (metas[i].internal_date, metas[i].uid)),
+        Sort::Size => order.sort_by_key(|&i| (metas[i].size, metas[i].uid)),
+        Sort::From | Sort::Subject => {
+            let f: fn(&Summary) -> String = if key.sort == Sort::From {
+                sender
+            } else {
+                subject
+            };
+            let keys: Vec<String> = (0..metas.len()).map(|i| key_text(i, f)).collect();
+            order.sort_by(|&x, &y| keys[x].cmp(&keys[y]).then(metas[x].uid.cmp(&metas[y].uid)));
+        }
+    }
+    if key.desc {
+        order.reverse();
+    }
+    let mut slots: Vec<Option<MessageMeta>> = metas.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+}
+
+/// The latest ordered selections, so that paging, returning to the list
+/// and many users of one shared folder cost a page's worth of reads. An
+/// entry is only ever found for the folder's current MODSEQ, so it is
+/// never stale; old ones fall out.
+#[derive(Default)]
+pub struct ListCache {
+    entries: std::sync::Mutex<std::collections::VecDeque<(ListKey, Arc<Vec<MessageMeta>>)>>,
+}
+
+/// Selections kept, and copies in them at most.
+const CACHE_ENTRIES: usize = 64;
+const CACHE_COPIES: usize = 1_000_000;
+
+impl ListCache {
+    fn get(&self, key: &ListKey) -> Option<Arc<Vec<MessageMeta>>> {
+        let mut e = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let i = e.iter().position(|(k, _)| k == key)?;
+        let hit = e.remove(i)?;
+        let v = hit.1.clone();
+        e.push_front(hit);
+        Some(v)
+    }
+
+    fn put(&self, key: ListKey, v: Vec<MessageMeta>) -> Arc<Vec<MessageMeta>> {
+        let v = Arc::new(v);
+        let mut e = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // A newer MODSEQ of the same folder replaces the older selections.
+        e.retain(|(k, _)| !(k.folder == key.folder && k.modseq < key.modseq));
+        e.push_front((key, v.clone()));
+        while e.len() > CACHE_ENTRIES
+            || e.len() > 1 && e.iter().map(|(_, v)| v.len()).sum::<usize>() > CACHE_COPIES
+        {
+            e.pop_back();
+        }
+        v
+    }
+}
+
 /// `GET /`: a folder's messages.
 pub async fn list(
     req: HttpRequest,
@@ -600,118 +742,52 @@ pub async fn list(
         Ok(c) => c,
         Err(e) => return store_failed(e),
     };
-    let mut metas = match shared.store.messages(folder.id).await {
-        Ok(m) => m,
-        Err(e) => return store_failed(e),
-    };
-    let total = metas.len();
-    // Date range: INTERNALDATE, the day `before` included.
     let since = q.since.as_deref().and_then(day);
     let before = q.before.as_deref().and_then(day).map(|t| t + 86_400);
-    if since.is_some() || before.is_some() {
-        metas.retain(|m| {
-            since.is_none_or(|s| m.internal_date >= s) && before.is_none_or(|b| m.internal_date < b)
-        });
-    }
     let words = q.q.as_deref().unwrap_or("").trim().to_lowercase();
-    let field = q
-        .field
-        .as_deref()
-        .filter(|f| matches!(*f, "from" | "subject" | "body"))
-        .unwrap_or("any");
+    let field: &'static str = match q.field.as_deref() {
+        Some("from") => "from",
+        Some("subject") => "subject",
+        Some("body") => "body",
+        _ => "any",
+    };
     let sort = Sort::parse(q.sort.as_deref());
     let desc = q.order.as_deref() != Some("asc");
-    // Summaries for every candidate only when the search or the sort
-    // needs them; the default (newest first) reads a page's worth.
-    let need_all =
-        !words.is_empty() && field != "body" || matches!(sort, Sort::From | Sort::Subject);
-    let mut summaries: Option<Vec<Option<Arc<Summary>>>> = None;
-    if need_all {
-        let blobs: Vec<_> = metas.iter().map(|m| m.blob).collect();
-        match shared.store.summaries(&blobs).await {
-            Ok(s) => summaries = Some(s),
-            Err(e) => return store_failed(e),
-        }
-    }
-    if !words.is_empty() {
-        let mut keep = Vec::with_capacity(metas.len());
-        let mut kept_sums = Vec::new();
-        for (i, m) in metas.iter().enumerate() {
-            let s = summaries.as_ref().and_then(|s| s[i].clone());
-            let head = s.as_deref().is_some_and(|s| match field {
-                "from" => from_text(s).contains(&words),
-                "subject" => subject(s).to_lowercase().contains(&words),
-                "any" => {
-                    from_text(s).contains(&words) || subject(s).to_lowercase().contains(&words)
-                }
-                _ => false,
-            });
-            let hit = head
-                || (field == "body" || field == "any") && {
-                    match shared.store.read(folder.id, m.uid, None).await {
-                        Ok(raw) => crate::mime::searchable_text(&raw, false)
-                            .to_lowercase()
-                            .contains(&words),
-                        Err(_) => false,
-                    }
-                };
-            if hit {
-                keep.push(m.clone());
-                kept_sums.push(s);
-            }
-        }
-        metas = keep;
-        if summaries.is_some() {
-            summaries = Some(kept_sums);
-        }
-    }
-    let matched = metas.len();
-    // Sort an index so that the summaries stay with their messages.
-    let mut order: Vec<usize> = (0..metas.len()).collect();
-    let key_text = |i: usize, f: fn(&Summary) -> String| -> String {
-        summaries
-            .as_ref()
-            .and_then(|s| s[i].as_deref().map(f))
-            .unwrap_or_default()
-            .to_lowercase()
+    let key = ListKey {
+        folder: folder.id,
+        modseq: folder.highest_modseq,
+        sort,
+        desc,
+        words: words.clone(),
+        field,
+        since,
+        before,
     };
-    match sort {
-        Sort::Date => order.sort_by_key(|&i| (metas[i].internal_date, metas[i].uid)),
-        Sort::Size => order.sort_by_key(|&i| (metas[i].size, metas[i].uid)),
-        Sort::From => {
-            let keys: Vec<String> = (0..metas.len()).map(|i| key_text(i, sender)).collect();
-            order.sort_by(|&x, &y| keys[x].cmp(&keys[y]).then(metas[x].uid.cmp(&metas[y].uid)));
-        }
-        Sort::Subject => {
-            let keys: Vec<String> = (0..metas.len()).map(|i| key_text(i, subject)).collect();
-            order.sort_by(|&x, &y| keys[x].cmp(&keys[y]).then(metas[x].uid.cmp(&metas[y].uid)));
-        }
-    }
-    if desc {
-        order.reverse();
-    }
+    let ordered = match shared.lists.get(&key) {
+        Some(o) => o,
+        None => match select(&shared, &key).await {
+            Ok(o) => shared.lists.put(key, o),
+            Err(e) => return store_failed(e),
+        },
+    };
+    let total = folder.exists as usize;
+    let matched = ordered.len();
     let pages = matched.div_ceil(PAGE).max(1);
     let page_no = q.page.unwrap_or(1).clamp(1, pages);
-    let shown_idx: Vec<usize> = order
+    let on_page: Vec<&MessageMeta> = ordered
         .iter()
         .skip((page_no - 1) * PAGE)
         .take(PAGE)
-        .copied()
         .collect();
-    let page_sums: Vec<Option<Arc<Summary>>> = match &summaries {
-        Some(s) => shown_idx.iter().map(|&i| s[i].clone()).collect(),
-        None => {
-            let blobs: Vec<_> = shown_idx.iter().map(|&i| metas[i].blob).collect();
-            match shared.store.summaries(&blobs).await {
-                Ok(s) => s,
-                Err(e) => return store_failed(e),
-            }
-        }
+    let blobs: Vec<_> = on_page.iter().map(|m| m.blob).collect();
+    let page_sums = match shared.store.summaries(&blobs).await {
+        Ok(s) => s,
+        Err(e) => return store_failed(e),
     };
-    let rows = shown_idx
+    let rows = on_page
         .iter()
         .zip(page_sums)
-        .map(|(&i, s)| row(&metas[i], s.as_deref()))
+        .map(|(m, s)| row(m, s.as_deref()))
         .collect();
     let columns = [
         ("From", Sort::From),

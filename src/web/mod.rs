@@ -50,6 +50,8 @@ pub struct WebShared {
     pub intake: Intake,
     /// Browser sessions and the login throttle.
     pub sessions: sessions::Sessions,
+    /// The message lists last shown.
+    pub lists: mail::ListCache,
     /// The daemon, for the console (set once it exists; weak, since the
     /// daemon holds this).
     pub daemon: std::sync::OnceLock<std::sync::Weak<crate::daemon::Daemon>>,
