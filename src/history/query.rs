@@ -62,18 +62,25 @@ pub struct Trace {
 impl History {
     /// Delivery attempts at or after `since` (Unix ms), by status
     /// (`sent`, `deferred`, `bounced`, `expired`): the console's delivery
-    /// rates. Reads the events of that stretch only (the table is in time
-    /// order), at most `scan` of them.
+    /// rates. Reads the newest events first, at most `scan` of them, and
+    /// returns the counts with the time from which they are complete:
+    /// `since`, or the oldest event read when the bound was reached (the
+    /// rate is then over that shorter, latest stretch).
     pub fn attempts_since(
         &self,
         since: i64,
         scan: usize,
-    ) -> Result<BTreeMap<String, u64>, HistoryError> {
+    ) -> Result<(BTreeMap<String, u64>, i64), HistoryError> {
         let r = self.db().begin_read()?;
         let events = r.open_table(EVENTS)?;
         let mut out = BTreeMap::new();
-        for item in events.range((since.max(0) as u64, 0)..)?.take(scan) {
-            let (_, v) = item?;
+        let mut from = since;
+        for (n, item) in events.range((since.max(0) as u64, 0)..)?.rev().enumerate() {
+            let (k, v) = item?;
+            if n >= scan {
+                from = k.value().0 as i64;
+                break;
+            }
             if let Some(Event {
                 kind: EventKind::Attempt { status, .. },
                 ..
@@ -82,7 +89,7 @@ impl History {
                 *out.entry(status).or_insert(0) += 1;
             }
         }
-        Ok(out)
+        Ok((out, from))
     }
 
     /// The latest refusals, newest first: at most `limit` whose client,

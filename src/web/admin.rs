@@ -31,7 +31,9 @@ use crate::spool::{QueueId, QueueName};
 /// Queue entries per page.
 const PAGE: usize = 50;
 /// Messages one page looks at, at most, to fill itself under a filter.
-const SCAN_LIMIT: usize = 200_000;
+const SCAN_LIMIT: usize = 50_000;
+/// History events the delivery rates read at most (newest first).
+const RATE_SCAN: usize = 100_000;
 
 /// The console's request: an admin's session and the daemon.
 struct Console {
@@ -120,26 +122,33 @@ pub async fn overview(
     let now = crate::spool::now_ms();
     let windows = tokio::task::spawn_blocking(move || {
         history.sync();
-        [5u32, 60].map(|m| {
+        [5i64, 60].map(|m| {
             history
-                .attempts_since(now - i64::from(m) * 60_000, 2_000_000)
+                .attempts_since(now - m * 60_000, RATE_SCAN)
                 .unwrap_or_default()
         })
     })
     .await
     .unwrap_or_default();
-    let rates = [("last 5 minutes", 5.0), ("last hour", 60.0)]
+    let rates = [("last 5 minutes", 5i64), ("last hour", 60)]
         .iter()
         .zip(windows.iter())
-        .map(|(&(label, minutes), counts)| {
+        .map(|(&(label, m), (counts, from))| {
+            let partial = *from > now - m * 60_000;
+            let minutes = ((now - from) as f64 / 60_000.0).max(1.0 / 60.0);
             let per = |k: &str| counts.get(k).copied().unwrap_or(0) as f64 / minutes;
+            let note = if partial {
+                format!(" (over the latest {minutes:.1} minutes: the newest {RATE_SCAN} events)")
+            } else {
+                String::new()
+            };
             (
                 label,
                 format!(
-                    "{:.1} delivered, {:.1} deferred, {:.1} bounced per minute",
+                    "{:.1} delivered, {:.1} deferred, {:.1} bounced per minute{note}",
                     per("sent"),
                     per("deferred"),
-                    per("bounced") + per("expired")
+                    per("bounced") + per("expired"),
                 ),
             )
         })
