@@ -76,6 +76,7 @@ fn deliver(server: &TestServer, tracker: u16) -> String {
         "someone@partner.test",
         &["alice@example.test"],
         "From: Someone <someone@partner.test>\r\nTo: alice@example.test\r\nSubject: Plain hello\r\n\
+         Message-ID: <plain.1@partner.test>\r\n\
          Date: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nfirst line of a plain message\r\nsecond line\r\n",
     ));
     let html = format!(
@@ -100,7 +101,13 @@ fn deliver(server: &TestServer, tracker: u16) -> String {
         "From: =?UTF-8?Q?Zo=C3=AB_M=C3=BCller?= <zoe@partner.test>\r\nTo: alice@example.test\r\n\
          Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe_aus_K=C3=B6ln?=\r\nDate: Thu, 03 Dec 2026 12:00:00 +0000\r\n\r\nHallo\r\n",
     ));
+    queued_id(&s.send_mail(
+        "x@partner.test",
+        &["support@example.test"],
+        "From: x@partner.test\r\nTo: support@example.test\r\nSubject: for support\r\n\r\nhelp\r\n",
+    ));
     server.wait_mailbox("alice", 3, Duration::from_secs(15));
+    server.wait_mailbox("support", 1, Duration::from_secs(15));
     // Stays queued: internet.test's MX (127.0.0.6) refuses connections.
     let id = queued_id(&s.send_mail(
         "spammer@bad.test",
@@ -161,7 +168,7 @@ fn a_browser_reads_sends_files_and_administers() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "webmail.py failed:\n{stdout}");
-    assert!(stdout.contains("15 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("20 passed, 0 failed"), "{stdout}");
     for name in ["message-list", "read-html", "compose", "console-queue"] {
         assert!(
             shots.join(format!("{name}.png")).exists(),
@@ -169,12 +176,40 @@ fn a_browser_reads_sends_files_and_administers() {
         );
     }
 
-    // The message sent from the browser reached the remote peer with the
-    // attachment, from alice's address, without a Bcc header.
-    let got = sink.wait(1, Duration::from_secs(15));
+    // The messages sent from the browser reached the remote peer: the
+    // reply, the new message with its attachment (from alice's address,
+    // without a Bcc header), the forward with the original attached.
+    let got = sink.wait(3, Duration::from_secs(15));
+    let parse = |r: &common::sink::Received| {
+        mail_parser::MessageParser::default()
+            .parse(&r.data)
+            .expect("parse")
+            .into_owned()
+    };
+    let reply = got
+        .iter()
+        .map(parse)
+        .find(|m| m.subject() == Some("Re: Plain hello"))
+        .expect("the reply");
+    assert_eq!(reply.in_reply_to().as_text(), Some("plain.1@partner.test"));
+    let text = reply.body_text(0).unwrap_or_default().into_owned();
+    assert!(
+        text.contains("> first line of a plain message") && text.contains("Thanks."),
+        "{text}"
+    );
+    let fwd = got
+        .iter()
+        .map(parse)
+        .find(|m| m.subject() == Some("Fwd: Grüße aus Köln"))
+        .expect("the forward");
+    let original = fwd
+        .attachments()
+        .find_map(|a| a.message())
+        .expect("the original as message/rfc822");
+    assert_eq!(original.subject(), Some("Grüße aus Köln"));
     let m = got
         .iter()
-        .find(|r| r.rcpts.iter().any(|a| a == "someone@partner.test"))
+        .find(|r| parse(r).subject() == Some("Sent from the web — ünïcode"))
         .expect("the remote copy");
     assert!(m.mail.contains("<alice@example.test>"), "{}", m.mail);
     let parsed = mail_parser::MessageParser::default()
@@ -526,4 +561,161 @@ fn console_entries_reach_new_sessions_and_outlive_a_restart() {
         &format!("csrf={csrf}&kind=client&value=not-an-ip"),
     );
     assert_eq!(code, 400);
+}
+
+fn get(port: u16, cookie: &str, path: &str) -> (u16, String) {
+    let (code, _, body) = http(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"),
+    );
+    (code, body)
+}
+
+#[test]
+fn the_list_and_the_console_filter_what_they_are_asked() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let server = TestServer::start_in(dir.clone(), &config(dir.path(), free_port()));
+    let port = server.addr("web").port();
+    let mut s = Smtp::ready(server.mx());
+    queued_id(&s.send_mail(
+        "x@partner.test",
+        &["bob@example.test"],
+        "From: x@partner.test\r\nSubject: quarterly figures\r\n\r\nthe private numbers\r\n",
+    ));
+    let a = queued_id(&s.send_mail(
+        "a@bad.test",
+        &["victim@internet.test"],
+        "Subject: a\r\n\r\na\r\n",
+    ));
+    let b = queued_id(&s.send_mail(
+        "b@bad.test",
+        &["victim@internet.test"],
+        "Subject: b\r\n\r\nb\r\n",
+    ));
+    // A refusal for the rejection list: no such local user.
+    assert_eq!(s.cmd("MAIL FROM:<probe@spam.test>").0, 250);
+    assert_eq!(s.cmd("RCPT TO:<nobody-here@example.test>").0, 550);
+    server.wait_mailbox("bob", 1, Duration::from_secs(10));
+
+    // bob logs in with his address; the list's filters.
+    let (bob, rest) = login(port, "bob@example.test", PASSWORD);
+    let bob_csrf = rest.split_once('|').unwrap().1.to_string();
+    for (query, found) in [
+        ("q=private&in=body", 1),
+        ("q=private&in=subject", 0),
+        ("q=quarterly&in=subject", 1),
+        ("q=x%40partner&in=from", 1),
+        ("since=2000-01-01&before=2099-12-31", 1),
+        ("since=2099-01-01", 0),
+    ] {
+        let (code, page) = get(port, &bob, &format!("/?f=INBOX&{query}"));
+        assert_eq!(code, 200);
+        assert!(
+            page.contains(&format!(", {found} found")),
+            "{query}: {found} expected"
+        );
+    }
+    // Sending from an address that is not bob's is refused; nothing queued.
+    let queued_before = server.mailq().len();
+    let body = format!(
+        "--B\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{bob_csrf}\r\n\
+         --B\r\nContent-Disposition: form-data; name=\"from\"\r\n\r\nalice@example.test\r\n\
+         --B\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nsomeone@partner.test\r\n\
+         --B\r\nContent-Disposition: form-data; name=\"action\"\r\n\r\nsend\r\n--B--\r\n"
+    );
+    let (code, _, page) = http(
+        port,
+        &format!(
+            "POST /send HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {bob}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(code, 400);
+    assert!(page.contains("not one of your addresses"), "{page}");
+    assert_eq!(server.mailq().len(), queued_before);
+
+    // The console: both messages deferred, counted, filtered.
+    let end = Instant::now() + Duration::from_secs(15);
+    while server
+        .mailq()
+        .iter()
+        .filter(|e| e["queue_name"] == "deferred")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < end, "not deferred: {:?}", server.mailq());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (alice, rest) = login(port, "alice", PASSWORD);
+    let csrf = rest.split_once('|').unwrap().1.to_string();
+    let (_, page) = get(port, &alice, "/admin");
+    assert!(page.contains("id=\"count-deferred\">2<"), "{page}");
+    assert!(page.contains("internet.test"), "by destination");
+    let (_, page) = get(port, &alice, "/admin/queue?sender=b%40bad");
+    assert!(page.contains(&b) && !page.contains(&a), "the sender filter");
+    let (_, page) = get(
+        port,
+        &alice,
+        "/admin/queue?domain=internet.test&state=deferred",
+    );
+    assert!(page.contains(&b) && page.contains(&a));
+    // Hold everything the filter matches: only a's message.
+    let (code, _) = post(
+        port,
+        &alice,
+        "/admin/queue/act",
+        &format!("csrf={csrf}&op=hold&all=1&sender=a%40bad.test&state=&domain=&rcpt="),
+    );
+    assert_eq!(code, 303);
+    let q = server.mailq();
+    let state = |id: &str| {
+        q.iter()
+            .find(|e| e["queue_id"] == id)
+            .map(|e| e["queue_name"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(state(&a).as_deref(), Some("hold"));
+    assert_eq!(state(&b).as_deref(), Some("deferred"));
+    // The refusal is listed, searchable, with its deny buttons.
+    let (_, page) = get(port, &alice, "/admin/rejections?q=nobody-here");
+    assert!(
+        page.contains("nobody-here@example.test") && page.contains("550"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Deny the client 127.0.0.1") && page.contains("Deny the domain spam.test")
+    );
+    let (_, page) = get(port, &alice, "/admin/rejections?q=no-such-thing-at-all");
+    assert!(page.contains("No rejections"), "the search narrows");
+}
+
+#[test]
+fn on_a_tls_listener_the_cookie_is_secure() {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let cfg = config(dir.path(), free_port()).replace(
+        "protocol = \"http\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"",
+        "protocol = \"http\"\nbind = \"127.0.0.1:0\"\ntls = \"implicit\"",
+    );
+    let server = TestServer::start_in(dir.clone(), &cfg);
+    let url = format!("https://127.0.0.1:{}/login", server.addr("web").port());
+    let mut cmd = Command::new("curl");
+    cmd.args(["-k", "-s", "-D", "-", "-o", "/dev/null", "--data"])
+        .arg(format!(
+            "username=alice&password={}",
+            PASSWORD.replace(' ', "+")
+        ))
+        .arg(&url);
+    let out = run_cmd(cmd, None);
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        head.starts_with("http/1.1 303") || head.starts_with("http/2 303"),
+        "{head}"
+    );
+    let cookie = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap_or_default();
+    assert!(
+        cookie.contains("; secure") && cookie.contains("httponly"),
+        "{cookie}"
+    );
 }

@@ -316,6 +316,14 @@ Content-Transfer-Encoding: base64\r\n\r\nAAEC/w==\r\n--b--\r\n";
         assert_eq!(v.attachments.len(), 1);
         assert_eq!(v.attachments[0].name, "€ rate.pdf");
         assert_eq!(v.attachments[0].content_type, "application/pdf");
+        // RFC 2047 words in the name, as older mailers write it.
+        let old_style = b"From: a@example.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream; name=\"=?UTF-8?B?w4RyZ2VyLnR4dA==?=\"\r\n\
+Content-Disposition: attachment\r\n\r\nx\r\n--b--\r\n";
+        assert_eq!(
+            view(old_style, &links(false)).attachments[0].name,
+            "Ärger.txt"
+        );
         let (_, bytes) = attachment(raw, 0).unwrap();
         assert_eq!(bytes, vec![0, 1, 2, 255]);
         assert!(attachment(raw, 1).is_none());

@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import Select
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -92,6 +93,14 @@ def wait(cond, limit=10.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def click_and_load(d, element):
+    """Clicks something that loads a new page, and waits for it."""
+    old = d.find_element(By.TAG_NAME, "html")
+    element.click()
+    wait(lambda: staleness_of(old)(d), what="the next page")
+    wait(lambda: d.execute_script("return document.readyState") == "complete", what="the page loaded")
+
+
 def shot(d, name):
     d.save_screenshot(os.path.join(args.shots, f"{name}.png"))
 
@@ -157,6 +166,35 @@ try:
         shot(d, "read-plain")
 
     check("a message delivered over SMTP is read", reads_plain)
+
+    def reply():
+        d.find_element(By.ID, "reply").click()
+        to = wait(lambda: d.find_element(By.ID, "cto"), what="the reply form")
+        assert "someone@partner.test" in to.get_attribute("value"), to.get_attribute("value")
+        assert d.find_element(By.ID, "subject").get_attribute("value") == "Re: Plain hello"
+        text = d.find_element(By.ID, "text").get_attribute("value")
+        assert "> first line of a plain message" in text, text
+        d.find_element(By.ID, "text").send_keys("\nThanks.")
+        d.find_element(By.ID, "send").click()
+        wait(lambda: "Message sent" in d.find_element(By.CSS_SELECTOR, "p.notice").text, what="the sent notice")
+
+    check("reply: the form is filled in, the reply is sent", reply)
+
+    def mark_unread():
+        d.get(BASE + "/")
+        open_message(d, "Plain hello")
+        d.find_element(By.XPATH, "//button[@value='unread']").click()
+        r = wait(lambda: row_with(d, "Plain hello"), what="the list after mark unread")
+        assert "unread" in r.get_attribute("class"), r.get_attribute("class")
+
+    check("mark a read message unread", mark_unread)
+
+    def shared_mailbox():
+        d.get(BASE + "/")
+        d.find_element(By.CSS_SELECTOR, "nav.folders a[data-folder='Shared/support']").click()
+        wait(lambda: row_with(d, "for support"), what="the shared mailbox's message")
+
+    check("a mail-in mailbox is open to its reader", shared_mailbox)
 
     def html_is_safe():
         d.get(BASE + "/")
@@ -225,6 +263,28 @@ try:
 
     check("compose with an attachment to a local and a remote user; filed in Sent", compose_and_send)
 
+    def forward():
+        d.get(BASE + "/")
+        open_message(d, "Grüße aus Köln")
+        d.find_element(By.ID, "forward").click()
+        wait(lambda: d.find_element(By.ID, "subject").get_attribute("value") == "Fwd: Grüße aus Köln",
+             what="the forward form")
+        d.find_element(By.ID, "cto").send_keys("someone@partner.test")
+        d.find_element(By.ID, "send").click()
+        wait(lambda: "Message sent" in d.find_element(By.CSS_SELECTOR, "p.notice").text, what="the sent notice")
+
+    check("forward: the original goes along", forward)
+
+    def draft():
+        d.get(BASE + "/compose")
+        d.find_element(By.ID, "subject").send_keys("Unfinished thoughts")
+        d.find_element(By.ID, "text").send_keys("to be continued")
+        d.find_element(By.ID, "draft").click()
+        wait(lambda: "Draft saved" in d.find_element(By.CSS_SELECTOR, "p.notice").text, what="the draft notice")
+        assert row_with(d, "Unfinished thoughts"), "the draft is in Drafts"
+
+    check("a draft is saved to Drafts", draft)
+
     def bob_sees_it_over_imap():
         def found():
             m = imaplib.IMAP4("127.0.0.1", args.imap)
@@ -292,14 +352,17 @@ try:
         shot(d, "console-queue")
         for op, state in (("hold", "hold"), ("release", None)):
             row().find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
-            d.find_element(By.ID, op).click()
+            click_and_load(d, d.find_element(By.ID, op))
             wait(lambda: d.find_element(By.ID, "notice"), what=f"{op} done")
-            st = row().find_element(By.CSS_SELECTOR, "td.state").text
+            st = wait(row, what="the row after " + op).find_element(By.CSS_SELECTOR, "td.state").text
             assert (st == state) if state else (st != "hold"), f"after {op}: {st}"
         d.get(BASE + f"/admin/message?id={args.queued}")
         assert "spammer@bad.test" in d.find_element(By.ID, "msg-sender").text
+        assert "Connection refused" in d.page_source or "connect" in d.page_source, "the last error"
         shot(d, "console-message")
-        d.find_element(By.ID, "deny-sender").click()
+        d.find_element(By.ID, "show-body").click()
+        assert "cheap" in wait(lambda: d.find_element(By.ID, "qbody")).text
+        click_and_load(d, d.find_element(By.ID, "deny-sender"))
         wait(lambda: "deny list" in d.find_element(By.ID, "notice").text, what="the deny notice")
         s = smtplib.SMTP("127.0.0.1", args.smtp)
         s.ehlo("spam.test")
@@ -311,8 +374,8 @@ try:
         assert "spammer@bad.test" in t and "alice" in t, t
         shot(d, "console-deny")
         d.get(BASE + "/admin/queue")
-        row().find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
-        d.find_element(By.ID, "qdelete").click()
+        wait(row, what="the row before delete").find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
+        click_and_load(d, d.find_element(By.ID, "qdelete"))
         wait(lambda: d.find_element(By.ID, "notice"), what="delete done")
         assert not d.find_elements(By.CSS_SELECTOR, f"tr[data-id='{args.queued}']")
 
