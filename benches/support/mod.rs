@@ -53,6 +53,8 @@ addresses = ["alice@example.test"]
 pub struct Daemon {
     child: Child,
     pub addr: SocketAddr,
+    /// Every listener's address by name (`addr` is the last one logged).
+    pub addrs: std::collections::HashMap<String, SocketAddr>,
     pub config: PathBuf,
     /// From spawn to the `ready` log line.
     pub startup: Duration,
@@ -78,12 +80,21 @@ impl Daemon {
             }
         });
         let mut addr = None;
+        let mut addrs = std::collections::HashMap::new();
         loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(120))
                 .expect("petrel did not become ready");
             if let Some(a) = line.split(" address=").nth(1) {
                 addr = a.split_whitespace().next().and_then(|a| a.parse().ok());
+                if let (Some(name), Some(a)) = (
+                    line.split(" listener=")
+                        .nth(1)
+                        .and_then(|n| n.split_whitespace().next()),
+                    addr,
+                ) {
+                    addrs.insert(name.to_string(), a);
+                }
             }
             if line.contains(" ready") {
                 break;
@@ -101,6 +112,7 @@ impl Daemon {
         Daemon {
             child,
             addr: addr.expect("listening line"),
+            addrs,
             config: config.to_path_buf(),
             startup,
         }
