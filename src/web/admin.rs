@@ -20,6 +20,7 @@ use askama::Template;
 use serde::Deserialize;
 
 use super::WebShared;
+use super::form::{Form, with_notice};
 use super::mail::{Authed, authed, check_csrf, error, page, see_other};
 use crate::control::{Backend, Item, Request, Selection};
 use crate::daemon::Daemon;
@@ -177,13 +178,17 @@ pub async fn overview(
     })
 }
 
-/// Form pairs (fields repeat: `id`).
-fn pairs(body: &[u8]) -> Vec<(String, String)> {
-    serde_urlencoded::from_bytes(body).unwrap_or_default()
-}
-
-fn first<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    p.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+/// A console POST: the admin's session, and the form once its CSRF token
+/// has been checked.
+fn console_form(
+    req: &HttpRequest,
+    shared: &WebShared,
+    body: &[u8],
+) -> Result<(Console, Form), HttpResponse> {
+    let c = console(req, shared)?;
+    let p = Form::parse(body);
+    check_csrf(&c.a, p.get("csrf"))?;
+    Ok((c, p))
 }
 
 /// `POST /admin/trace`: `debug smtp LEVEL`.
@@ -192,15 +197,11 @@ pub async fn trace(
     shared: web::Data<WebShared>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let c = match console(&req, &shared) {
-        Ok(c) => c,
+    let (c, p) = match console_form(&req, &shared, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let p = pairs(&body);
-    if let Err(r) = check_csrf(&c.a, first(&p, "csrf")) {
-        return r;
-    }
-    let Some(level) = first(&p, "level").and_then(|l| l.parse::<u8>().ok()) else {
+    let Some(level) = p.get("level").and_then(|l| l.parse::<u8>().ok()) else {
         return error(StatusCode::BAD_REQUEST, "The level is 0, 1, 2 or 3.");
     };
     match run(&c.daemon, Request::DebugSmtp { level }).await {
@@ -444,32 +445,24 @@ pub async fn queue_act(
     shared: web::Data<WebShared>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let c = match console(&req, &shared) {
-        Ok(c) => c,
+    let (c, p) = match console_form(&req, &shared, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let p = pairs(&body);
-    if let Err(r) = check_csrf(&c.a, first(&p, "csrf")) {
-        return r;
-    }
-    let op = match first(&p, "op") {
+    let op = match p.get("op") {
         Some("hold") => AdminOp::Hold,
         Some("release") => AdminOp::Release,
         Some("requeue") => AdminOp::Requeue,
         Some("delete") => AdminOp::Delete,
         _ => return error(StatusCode::BAD_REQUEST, "Unknown operation."),
     };
-    let mut ids: Vec<String> = p
-        .iter()
-        .filter(|(k, _)| k == "id")
-        .map(|(_, v)| v.clone())
-        .collect();
-    if first(&p, "all") == Some("1") {
+    let mut ids: Vec<String> = p.all("id").map(str::to_string).collect();
+    if p.get("all") == Some("1") {
         let filter = Filter::of(
-            first(&p, "state"),
-            first(&p, "domain"),
-            first(&p, "sender"),
-            first(&p, "rcpt"),
+            p.get("state"),
+            p.get("domain"),
+            p.get("sender"),
+            p.get("rcpt"),
         );
         let spool = c.daemon.spool.clone();
         ids = match tokio::task::spawn_blocking(move || {
@@ -505,17 +498,13 @@ pub async fn queue_act(
     {
         Ok(_) => {
             tracing::info!(by = %c.a.user.name, op = ?op, messages = n, "queue changed from the console");
-            let back = first(&p, "back")
-                .filter(|b| b.starts_with("/admin") && !b.contains("//"))
-                .map(str::to_string)
-                .unwrap_or_else(|| "/admin/queue".into());
+            let back = p.back("/admin", "/admin/queue");
             let back = if op == AdminOp::Delete && back.starts_with("/admin/message") {
                 "/admin/queue".to_string()
             } else {
                 back
             };
-            let sep = if back.contains('?') { '&' } else { '?' };
-            see_other(&format!("{back}{sep}notice=done"))
+            see_other(&with_notice(&back, "done"))
         }
         Err(e) => error(StatusCode::BAD_REQUEST, &e),
     }
@@ -683,21 +672,17 @@ async fn deny_change(
     body: web::Bytes,
     adding: bool,
 ) -> HttpResponse {
-    let c = match console(&req, &shared) {
-        Ok(c) => c,
+    let (c, p) = match console_form(&req, &shared, &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let p = pairs(&body);
-    if let Err(r) = check_csrf(&c.a, first(&p, "csrf")) {
-        return r;
-    }
-    let Some(kind) = first(&p, "kind").and_then(Kind::parse) else {
+    let Some(kind) = p.get("kind").and_then(Kind::parse) else {
         return error(
             StatusCode::BAD_REQUEST,
             "The kind is sender, domain or client.",
         );
     };
-    let value = first(&p, "value").unwrap_or("").to_string();
+    let value = p.get("value").unwrap_or("").to_string();
     let by = c.a.user.name.clone();
     let done = tokio::task::spawn_blocking(move || {
         if adding {
@@ -710,12 +695,11 @@ async fn deny_change(
     .unwrap_or_else(|_| Err("interrupted".into()));
     match done {
         Ok(()) => {
-            let back = first(&p, "back")
-                .filter(|b| b.starts_with("/admin") && !b.contains("//"))
-                .unwrap_or("/admin/deny");
-            let sep = if back.contains('?') { '&' } else { '?' };
-            let code = if adding { "denied" } else { "removed" };
-            see_other(&format!("{back}{sep}notice={code}"))
+            let back = p.back("/admin", "/admin/deny");
+            see_other(&with_notice(
+                &back,
+                if adding { "denied" } else { "removed" },
+            ))
         }
         Err(e) => error(StatusCode::BAD_REQUEST, &e),
     }

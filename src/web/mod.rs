@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod compose;
+pub mod form;
 pub mod mail;
 pub mod message;
 pub mod sessions;
