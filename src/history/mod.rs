@@ -388,8 +388,8 @@ fn writer(db: &Database, rx: mpsc::Receiver<Command>, mut limits: Limits) {
         };
         let mut batch = Vec::new();
         let mut syncs = Vec::new();
-        let deadline = Instant::now() + BATCH_WAIT;
         let mut next = first;
+        let mut slept = false;
         while let Some(c) = next.take() {
             match c {
                 Command::Record(e) => batch.push(e),
@@ -402,8 +402,15 @@ fn writer(db: &Database, rx: mpsc::Receiver<Command>, mut limits: Limits) {
             if batch.len() >= BATCH_MAX {
                 break;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            next = rx.recv_timeout(left).ok();
+            next = rx.try_recv().ok();
+            if next.is_none() && !slept && !batch.is_empty() {
+                // Let the batch fill while asleep: one wake-up per
+                // BATCH_WAIT, not one per event (a thread woken for every
+                // event of every message cost more than writing them).
+                std::thread::sleep(BATCH_WAIT);
+                slept = true;
+                next = rx.try_recv().ok();
+            }
         }
         if !batch.is_empty()
             && let Err(e) = write_batch(db, &batch, &mut seq)
