@@ -42,6 +42,25 @@ struct Console {
     daemon: Arc<Daemon>,
 }
 
+/// What every console page shows in its header
+/// (`templates/web/admin_chrome.html`).
+pub struct Bar {
+    user: String,
+    csrf: String,
+    notice: Option<&'static str>,
+}
+
+impl Console {
+    /// The header of a page, with the notice a redirect asked for.
+    fn bar(&self, code: Option<&str>) -> Bar {
+        Bar {
+            user: self.a.user.name.clone(),
+            csrf: self.a.session.csrf.clone(),
+            notice: notice(code),
+        }
+    }
+}
+
 fn console(req: &HttpRequest, shared: &WebShared) -> Result<Console, HttpResponse> {
     let a = authed(req, shared)?;
     if !a.user.admin {
@@ -86,9 +105,7 @@ pub struct NoticeQuery {
 #[derive(Template)]
 #[template(path = "web/admin_overview.html")]
 struct Overview {
-    user: String,
-    csrf: String,
-    notice: Option<&'static str>,
+    b: Bar,
     hostname: String,
     active: u64,
     deferred: u64,
@@ -155,9 +172,7 @@ pub async fn overview(
         })
         .collect();
     page(&Overview {
-        user: c.a.user.name.clone(),
-        csrf: c.a.session.csrf.clone(),
-        notice: notice(q.notice.as_deref()),
+        b: c.bar(q.notice.as_deref()),
         hostname: c.a.config.server.hostname.clone(),
         active: counts.active,
         deferred: counts.deferred,
@@ -316,9 +331,7 @@ pub struct QueueRow {
 #[derive(Template)]
 #[template(path = "web/admin_queue.html")]
 struct QueuePage {
-    user: String,
-    csrf: String,
-    notice: Option<&'static str>,
+    b: Bar,
     states: Vec<&'static str>,
     state: String,
     domain: String,
@@ -421,9 +434,7 @@ pub async fn queue(
         })
         .collect();
     page(&QueuePage {
-        user: c.a.user.name.clone(),
-        csrf: c.a.session.csrf.clone(),
-        notice: notice(q.notice.as_deref()),
+        b: c.bar(q.notice.as_deref()),
         states: vec!["", "active", "deferred", "hold"],
         state: q.state.clone().unwrap_or_default(),
         domain: q.domain.clone().unwrap_or_default(),
@@ -515,9 +526,7 @@ pub async fn queue_act(
 #[derive(Template)]
 #[template(path = "web/admin_message.html")]
 struct MessagePage {
-    user: String,
-    csrf: String,
-    notice: Option<&'static str>,
+    b: Bar,
     r: queue_report::ShowReport,
     arrived: String,
     recipients: Vec<(String, String, u32, String, String)>,
@@ -612,9 +621,7 @@ pub async fn message(
         })
         .collect();
     page(&MessagePage {
-        user: c.a.user.name.clone(),
-        csrf: c.a.session.csrf.clone(),
-        notice: notice(q.notice.as_deref()),
+        b: c.bar(q.notice.as_deref()),
         arrived: time_text(r.arrival_time),
         recipients,
         headers,
@@ -629,9 +636,7 @@ pub async fn message(
 #[derive(Template)]
 #[template(path = "web/admin_deny.html")]
 struct DenyPage {
-    user: String,
-    csrf: String,
-    notice: Option<&'static str>,
+    b: Bar,
     entries: Vec<(&'static str, String, String, String)>,
 }
 
@@ -658,9 +663,7 @@ pub async fn deny_list(
         })
         .collect();
     page(&DenyPage {
-        user: c.a.user.name.clone(),
-        csrf: c.a.session.csrf.clone(),
-        notice: notice(q.notice.as_deref()),
+        b: c.bar(q.notice.as_deref()),
         entries,
     })
 }
@@ -740,9 +743,7 @@ pub struct RejectionRow {
 #[derive(Template)]
 #[template(path = "web/admin_rejections.html")]
 struct RejectionsPage {
-    user: String,
-    csrf: String,
-    notice: Option<&'static str>,
+    b: Bar,
     q: String,
     rows: Vec<RejectionRow>,
 }
@@ -800,9 +801,7 @@ pub async fn rejections(
         })
         .collect();
     page(&RejectionsPage {
-        user: c.a.user.name.clone(),
-        csrf: c.a.session.csrf.clone(),
-        notice: notice(q.notice.as_deref()),
+        b: c.bar(q.notice.as_deref()),
         q: q.q.clone().unwrap_or_default(),
         rows,
     })

@@ -344,12 +344,27 @@ fn canonical_inbox(name: &str) -> String {
     }
 }
 
-/// What every page inside the mailbox needs.
-struct Chrome {
+/// What every page inside the mailbox shows around its own part (the
+/// header, the folder list, the live-update hooks): `templates/web/chrome.html`.
+pub struct Chrome {
+    user: String,
+    admin: bool,
+    csrf: String,
     folders: Vec<FolderLink>,
+    /// The folder shown (empty on the compose page).
+    folder: String,
+    /// Its HIGHESTMODSEQ when the page was made (for `/events`).
+    modseq: u64,
+    notice: Option<&'static str>,
 }
 
-async fn chrome(shared: &WebShared, a: &Authed, current: &str) -> Result<Chrome, StoreError> {
+async fn chrome(
+    shared: &WebShared,
+    a: &Authed,
+    current: &str,
+    modseq: u64,
+    notice: Option<&'static str>,
+) -> Result<Chrome, StoreError> {
     let all = visible(shared, &a.config, &a.user.name).await?;
     let here = all
         .iter()
@@ -365,7 +380,15 @@ async fn chrome(shared: &WebShared, a: &Authed, current: &str) -> Result<Chrome,
             movable: shown != current && here.as_ref() == Some(account),
         })
         .collect();
-    Ok(Chrome { folders })
+    Ok(Chrome {
+        user: a.user.name.clone(),
+        admin: a.user.admin,
+        csrf: a.session.csrf.clone(),
+        folders,
+        folder: current.to_string(),
+        modseq,
+        notice,
+    })
 }
 
 /// The folder a request names: its shown name and its info.
@@ -420,14 +443,8 @@ pub struct Column {
 #[derive(Template)]
 #[template(path = "web/list.html")]
 struct ListPage {
-    user: String,
-    admin: bool,
-    csrf: String,
-    folders: Vec<FolderLink>,
-    folder: String,
+    c: Chrome,
     link: String,
-    modseq: u64,
-    notice: Option<&'static str>,
     total: usize,
     unseen: u32,
     matched: usize,
@@ -739,7 +756,15 @@ pub async fn list(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let chrome = match chrome(&shared, &a, &shown).await {
+    let chrome = match chrome(
+        &shared,
+        &a,
+        &shown,
+        folder.highest_modseq,
+        notice(q.notice.as_deref()),
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => return store_failed(e),
     };
@@ -817,13 +842,8 @@ pub async fn list(
     .collect();
     let link = encode(&shown);
     page(&ListPage {
-        user: a.user.name.clone(),
-        admin: a.user.admin,
-        csrf: a.session.csrf.clone(),
-        folders: chrome.folders,
+        c: chrome,
         link,
-        modseq: folder.highest_modseq,
-        notice: notice(q.notice.as_deref()),
         total,
         unseen: folder.unseen,
         matched,
@@ -846,7 +866,6 @@ pub async fn list(
         prev: (page_no > 1).then(|| list_url(&shown, &q, sort, desc, page_no - 1)),
         next: (page_no < pages).then(|| list_url(&shown, &q, sort, desc, page_no + 1)),
         is_trash: folder.special_use == Some(SpecialUse::Trash),
-        folder: shown,
     })
 }
 
@@ -874,14 +893,8 @@ fn row(m: &MessageMeta, s: Option<&Summary>) -> Row {
 #[derive(Template)]
 #[template(path = "web/read.html")]
 struct ReadPage {
-    user: String,
-    admin: bool,
-    csrf: String,
-    folders: Vec<FolderLink>,
-    folder: String,
+    c: Chrome,
     link: String,
-    modseq: u64,
-    notice: Option<&'static str>,
     uid: u32,
     flagged: bool,
     back: String,
@@ -970,24 +983,18 @@ pub async fn read(
             tracing::warn!(error = %e, "webmail: cannot mark a message read");
         }
     }
-    let chrome = match chrome(&shared, &a, &shown).await {
+    let chrome = match chrome(&shared, &a, &shown, folder.highest_modseq, None).await {
         Ok(c) => c,
         Err(e) => return store_failed(e),
     };
     let link = encode(&shown);
     let html = ReadPage {
-        user: a.user.name.clone(),
-        admin: a.user.admin,
-        csrf: a.session.csrf.clone(),
-        folders: chrome.folders,
+        c: chrome,
         back: format!("/?f={link}"),
         link,
-        modseq: folder.highest_modseq,
-        notice: None,
         uid: meta.uid,
         flagged: meta.flags & flags::FLAGGED != 0,
         v,
-        folder: shown,
     }
     .render();
     match html {
@@ -1206,13 +1213,7 @@ pub async fn act(req: HttpRequest, shared: web::Data<WebShared>, body: web::Byte
 #[derive(Template)]
 #[template(path = "web/compose.html")]
 struct ComposePage {
-    user: String,
-    admin: bool,
-    csrf: String,
-    folders: Vec<FolderLink>,
-    folder: String,
-    modseq: u64,
-    notice: Option<&'static str>,
+    c: Chrome,
     heading: &'static str,
     error: Option<String>,
     addresses: Vec<String>,
@@ -1224,6 +1225,8 @@ struct ComposePage {
     body: String,
     in_reply_to: String,
     references: String,
+    /// `UID:folder` of a message being forwarded, or empty.
+    forward: String,
 }
 
 /// The compose query: a reply, reply-all or forward of a message.
@@ -1235,11 +1238,17 @@ pub struct ComposeQuery {
     to: Option<String>,
 }
 
-fn quoted(v: &View) -> String {
-    let text = match &v.body {
+/// A message's body as text (HTML with its tags taken out), for quoting
+/// and forwarding.
+fn plain(v: &View) -> String {
+    match &v.body {
         Body::Text(t) => t.clone(),
         Body::Html(h) => strip_tags(h),
-    };
+    }
+}
+
+fn quoted(v: &View) -> String {
+    let text = plain(v);
     let mut out = format!("\n\nOn {}, {} wrote:\n", v.date, v.from);
     for line in text.lines() {
         out.push_str("> ");
@@ -1313,10 +1322,7 @@ pub async fn compose_form(
             "forward" => {
                 heading = "Forward";
                 form.subject = prefixed("Fwd:", &v.subject);
-                let text = match &v.body {
-                    Body::Text(t) => t.clone(),
-                    Body::Html(h) => strip_tags(h),
-                };
+                let text = plain(&v);
                 form.body = format!(
                     "\n\n---------- Forwarded message ----------\nFrom: {}\nDate: {}\nSubject: {}\nTo: {}\n\n{text}",
                     v.from, v.date, v.subject, v.to
@@ -1373,7 +1379,7 @@ async fn compose_page(
     error: Option<String>,
     f: ComposeFields,
 ) -> HttpResponse {
-    let chrome = match chrome(shared, a, "").await {
+    let chrome = match chrome(shared, a, "", 0, None).await {
         Ok(c) => c,
         Err(e) => return store_failed(e),
     };
@@ -1387,19 +1393,8 @@ async fn compose_page(
     } else {
         f.from
     };
-    let mut references = f.references;
-    if let Some((folder, uid)) = &f.forward {
-        // The forwarded message travels with the form, as its attachment.
-        references = format!("forward:{uid}:{folder}");
-    }
     let t = ComposePage {
-        user: a.user.name.clone(),
-        admin: a.user.admin,
-        csrf: a.session.csrf.clone(),
-        folders: chrome.folders,
-        folder: String::new(),
-        modseq: 0,
-        notice: None,
+        c: chrome,
         heading,
         error,
         addresses: a.user.addresses.clone(),
@@ -1410,7 +1405,12 @@ async fn compose_page(
         subject: f.subject,
         body: f.body,
         in_reply_to: f.in_reply_to,
-        references,
+        references: f.references,
+        // The forwarded message travels with the form, as its attachment.
+        forward: f
+            .forward
+            .map(|(folder, uid)| format!("{uid}:{folder}"))
+            .unwrap_or_default(),
     };
     match t.render() {
         Ok(html) => HttpResponse::build(status)
@@ -1466,6 +1466,11 @@ async fn read_compose(
             "body" => f.body = text,
             "in_reply_to" => f.in_reply_to = text,
             "references" => f.references = text,
+            "forward" => {
+                f.forward = text
+                    .split_once(':')
+                    .and_then(|(uid, folder)| Some((folder.to_string(), uid.parse().ok()?)))
+            }
             _ => {}
         }
     }
@@ -1489,14 +1494,6 @@ pub async fn send(
     };
     if let Err(r) = check_csrf(&a, f.csrf.as_deref()) {
         return r;
-    }
-    if let Some(rest) = f.references.strip_prefix("forward:") {
-        if let Some((uid, folder)) = rest.split_once(':')
-            && let Ok(uid) = uid.parse()
-        {
-            f.forward = Some((folder.to_string(), uid));
-        }
-        f.references.clear();
     }
     let heading = "New message";
     if !a
