@@ -245,22 +245,63 @@ fn http(port: u16, req: &str) -> (u16, String, String) {
     (code, head.to_string(), body.to_string())
 }
 
-fn login(port: u16, user: &str, password: &str) -> (String, String) {
-    let body = format!("username={user}&password={}", password.replace(' ', "+"));
-    let (code, head, _) = http(
-        port,
-        &format!(
-            "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+/// A request with a session cookie (none when empty) and a body of
+/// `content_type` (none when empty); the status, headers and body.
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    if !cookie.is_empty() {
+        req.push_str(&format!("Cookie: {cookie}\r\n"));
+    }
+    if !content_type.is_empty() {
+        req.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
             body.len()
-        ),
-    );
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    http(port, &req)
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// A GET with a session cookie; the status and body.
+fn get(port: u16, cookie: &str, path: &str) -> (u16, String) {
+    let (code, _, body) = request(port, "GET", path, cookie, "", "");
+    (code, body)
+}
+
+/// A form POST with a session cookie; the status and head.
+fn post(port: u16, cookie: &str, path: &str, form: &str) -> (u16, String) {
+    let (code, head, _) = request(port, "POST", path, cookie, FORM, form);
+    (code, head)
+}
+
+/// A logged-in browser: the cookie to send, the `Set-Cookie` line it came
+/// in, the CSRF token of its forms.
+struct Login {
+    cookie: String,
+    set_cookie: String,
+    csrf: String,
+}
+
+fn login(port: u16, user: &str, password: &str) -> Login {
+    let body = format!("username={user}&password={}", password.replace(' ', "+"));
+    let (code, head) = post(port, "", "/login", &body);
     assert_eq!(code, 303, "{head}");
-    let cookie_line = head
+    let set_cookie = head
         .lines()
         .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
         .expect("cookie")
         .to_string();
-    let cookie = cookie_line
+    let cookie = set_cookie
         .split_once(':')
         .unwrap()
         .1
@@ -269,17 +310,18 @@ fn login(port: u16, user: &str, password: &str) -> (String, String) {
         .next()
         .unwrap()
         .to_string();
-    let (_, _, page) = http(
-        port,
-        &format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"),
-    );
+    let (_, page) = get(port, &cookie, "/");
     let csrf = page
         .split("name=\"csrf\" value=\"")
         .nth(1)
         .and_then(|r| r.split('"').next())
         .expect("csrf token")
         .to_string();
-    (cookie, cookie_line + "|" + &csrf)
+    Login {
+        cookie,
+        set_cookie,
+        csrf,
+    }
 }
 
 #[test]
@@ -296,18 +338,12 @@ fn the_web_refuses_what_it_must() {
     server.wait_mailbox("alice", 1, Duration::from_secs(10));
 
     // Not logged in: pages go to the login form.
-    let (code, head, _) = http(
-        port,
-        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    let (code, head, _) = request(port, "GET", "/", "", "", "");
     assert_eq!(code, 303);
     assert!(head.to_lowercase().contains("location: /login"), "{head}");
 
     // Every answer carries the security headers.
-    let (code, head, _) = http(
-        port,
-        "GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    let (code, head, _) = request(port, "GET", "/login", "", "", "");
     assert_eq!(code, 200);
     let h = head.to_lowercase();
     for want in [
@@ -320,8 +356,11 @@ fn the_web_refuses_what_it_must() {
     }
     assert!(!h.contains("unsafe-inline"));
 
-    let (cookie, rest) = login(port, "alice", PASSWORD);
-    let (set_cookie, csrf) = rest.split_once('|').unwrap();
+    let Login {
+        cookie,
+        set_cookie,
+        csrf,
+    } = login(port, "alice", PASSWORD);
     let sc = set_cookie.to_lowercase();
     assert!(
         sc.contains("httponly") && sc.contains("samesite=strict") && sc.contains("path=/"),
@@ -333,33 +372,14 @@ fn the_web_refuses_what_it_must() {
     );
 
     // A state change without the token is refused and changes nothing.
-    let form = "f=INBOX&uid=1&op=delete";
-    let (code, _, _) = http(
-        port,
-        &format!(
-            "POST /act HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        ),
-    );
+    let (code, _) = post(port, &cookie, "/act", "f=INBOX&uid=1&op=delete");
     assert_eq!(code, 403);
     assert_eq!(server.mailbox("alice").len(), 1, "nothing deleted");
     let form = format!("csrf={}&f=INBOX&uid=1&op=flag", "0".repeat(64));
-    let (code, _, _) = http(
-        port,
-        &format!(
-            "POST /act HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        ),
-    );
+    let (code, _) = post(port, &cookie, "/act", &form);
     assert_eq!(code, 403, "a wrong token");
     let form = format!("csrf={csrf}&f=INBOX&uid=1&op=flag&back=//evil.test/");
-    let (code, head, _) = http(
-        port,
-        &format!(
-            "POST /act HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        ),
-    );
+    let (code, head) = post(port, &cookie, "/act", &form);
     assert_eq!(code, 303);
     assert!(
         head.contains("Location: /?f=INBOX") || head.contains("location: /?f=INBOX"),
@@ -367,27 +387,17 @@ fn the_web_refuses_what_it_must() {
     );
 
     // bob cannot name alice's message, nor her folders, nor the console.
-    let (bob, _) = login(port, "bob", PASSWORD);
+    let bob = login(port, "bob", PASSWORD).cookie;
     for path in [
         "/read?f=INBOX&uid=1",
         "/attachment?f=INBOX&uid=1&a=0",
         "/?f=Shared/support",
     ] {
-        let (code, _, body) = http(
-            port,
-            &format!(
-                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {bob}\r\n\r\n"
-            ),
-        );
+        let (code, body) = get(port, &bob, path);
         assert_eq!(code, 404, "{path}");
         assert!(!body.contains("private"));
     }
-    let (code, _, _) = http(
-        port,
-        &format!(
-            "GET /admin/queue HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {bob}\r\n\r\n"
-        ),
-    );
+    let (code, _) = get(port, &bob, "/admin/queue");
     assert_eq!(code, 403);
 
     // An upload past the message size limit (2 MiB) is refused whole.
@@ -395,41 +405,28 @@ fn the_web_refuses_what_it_must() {
     let body = format!(
         "--B\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n--B\r\nContent-Disposition: form-data; name=\"files\"; filename=\"../../etc/big\"\r\nContent-Type: text/plain\r\n\r\n{big}\r\n--B--\r\n"
     );
-    let (code, _, _) = http(
+    let (code, _, _) = request(
         port,
-        &format!(
-            "POST /send HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
+        "POST",
+        "/send",
+        &cookie,
+        "multipart/form-data; boundary=B",
+        &body,
     );
     assert!(code == 413 || code == 400, "{code}");
     assert!(server.mailq().is_empty(), "nothing queued");
 
     // Logout ends the session on the server: the old cookie is no key.
-    let form = format!("csrf={csrf}");
-    let (code, _, _) = http(
-        port,
-        &format!(
-            "POST /logout HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        ),
-    );
+    let (code, _) = post(port, &cookie, "/logout", &format!("csrf={csrf}"));
     assert_eq!(code, 303);
-    let (code, head, _) = http(
-        port,
-        &format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"),
-    );
+    let (code, head, _) = request(port, "GET", "/", &cookie, "", "");
     assert_eq!(code, 303, "{head}");
 
     // Failed logins are slowed: the second waits about 2 s.
     let bad = "username=alice&password=nope";
-    let req = format!(
-        "POST /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{bad}",
-        bad.len()
-    );
-    assert_eq!(http(port, &req).0, 401);
+    assert_eq!(post(port, "", "/login", bad).0, 401);
     let t = Instant::now();
-    assert_eq!(http(port, &req).0, 401);
+    assert_eq!(post(port, "", "/login", bad).0, 401);
     let waited = t.elapsed();
     assert!(
         waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
@@ -439,18 +436,6 @@ fn the_web_refuses_what_it_must() {
         &["authentication failed", "protocol=http"],
         Duration::from_secs(5)
     ));
-}
-
-/// A form POST with a session cookie; the status and head.
-fn post(port: u16, cookie: &str, path: &str, form: &str) -> (u16, String) {
-    let (code, head, _) = http(
-        port,
-        &format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        ),
-    );
-    (code, head)
 }
 
 fn mail_from(server: &TestServer, sender: &str) -> (u16, String) {
@@ -464,12 +449,8 @@ fn console_entries_reach_new_sessions_and_outlive_a_restart() {
     let cfg = config(dir.path(), free_port());
     let mut server = TestServer::start_in(dir.clone(), &cfg);
     let port = server.addr("web").port();
-    let (cookie, rest) = login(port, "alice", PASSWORD);
-    let csrf = rest.split_once('|').unwrap().1.to_string();
-    let (_, _, overview) = http(
-        port,
-        &format!("GET /admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"),
-    );
+    let Login { cookie, csrf, .. } = login(port, "alice", PASSWORD);
+    let (_, overview) = get(port, &cookie, "/admin");
     assert!(
         overview.contains("Delivery rates") && overview.contains("delivered"),
         "{overview}"
@@ -528,19 +509,10 @@ fn console_entries_reach_new_sessions_and_outlive_a_restart() {
         550,
         "denied after a restart"
     );
-    let (code, _, _) = http(
-        port,
-        &format!("GET /admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"),
-    );
+    let (code, _) = get(port, &cookie, "/admin");
     assert_eq!(code, 303, "the old session is gone");
-    let (cookie, rest) = login(port, "alice", PASSWORD);
-    let csrf = rest.split_once('|').unwrap().1.to_string();
-    let (_, _, list) = http(
-        port,
-        &format!(
-            "GET /admin/deny HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"
-        ),
-    );
+    let Login { cookie, csrf, .. } = login(port, "alice", PASSWORD);
+    let (_, list) = get(port, &cookie, "/admin/deny");
     assert!(
         list.contains("bad.test") && list.contains("alice"),
         "{list}"
@@ -561,14 +533,6 @@ fn console_entries_reach_new_sessions_and_outlive_a_restart() {
         &format!("csrf={csrf}&kind=client&value=not-an-ip"),
     );
     assert_eq!(code, 400);
-}
-
-fn get(port: u16, cookie: &str, path: &str) -> (u16, String) {
-    let (code, _, body) = http(
-        port,
-        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"),
-    );
-    (code, body)
 }
 
 #[test]
@@ -598,8 +562,11 @@ fn the_list_and_the_console_filter_what_they_are_asked() {
     server.wait_mailbox("bob", 1, Duration::from_secs(10));
 
     // bob logs in with his address; the list's filters.
-    let (bob, rest) = login(port, "bob@example.test", PASSWORD);
-    let bob_csrf = rest.split_once('|').unwrap().1.to_string();
+    let Login {
+        cookie: bob,
+        csrf: bob_csrf,
+        ..
+    } = login(port, "bob@example.test", PASSWORD);
     for (query, found) in [
         ("q=private&in=body", 1),
         ("q=private&in=subject", 0),
@@ -623,12 +590,13 @@ fn the_list_and_the_console_filter_what_they_are_asked() {
          --B\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nsomeone@partner.test\r\n\
          --B\r\nContent-Disposition: form-data; name=\"action\"\r\n\r\nsend\r\n--B--\r\n"
     );
-    let (code, _, page) = http(
+    let (code, _, page) = request(
         port,
-        &format!(
-            "POST /send HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {bob}\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
+        "POST",
+        "/send",
+        &bob,
+        "multipart/form-data; boundary=B",
+        &body,
     );
     assert_eq!(code, 400);
     assert!(page.contains("not one of your addresses"), "{page}");
@@ -646,8 +614,11 @@ fn the_list_and_the_console_filter_what_they_are_asked() {
         assert!(Instant::now() < end, "not deferred: {:?}", server.mailq());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (alice, rest) = login(port, "alice", PASSWORD);
-    let csrf = rest.split_once('|').unwrap().1.to_string();
+    let Login {
+        cookie: alice,
+        csrf,
+        ..
+    } = login(port, "alice", PASSWORD);
     let (_, page) = get(port, &alice, "/admin");
     assert!(page.contains("id=\"count-deferred\">2<"), "{page}");
     assert!(page.contains("internet.test"), "by destination");
