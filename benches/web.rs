@@ -141,7 +141,14 @@ fn timed(h: &mut Http, path: &str, n: usize) -> (f64, f64) {
 
 /// 100 users, each loading a page a second until `stop`; returns the
 /// pages loaded.
-fn users(addr: SocketAddr, n: usize, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<usize>> {
+fn users(
+    addr: SocketAddr,
+    n: usize,
+    folder: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<usize>> {
+    // Messages the users open: the first 500 of the folder (UIDs from 1).
+    let spread = folder.clamp(1, 500);
     (0..n)
         .map(|i| {
             let stop = stop.clone();
@@ -156,7 +163,10 @@ fn users(addr: SocketAddr, n: usize, stop: Arc<AtomicBool>) -> Vec<std::thread::
                     if pages % 2 == 0 {
                         h.get("/?f=INBOX");
                     } else {
-                        h.get(&format!("/read?f=INBOX&uid={}", 1 + (i * 37 + pages) % 500));
+                        h.get(&format!(
+                            "/read?f=INBOX&uid={}",
+                            1 + (i * 37 + pages) % spread
+                        ));
                     }
                     pages += 1;
                     if let Some(rest) = Duration::from_secs(1).checked_sub(t.elapsed()) {
@@ -169,24 +179,53 @@ fn users(addr: SocketAddr, n: usize, stop: Arc<AtomicBool>) -> Vec<std::thread::
         .collect()
 }
 
+/// The bench daemon's configuration in `dir`: the SMTP listener of
+/// `write_config`, an http listener, alice with a password (an
+/// administrator when `admin`), the bench's own sessions trusted, and
+/// `extra` (outbound, queue) and `inbound` (more `[smtp.inbound]` keys).
+fn web_config(
+    dir: &std::path::Path,
+    admin: bool,
+    extra: &str,
+    inbound: &str,
+) -> std::path::PathBuf {
+    let hash = petrel::auth::hash_password(PASSWORD).expect("hash");
+    let config = write_config(
+        dir,
+        &dir.join("spool"),
+        &format!(
+            "[[listeners]]\nname = \"web\"\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n{extra}"
+        ),
+    );
+    let admin = if admin { "admin = true\n" } else { "" };
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace(
+            "name = \"alice\"\naddresses",
+            &format!("name = \"alice\"\n{admin}password = \"{hash}\"\naddresses"),
+        )
+        .replace(
+            "max_connections_per_client = 1000",
+            &format!(
+                "max_connections_per_client = 1000\nrelay_from = [\"127.0.0.0/8\"]\n{inbound}"
+            ),
+        );
+    std::fs::write(&config, text).expect("config");
+    config
+}
+
 /// The console's queue pages with `n` messages queued.
 fn queue_pages(n: usize) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let hash = petrel::auth::hash_password(PASSWORD).expect("hash");
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let config = write_config(
+    let config = web_config(
         tmp.path(),
-        &tmp.path().join("spool"),
+        true,
         &format!(
-            r#"[[listeners]]
-name = "web"
-protocol = "http"
-bind = "127.0.0.1:0"
-tls = "none"
-[smtp.outbound]
+            r#"[smtp.outbound]
 tls = "off"
 [[smtp.outbound.routes]]
 domain = "dead.test"
@@ -198,18 +237,8 @@ lifetime = "5d"
 warn_after = "1d"
 "#
         ),
+        "",
     );
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace(
-            "name = \"alice\"\naddresses",
-            &format!("name = \"alice\"\nadmin = true\npassword = \"{hash}\"\naddresses"),
-        )
-        .replace(
-            "max_connections_per_client = 1000",
-            "max_connections_per_client = 1000\nrelay_from = [\"127.0.0.0/8\"]",
-        );
-    std::fs::write(&config, text).expect("config");
     let d = Daemon::start(&config);
     let t = Instant::now();
     let sent = blast(
@@ -297,35 +326,15 @@ fn main() {
         .unwrap_or(3);
     let sink = CountingSink::start();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let hash = petrel::auth::hash_password(PASSWORD).expect("hash");
-    let config = write_config(
+    let config = web_config(
         tmp.path(),
-        &tmp.path().join("spool"),
+        false,
         &format!(
-            r#"[[listeners]]
-name = "web"
-protocol = "http"
-bind = "127.0.0.1:0"
-tls = "none"
-[smtp.outbound]
-smarthost = "[127.0.0.1]:{}"
-tls = "off"
-"#,
+            "[smtp.outbound]\nsmarthost = \"[127.0.0.1]:{}\"\ntls = \"off\"\n",
             sink.addr.port()
         ),
+        "max_connections = 5000",
     );
-    // The user's password, and intake from the bench's own sessions.
-    let text = std::fs::read_to_string(&config)
-        .expect("config")
-        .replace(
-            "name = \"alice\"\naddresses",
-            &format!("name = \"alice\"\npassword = \"{hash}\"\naddresses"),
-        )
-        .replace(
-            "max_connections_per_client = 1000",
-            "max_connections_per_client = 1000\nrelay_from = [\"127.0.0.0/8\"]\nmax_connections = 5000",
-        );
-    std::fs::write(&config, text).expect("config");
     let d = Daemon::start(&config);
     let mx = d.addrs["mx"];
     let web = d.addrs["web"];
@@ -358,7 +367,7 @@ tls = "off"
     if !skip_pages {
         pages(&mut h, messages, requests);
     }
-    intake(&d, &sink, &body, runs);
+    intake(&d, &sink, &body, runs, messages);
     d.stop();
 }
 
@@ -438,7 +447,7 @@ fn pages(h: &mut Http, messages: usize, requests: usize) {
 }
 
 /// Part 2: SMTP intake with and without 100 webmail users.
-fn intake(d: &Daemon, sink: &CountingSink, body: &[u8], runs: usize) {
+fn intake(d: &Daemon, sink: &CountingSink, body: &[u8], runs: usize, folder: usize) {
     let (mx, web) = (d.addrs["mx"], d.addrs["web"]);
     let per_run: usize = std::env::var("INTAKE_MESSAGES")
         .ok()
@@ -466,7 +475,7 @@ fn intake(d: &Daemon, sink: &CountingSink, body: &[u8], runs: usize) {
             for with_users in [false, true] {
                 let stop = Arc::new(AtomicBool::new(false));
                 let handles = if with_users {
-                    let hs = users(web, 100, stop.clone());
+                    let hs = users(web, 100, folder, stop.clone());
                     std::thread::sleep(Duration::from_secs(2));
                     hs
                 } else {
