@@ -189,7 +189,9 @@ impl Backend {
         match self {
             Backend::Daemon(d) => Ok(d.store.clone()),
             Backend::Offline { config, .. } => {
-                let store = crate::store::open(&config.store).map_err(|e| e.to_string())?;
+                let store = crate::store::open(&config.store)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 crate::store::migrate::from_spool(spool, &MailboxStore::open(spool), &*store)
                     .await
                     .map_err(|e| e.to_string())?;

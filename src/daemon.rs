@@ -440,12 +440,14 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     crate::history::install(history.clone());
     crate::policy::denylist::install(&spool_dir)
         .map_err(|e| anyhow::anyhow!("cannot read the console's deny list: {e}"))?;
-    let store = crate::store::open(&config.store).map_err(|e| match &config.store {
-        crate::config::MessageStore::Embedded { path } => {
-            anyhow::anyhow!("cannot open the message store {}: {e}", path.display())
-        }
-        _ => anyhow::anyhow!("cannot open the message store: {e}"),
-    })?;
+    let store = crate::store::open(&config.store)
+        .await
+        .map_err(|e| match &config.store {
+            crate::config::MessageStore::Embedded { path } => {
+                anyhow::anyhow!("cannot open the message store {}: {e}", path.display())
+            }
+            _ => anyhow::anyhow!("cannot open the message store: {e}"),
+        })?;
     // The first mailbox keyspace (in the spool) moves into the store once,
     // before anything delivers or reads.
     match crate::store::migrate::from_spool(&spool, &MailboxStore::open(&spool), &*store).await {
@@ -464,10 +466,13 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
 
     let mailbox_arbiter = Arbiter::new();
     let scheduler_arbiter = Arbiter::new();
+    let origin = spool
+        .identity()
+        .context("cannot read the spool's identity")?;
     let mailbox = {
         let (store, config) = (store.clone(), config.clone());
         MailboxActor::start_in_arbiter(&mailbox_arbiter.handle(), move |_| {
-            MailboxActor::new(store, config)
+            MailboxActor::new(store, config, origin)
         })
     };
     let delivery_arbiter = Arbiter::new();

@@ -141,6 +141,7 @@ async fn crash_child() {
                         let qid = round * 1_000_000_000 + t * 10_000_000 + i + 1;
                         let r = store
                             .deliver(Delivery {
+                                origin: 1,
                                 queue_id: qid,
                                 content: new_content(tagged(&tag)),
                                 targets,
@@ -530,6 +531,7 @@ async fn fan_out_stores_one_body() {
         .collect();
     let r = store
         .deliver(Delivery {
+            origin: 1,
             queue_id: 9,
             content: new_content(raw),
             targets,

@@ -86,6 +86,7 @@ async fn old_mailboxes_move_into_inbox_losing_nothing() {
         // crash before the scheduler recorded it) is not stored twice.
         let again = store
             .deliver(petrel::store::Delivery {
+                origin: 1,
                 queue_id: meta.queue_id.0,
                 content: petrel::store::conformance::content("again", 100),
                 targets: vec![petrel::store::DeliveryTarget {

@@ -63,7 +63,8 @@ impl Access {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let store = crate::store::open(&config.store)
+        let store = rt
+            .block_on(crate::store::open(&config.store))
             .map_err(|e| format!("cannot open the message store: {e}"))?;
         // As the daemon does at its start: the old mailbox keyspace first.
         if spool.join(crate::spool::store::DB_DIR).is_dir() {

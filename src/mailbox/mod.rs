@@ -57,12 +57,23 @@ pub struct MailboxActor {
     store: Arc<dyn MailStore>,
     /// For the users' quotas.
     config: Arc<ArcSwap<Config>>,
+    /// The spool's identity (`Spool::identity`), told to the store with
+    /// every delivery.
+    origin: u64,
 }
 
 impl MailboxActor {
     /// A mailbox actor over the message store.
-    pub fn new(store: Arc<dyn MailStore>, config: Arc<ArcSwap<Config>>) -> MailboxActor {
-        MailboxActor { store, config }
+    pub fn new(
+        store: Arc<dyn MailStore>,
+        config: Arc<ArcSwap<Config>>,
+        origin: u64,
+    ) -> MailboxActor {
+        MailboxActor {
+            store,
+            config,
+            origin,
+        }
     }
 }
 
@@ -114,6 +125,7 @@ impl Handler<Deliver> for MailboxActor {
             })
             .collect();
         let store = self.store.clone();
+        let origin = self.origin;
         Box::pin(async move {
             // Parsing a large message is CPU work: off the actor's thread.
             let c = msg.content.clone();
@@ -122,6 +134,7 @@ impl Handler<Deliver> for MailboxActor {
                 Err(_) => Arc::new(Summary::default()),
             };
             let delivery = Delivery {
+                origin,
                 queue_id: msg.queue_id.0,
                 content: NewContent {
                     content: msg.content.clone(),

@@ -167,6 +167,44 @@ fn write_record(ops: &mut Ops, msg: &mut QueuedMessage, when: Option<i64>) {
     }
 }
 
+/// The file holding a spool's identity (`Spool::identity`).
+pub const IDENTITY_FILE: &str = "spool-id";
+
+/// Reads the spool's identity, making it on first use (written to a
+/// temporary file, synced, renamed, so a crash leaves none or one).
+fn identity(dir: &Path) -> std::io::Result<u64> {
+    let path = dir.join(IDENTITY_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(id) = u64::from_str_radix(text.trim(), 16) {
+            return Ok(id);
+        }
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a spool identity (16 hex digits)",
+        ));
+    }
+    let mut bytes = [0u8; 8];
+    getrandom_fill(&mut bytes)?;
+    let id = u64::from_be_bytes(bytes).max(1);
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{id:016x}")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(id)
+}
+
+fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new()
+        .fill(buf)
+        .map_err(|_| std::io::Error::other("no randomness"))
+}
+
 /// The open spool.
 pub struct Spool {
     dir: PathBuf,
@@ -207,6 +245,14 @@ impl Spool {
             recovered_epoch: std::sync::atomic::AtomicU64::new(epoch),
             counts: std::sync::Mutex::new(None),
         })
+    }
+
+    /// This spool's identity: a random number made with the spool (the
+    /// file `spool-id`), so deliveries from several spools into one shared
+    /// message store are told apart though their queue ids may repeat.
+    pub fn identity(&self) -> Result<u64, StoreError> {
+        identity(&self.dir)
+            .map_err(|e| StoreError::Io(format!("{}: {e}", self.dir.join(IDENTITY_FILE).display())))
     }
 
     /// The spool directory.

@@ -586,6 +586,7 @@ pub async fn quotas(b: &dyn Backend) {
     };
     let r = s
         .deliver(Delivery {
+            origin: 1,
             queue_id: 1,
             content: c.clone(),
             targets: vec![target("small", Some(5_000)), target("large", Some(1 << 20))],
@@ -641,6 +642,7 @@ pub async fn delivery_shares_one_body(b: &dyn Backend) {
         })
         .collect();
     let d = Delivery {
+        origin: 1,
         queue_id: 42,
         content: c.clone(),
         targets,

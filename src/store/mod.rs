@@ -28,6 +28,7 @@
 pub mod conformance;
 pub mod embedded;
 pub mod migrate;
+pub mod postgres;
 pub mod transfer;
 
 use std::sync::Arc;
@@ -211,8 +212,12 @@ pub struct DeliveryTarget {
 /// A local delivery of one queued message to one or more accounts.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    /// The spool it was queued in (`Spool::identity`): queue ids are
+    /// unique only within one spool, and several nodes (or `petrel drain`
+    /// of another node's spool) deliver into one shared store.
+    pub origin: u64,
     /// The queue id it comes from: a delivery repeated after a crash (the
-    /// same queue id to the same account) is not stored twice.
+    /// same origin and queue id to the same account) is not stored twice.
     pub queue_id: u64,
     /// The content, stored once for all targets.
     pub content: NewContent,
@@ -500,14 +505,88 @@ pub trait MailStore: Send + Sync + 'static {
     ) -> Result<Option<Box<dyn std::any::Any + Send>>, StoreError>;
 }
 
-/// Opens the configured backend.
-pub fn open(config: &crate::config::MessageStore) -> Result<Arc<dyn MailStore>, StoreError> {
+/// Normalises a folder name: `INBOX` in any case (also as a parent) is
+/// `INBOX`; empty names, empty levels, leading or trailing `/`, control
+/// characters and LIST wildcards (`*`, `%`, RFC 9051 §6.3.9) are refused.
+/// Every backend keys folders by the name this returns.
+pub(crate) fn normalize(name: &str) -> Result<String, StoreError> {
+    if name.is_empty()
+        || name.starts_with(DELIMITER)
+        || name.ends_with(DELIMITER)
+        || name.contains("//")
+        || name.chars().any(|c| c.is_control() || c == '*' || c == '%')
+    {
+        return Err(StoreError::Refused(format!(
+            "{name:?} is not a folder name"
+        )));
+    }
+    if name.eq_ignore_ascii_case("INBOX") {
+        return Ok("INBOX".into());
+    }
+    if name.len() > 6 && name[..6].eq_ignore_ascii_case("INBOX/") {
+        return Ok(format!("INBOX/{}", &name[6..]));
+    }
+    Ok(name.to_string())
+}
+
+/// An account's key in every backend: its name in lower case.
+pub(crate) fn account_key(account: &str) -> String {
+    account.to_ascii_lowercase()
+}
+
+/// Whether two keyword lists hold the same words, without case.
+pub(crate) fn same_keyword_set(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|x| b.iter().any(|y| y.eq_ignore_ascii_case(x)))
+}
+
+/// Keywords as given, each once (compared without case).
+pub(crate) fn dedup_keywords(words: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for k in words {
+        if !out.iter().any(|x| x.eq_ignore_ascii_case(k)) {
+            out.push(k.clone());
+        }
+    }
+    out
+}
+
+impl FlagChange {
+    /// The flags and keywords of a copy after this change.
+    pub(crate) fn apply(&self, flags: u16, keywords: &[String]) -> (u16, Vec<String>) {
+        let sys = self.flags & flags::ALL;
+        let new_flags = match self.op {
+            FlagOp::Replace => sys,
+            FlagOp::Add => flags | sys,
+            FlagOp::Remove => flags & !sys,
+        };
+        let kw = match self.op {
+            FlagOp::Replace => dedup_keywords(&self.keywords),
+            FlagOp::Add => {
+                let mut all = keywords.to_vec();
+                all.extend(self.keywords.iter().cloned());
+                dedup_keywords(&all)
+            }
+            FlagOp::Remove => keywords
+                .iter()
+                .filter(|x| !self.keywords.iter().any(|k| k.eq_ignore_ascii_case(x)))
+                .cloned()
+                .collect(),
+        };
+        (new_flags, kw)
+    }
+}
+
+/// Opens the configured backend (on the calling runtime: the PostgreSQL
+/// backend's connections are driven there).
+pub async fn open(config: &crate::config::MessageStore) -> Result<Arc<dyn MailStore>, StoreError> {
     match config {
         crate::config::MessageStore::Embedded { path } => {
             Ok(Arc::new(embedded::EmbeddedStore::open(path)?))
         }
-        crate::config::MessageStore::Postgres { .. } => Err(StoreError::Unavailable(
-            "store.backend = \"postgres\" is not built yet; use \"embedded\"".into(),
+        crate::config::MessageStore::Postgres { url, pool_size } => Ok(Arc::new(
+            postgres::PostgresStore::open(url, *pool_size).await?,
         )),
     }
 }

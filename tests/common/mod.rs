@@ -5,6 +5,7 @@
 
 pub mod dns;
 pub mod postfix;
+pub mod postgres;
 pub mod sink;
 
 use std::collections::HashMap;

@@ -118,39 +118,6 @@ pub struct Ctx<'t> {
     now: i64,
 }
 
-/// Normalises a folder name: `INBOX` in any case (also as a parent) is
-/// `INBOX`; empty names, empty levels, leading or trailing `/`, control
-/// characters and LIST wildcards (`*`, `%`, RFC 9051 §6.3.9) are refused.
-fn normalize(name: &str) -> Result<String, StoreError> {
-    if name.is_empty()
-        || name.starts_with(DELIMITER)
-        || name.ends_with(DELIMITER)
-        || name.contains("//")
-        || name.chars().any(|c| c.is_control() || c == '*' || c == '%')
-    {
-        return Err(StoreError::Refused(format!(
-            "{name:?} is not a folder name"
-        )));
-    }
-    if name.eq_ignore_ascii_case("INBOX") {
-        return Ok("INBOX".into());
-    }
-    if name.len() > 6 && name[..6].eq_ignore_ascii_case("INBOX/") {
-        return Ok(format!("INBOX/{}", &name[6..]));
-    }
-    Ok(name.to_string())
-}
-
-fn account_key(account: &str) -> String {
-    account.to_ascii_lowercase()
-}
-
-fn same_keyword_set(a: &[String], b: &[String]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .all(|x| b.iter().any(|y| y.eq_ignore_ascii_case(x)))
-}
-
 impl<'t> Ctx<'t> {
     fn event(&mut self, f: &FolderRec, id: u64) {
         self.events.push(ChangeEvent {
@@ -507,12 +474,7 @@ impl<'t> Ctx<'t> {
         let len = m.content.content.len() as u64;
         Self::over_quota(&a, m.quota, len)?;
         let (blob, blob_len) = self.new_blob(&m.content.content, &m.content.summary)?;
-        let mut keywords: Vec<String> = Vec::new();
-        for k in &m.keywords {
-            if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
-                keywords.push(k.clone());
-            }
-        }
+        let keywords = dedup_keywords(&m.keywords);
         let rec = MsgRec {
             modseq: 0,
             flags: m.flags & flags::ALL,
@@ -556,33 +518,7 @@ impl<'t> Ctx<'t> {
                 out.failed.push(uid);
                 continue;
             }
-            let sys = c.flags & flags::ALL;
-            let new_flags = match c.op {
-                FlagOp::Replace => sys,
-                FlagOp::Add => m.flags | sys,
-                FlagOp::Remove => m.flags & !sys,
-            };
-            let mut kw = m.keywords.clone();
-            match c.op {
-                FlagOp::Replace => {
-                    kw.clear();
-                    for k in &c.keywords {
-                        if !kw.iter().any(|x| x.eq_ignore_ascii_case(k)) {
-                            kw.push(k.clone());
-                        }
-                    }
-                }
-                FlagOp::Add => {
-                    for k in &c.keywords {
-                        if !kw.iter().any(|x| x.eq_ignore_ascii_case(k)) {
-                            kw.push(k.clone());
-                        }
-                    }
-                }
-                FlagOp::Remove => {
-                    kw.retain(|x| !c.keywords.iter().any(|k| k.eq_ignore_ascii_case(x)))
-                }
-            }
+            let (new_flags, kw) = c.apply(m.flags, &m.keywords);
             if new_flags == m.flags && same_keyword_set(&kw, &m.keywords) {
                 out.updated.push(m.meta(uid));
                 continue;
