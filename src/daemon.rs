@@ -85,6 +85,9 @@ pub struct Daemon {
     signal: std::sync::Mutex<Option<Signal>>,
     /// The message store (users' folders).
     pub store: Arc<dyn crate::store::MailStore>,
+    /// The address book last read from the database (`[directory]
+    /// backend = "postgres"`), put back beside the file's entries on reload.
+    shared_directory: Arc<std::sync::Mutex<crate::config::SharedEntries>>,
     log: LogControl,
     path: Option<PathBuf>,
 }
@@ -137,8 +140,18 @@ impl Daemon {
 
     async fn try_reload(&self) -> Result<ReloadReport, String> {
         let mut running = self.listeners.lock().await;
-        let cfg = Config::load(self.path.as_deref()).map_err(|e| e.to_string())?;
+        let mut cfg = Config::load(self.path.as_deref()).map_err(|e| e.to_string())?;
         let old = self.config.load_full();
+        if cfg.directory_backend == crate::config::DirectoryBackend::Postgres {
+            let shared = self
+                .shared_directory
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            cfg = cfg.with_shared_directory(&shared).map_err(|e| {
+                format!("the file's entries beside the database's address book: {e}")
+            })?;
+        }
         if cfg.server.spool != old.server.spool {
             return Err("server.spool: cannot change while running; restart the daemon".into());
         }
@@ -369,18 +382,66 @@ impl Daemon {
 
 /// Runs the daemon until it is told to stop.
 pub fn run(config: Config, log: LogControl) -> anyhow::Result<()> {
-    let system = actix_rt::System::with_tokio_rt(|| {
+    system().block_on(serve(config, log, None))
+}
+
+fn system() -> actix_rt::SystemRunner {
+    actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .thread_name("petrel-io")
             .build()
             .expect("the tokio runtime starts")
-    });
-    system.block_on(serve(config, log))
+    })
 }
 
-async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
+/// What `petrel drain` left in the spool it drained.
+#[derive(Debug, Clone, Default)]
+pub struct Drained {
+    /// Messages in the spool when the drain began.
+    pub at_start: u64,
+    /// Messages still waiting for a retry at the end.
+    pub deferred: u64,
+    /// Messages held by an administrator (left alone).
+    pub hold: u64,
+}
+
+/// `petrel drain --spool PATH`: delivers another node's spool (its disk
+/// attached here after the node died) with this node's configuration —
+/// its message store, address book, routes and keys — and no listeners.
+/// Every deferred message is made due now; the drain ends when nothing is
+/// left to try now: the spool is empty, or what remains is held or
+/// deferred after a failed attempt (run it again later, or start a node
+/// on that spool). Local deliveries carry the drained spool's identity,
+/// so a message its node had already stored is not stored twice.
+pub fn drain(mut config: Config, spool: PathBuf, log: LogControl) -> anyhow::Result<Drained> {
+    {
+        let s = Spool::open(&spool).map_err(|e| match e {
+            StoreError::Locked(p) => anyhow::anyhow!(
+                "the spool {} is in use: its node is still running",
+                p.display()
+            ),
+            e => anyhow::anyhow!("cannot open the spool {}: {e}", spool.display()),
+        })?;
+        let ids: Vec<_> = s.messages().filter_map(|m| m.ok()).map(|m| m.id).collect();
+        for id in ids {
+            crate::scheduler::AdminOp::Requeue.apply(&s, id)?;
+        }
+        system().block_on(s.commit())?;
+    }
+    config.server.spool = spool;
+    config.listeners.clear();
+    let (tx, rx) = std::sync::mpsc::channel();
+    system().block_on(serve(config, log, Some(tx)))?;
+    Ok(rx.try_recv().unwrap_or_default())
+}
+
+async fn serve(
+    config: Config,
+    log: LogControl,
+    drain: Option<std::sync::mpsc::Sender<Drained>>,
+) -> anyhow::Result<()> {
     match &config.path {
         Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
         None => tracing::warn!(
@@ -463,6 +524,16 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     let path = config.path.clone();
     let debug = Arc::new(AtomicU8::new(config.log.smtp_debug));
     let config = Arc::new(ArcSwap::from_pointee(config));
+
+    // The address book in the database: read before anything serves.
+    let shared_directory = Arc::new(std::sync::Mutex::new(Default::default()));
+    if config.load().directory_backend == crate::config::DirectoryBackend::Postgres
+        && let crate::config::MessageStore::Postgres { url, .. } = &config.load().store
+    {
+        crate::directory::book::install(url, config.clone(), shared_directory.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the address book from the database: {e}"))?;
+    }
 
     let mailbox_arbiter = Arbiter::new();
     let scheduler_arbiter = Arbiter::new();
@@ -553,6 +624,7 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
         listeners: tokio::sync::Mutex::new(Vec::new()),
         signal: std::sync::Mutex::new(Some(shutdown.signal())),
         store: store.clone(),
+        shared_directory,
         log,
         path,
     });
@@ -618,10 +690,39 @@ async fn serve(config: Config, log: LogControl) -> anyhow::Result<()> {
     tracing::info!(hostname = %config.load().server.hostname, "ready");
     crate::service::ready("accepting mail");
     crate::service::spawn_watchdog(waker.clone(), shutdown.signal());
+    let at_start = spool.counts().map(|c| c.messages()).unwrap_or(0);
+    let drained = async {
+        if drain.is_none() {
+            return std::future::pending().await;
+        }
+        // Nothing left to try now: every message delivered, held, or
+        // deferred after an attempt made since the start (its next try is
+        // later than that). Seen twice in a row, so a message between the
+        // scheduler and its destination is not missed.
+        let started = chrono::Utc::now().timestamp_millis();
+        let mut quiet = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let c = spool.counts().unwrap_or_default();
+            let next = spool.next_due_time().ok().flatten();
+            let idle = c.active == 0 && next.is_none_or(|t| t > started);
+            quiet = if idle { quiet + 1 } else { 0 };
+            if quiet >= 2 {
+                return c;
+            }
+        }
+    };
+    tokio::pin!(drained);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            c = &mut drained => {
+                if let Some(tx) = &drain {
+                    let _ = tx.send(Drained { at_start, deferred: c.deferred, hold: c.hold });
+                }
+                break;
+            }
             // `reload` logs what it did, and a refusal.
             _ = hup.recv() => { let _ = daemon.reload().await; }
         }

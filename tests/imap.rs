@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::imap::Imap;
 use common::{Smtp, TestServer, base_config, free_port, queued_id, standard_dns};
 
 const PASSWORD: &str = "imap secret";
@@ -147,54 +147,6 @@ fn curl_lists_and_fetches_over_starttls() {
         msg.contains("Subject: two") && msg.contains("second body"),
         "{msg}"
     );
-}
-
-struct Imap {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Imap {
-    fn connect(addr: std::net::SocketAddr) -> Imap {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let mut c = Imap {
-            r: BufReader::new(s.try_clone().expect("clone")),
-            w: s,
-        };
-        let greeting = c.line();
-        assert!(
-            greeting.starts_with("* OK [CAPABILITY IMAP4rev1 IMAP4rev2"),
-            "{greeting}"
-        );
-        c
-    }
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).expect("read");
-        l
-    }
-    fn send(&mut self, data: &[u8]) {
-        self.w.write_all(data).expect("write");
-    }
-    /// Sends a command; returns every line up to and with the tagged one.
-    fn cmd(&mut self, tag: &str, c: &str) -> Vec<String> {
-        self.send(format!("{tag} {c}\r\n").as_bytes());
-        self.until(tag)
-    }
-    fn until(&mut self, tag: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        loop {
-            let l = self.line();
-            assert!(!l.is_empty(), "closed; got {out:?}");
-            let done = l.starts_with(&format!("{tag} "));
-            out.push(l);
-            if done {
-                return out;
-            }
-        }
-    }
 }
 
 #[test]

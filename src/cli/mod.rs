@@ -6,6 +6,7 @@
 //! 2 usage error; `sendmail` uses sysexits codes instead.
 
 mod admin;
+mod book;
 mod dkim;
 mod explain;
 mod maildir;
@@ -131,6 +132,23 @@ enum Cmd {
         /// The Maildir to read.
         #[arg(long, value_name = "DIR")]
         maildir: PathBuf,
+    },
+    /// Deliver another (dead) node's spool from this node, with this
+    /// node's configuration; ends when nothing is left to try now.
+    Drain {
+        /// The other node's spool directory.
+        #[arg(long, value_name = "PATH")]
+        spool: PathBuf,
+    },
+    /// Users in the address book kept in the database.
+    User {
+        #[command(subcommand)]
+        what: book::UserCmd,
+    },
+    /// Alias groups in the address book kept in the database.
+    Alias {
+        #[command(subcommand)]
+        what: book::AliasCmd,
     },
     /// List a local mailbox, or print one of its messages.
     Mailbox {
@@ -276,6 +294,35 @@ pub fn main(args: Vec<String>) -> i32 {
             };
         }
         Cmd::Sendmail { args } => return sendmail::run(&config, &args),
+        Cmd::Drain { spool } => {
+            let spool = std::fs::canonicalize(&spool).unwrap_or(spool);
+            let own = std::fs::canonicalize(&config.server.spool)
+                .unwrap_or_else(|_| config.server.spool.clone());
+            if spool == own {
+                eprintln!(
+                    "petrel: {} is this node's own spool: run petrel serve",
+                    spool.display()
+                );
+                return 1;
+            }
+            let log = crate::logging::init(&config.log.level, config.log.format);
+            return match crate::daemon::drain(config, spool.clone(), log) {
+                Ok(d) => {
+                    println!(
+                        "petrel: drained {}: {} messages at the start; {} deferred and {} held remain",
+                        spool.display(),
+                        d.at_start,
+                        d.deferred,
+                        d.hold
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("petrel: {e:#}");
+                    1
+                }
+            };
+        }
         Cmd::Mailq {
             json,
             domain,
@@ -320,6 +367,8 @@ pub fn main(args: Vec<String>) -> i32 {
         Cmd::Export { name, maildir } => maildir::export(&config, &name, &maildir),
         Cmd::Import { name, maildir } => maildir::import(&config, &name, &maildir),
         Cmd::Explain(args) => explain::run(&config, &args),
+        Cmd::User { what } => book::user(&config, what),
+        Cmd::Alias { what } => book::alias(&config, what),
         Cmd::CheckConfig | Cmd::HashPassword | Cmd::Dkim { .. } => {
             unreachable!("handled before loading the configuration")
         }

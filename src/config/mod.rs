@@ -576,6 +576,95 @@ pub struct RateLimits {
     pub recipients_per_minute: u32,
 }
 
+/// The address book's entries kept in the database (`[directory] backend =
+/// "postgres"`), added to the file's own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct SharedEntries {
+    /// Users.
+    pub users: Vec<RawUser>,
+    /// Mail-in boxes.
+    pub mailin: Vec<RawMailin>,
+    /// Alias groups.
+    pub aliases: Vec<RawAlias>,
+}
+
+impl Config {
+    /// This configuration with the database's address book added to the
+    /// file's entries, checked together (an address given twice, a bad
+    /// name): the errors name the database's entries by name.
+    pub(crate) fn with_shared_directory(&self, shared: &SharedEntries) -> Result<Config, String> {
+        let mut c = Checker::default();
+        let file = (
+            self.raw.users.len(),
+            self.raw.mailin.len(),
+            self.raw.aliases.len(),
+        );
+        let users: Vec<RawUser> = self
+            .raw
+            .users
+            .iter()
+            .chain(&shared.users)
+            .cloned()
+            .collect();
+        let mailin: Vec<RawMailin> = self
+            .raw
+            .mailin
+            .iter()
+            .chain(&shared.mailin)
+            .cloned()
+            .collect();
+        let aliases: Vec<RawAlias> = self
+            .raw
+            .aliases
+            .iter()
+            .chain(&shared.aliases)
+            .cloned()
+            .collect();
+        let mut directory = Directory::check(&self.domains, users, mailin, aliases, &mut c);
+        if !c.errors.is_empty() {
+            let named = |key: &str| -> String {
+                let entry = |list: &str, first: usize, name: &dyn Fn(usize) -> Option<String>| {
+                    let rest = key.strip_prefix(list)?.strip_prefix('[')?;
+                    let (i, tail) = rest.split_once(']')?;
+                    let i: usize = i.parse().ok()?;
+                    if i < first {
+                        return None;
+                    }
+                    Some(format!(
+                        "database {} {:?}{tail}",
+                        &list[..list.len() - 1],
+                        name(i - first)?
+                    ))
+                };
+                entry("users", file.0, &|i| {
+                    shared.users.get(i).map(|u| u.name.clone())
+                })
+                .or_else(|| {
+                    entry("mailin", file.1, &|i| {
+                        shared.mailin.get(i).map(|m| m.name.clone())
+                    })
+                })
+                .or_else(|| {
+                    entry("aliases", file.2, &|i| {
+                        shared.aliases.get(i).map(|a| a.address.clone())
+                    })
+                })
+                .unwrap_or_else(|| key.to_string())
+            };
+            return Err(c
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", named(&e.key), e.reason))
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        directory.postmaster = self.server.postmaster.clone();
+        let mut cfg = self.clone();
+        cfg.directory = directory;
+        Ok(cfg)
+    }
+}
+
 /// Collects errors with their keys while checking.
 #[derive(Default)]
 pub(crate) struct Checker {
@@ -1405,7 +1494,9 @@ impl Config {
             None
         } else if postmaster.is_empty() {
             let fallback = format!("postmaster@{}", domains.primary);
-            if directory.expand(&fallback, &domains).is_empty() {
+            if directory_backend == DirectoryBackend::Config
+                && directory.expand(&fallback, &domains).is_empty()
+            {
                 c.error(
                     "server.postmaster",
                     format!(
@@ -1417,7 +1508,10 @@ impl Config {
         } else {
             match postmaster.rsplit_once('@') {
                 Some((l, d)) if !l.is_empty() && !d.is_empty() => {
-                    if domains.is_local(d) && directory.expand(&postmaster, &domains).is_empty() {
+                    if directory_backend == DirectoryBackend::Config
+                        && domains.is_local(d)
+                        && directory.expand(&postmaster, &domains).is_empty()
+                    {
                         c.error(
                             "server.postmaster",
                             format!("{postmaster:?} is in a local domain but no user, mail-in or alias address"),

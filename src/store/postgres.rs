@@ -58,6 +58,7 @@ const CHANNEL: &str = "petrel_store";
 const PAYLOAD_MAX: usize = 7_000;
 
 const SCHEMA: &str = r#"
+SET LOCAL client_min_messages = warning;
 CREATE TABLE IF NOT EXISTS petrel_meta (
     key text PRIMARY KEY,
     value bigint NOT NULL
@@ -927,7 +928,22 @@ async fn listen(
                     .await
                     .is_ok()
                 {
-                    while let Some(payload) = rx.recv().await {
+                    let mut alive = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        let payload = tokio::select! {
+                            p = rx.recv() => match p {
+                                Some(p) => p,
+                                None => break,
+                            },
+                            // The store is gone: stop listening.
+                            _ = alive.tick() => {
+                                if events.upgrade().is_none() {
+                                    driver.abort();
+                                    return;
+                                }
+                                continue;
+                            }
+                        };
                         let Some(sender) = events.upgrade() else {
                             driver.abort();
                             return;

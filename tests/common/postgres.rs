@@ -58,7 +58,7 @@ impl PgServer {
                 .success();
             assert!(ok, "chown the data directory to postgres");
         }
-        let server = PgServer {
+        let mut server = PgServer {
             dir,
             bin,
             port: super::free_port(),
@@ -82,8 +82,17 @@ impl PgServer {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        server.start_server();
-        Some(server)
+        // The port was free a moment ago; another test may take it first.
+        for _ in 0..5 {
+            match server.try_start() {
+                Ok(()) => return Some(server),
+                Err(log) if log.contains("Address already in use") => {
+                    server.port = super::free_port();
+                }
+                Err(log) => panic!("pg_ctl start: {log}"),
+            }
+        }
+        panic!("PostgreSQL found no free port in five tries")
     }
 
     fn data(&self) -> PathBuf {
@@ -107,8 +116,16 @@ impl PgServer {
             .expect("run a PostgreSQL program")
     }
 
-    /// Starts (or starts again) the server and waits until it answers.
+    /// Starts the server again (after `stop_server`) on its port.
     pub fn start_server(&self) {
+        if let Err(log) = self.try_start() {
+            panic!("pg_ctl start: {log}");
+        }
+    }
+
+    /// Starts the server and waits until it answers; the error is the
+    /// server's log.
+    fn try_start(&self) -> Result<(), String> {
         let data = self.data();
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
@@ -131,17 +148,19 @@ impl PgServer {
                 "start",
             ],
         );
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {} {}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        if !out.status.success() {
+            return Err(format!(
+                "{} {}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "PostgreSQL did not listen");
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     /// Stops the server (`immediate`: as a crash would, no checkpoint).

@@ -2,6 +2,8 @@
 //! configuration, and the resolution of a local address to mailboxes or
 //! forwarding addresses. Pure data; no I/O.
 
+pub mod book;
+
 use std::collections::{BTreeSet, HashMap};
 
 use crate::config::raw::{RawAlias, RawMailin, RawUser};
