@@ -6,7 +6,9 @@
 //! Modes (`cargo bench --bench imap_load -- MODE …`):
 //!   fill  PORT PASSWORD USERS COUNT SIZE   COUNT messages into the INBOX of
 //!                                          each of u0…u(USERS-1), pipelined
-//!   mixed PORT PASSWORD CLIENTS SECONDS    client i works as user u(i):
+//!   mixed PORT PASSWORD CLIENTS SECONDS [FIRST_USER]
+//!         client i works as user u(FIRST_USER + i) (FIRST_USER: 0 unless
+//!         given; benches/scale_out.py gives each node's clients their own):
 //!         SELECT, FETCH 1:* FLAGS, FETCH ENVELOPE, FETCH BODY.PEEK[], STORE,
 //!         APPEND, UID STORE \Deleted + UID EXPUNGE of what it appended,
 //!         IDLE + DONE, again and again until SECONDS have passed
@@ -218,10 +220,10 @@ fn fill(port: u16, password: &str, users: usize, count: usize, size: usize) {
     );
 }
 
-fn mixed(port: u16, password: &str, clients: usize, seconds: u64) {
+fn mixed(port: u16, password: &str, clients: usize, seconds: u64, first_user: usize) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let start = Instant::now();
-    let threads: Vec<_> = (0..clients)
+    let threads: Vec<_> = (first_user..first_user + clients)
         .map(|u| {
             let password = password.to_string();
             std::thread::spawn(move || {
@@ -376,7 +378,13 @@ fn main() {
     };
     match arg(0) {
         "fill" => fill(num(1) as u16, arg(2), num(3), num(4), num(5)),
-        "mixed" => mixed(num(1) as u16, arg(2), num(3), num(4) as u64),
+        "mixed" => mixed(
+            num(1) as u16,
+            arg(2),
+            num(3),
+            num(4) as u64,
+            if arg(5).is_empty() { 0 } else { num(5) },
+        ),
         "big" => big(num(1) as u16, arg(2), arg(3), num(4)),
         _ => eprintln!("imap_load is driven by benches/imap_compare.py (see its header)"),
     }

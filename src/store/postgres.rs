@@ -136,6 +136,7 @@ pub struct PostgresStore {
     node: u64,
     locks: Arc<Mutex<HashSet<String>>>,
     locker: mpsc::UnboundedSender<LockRequest>,
+    deliveries: mpsc::UnboundedSender<DeliveryJob>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -613,15 +614,19 @@ fn over_quota(used: u64, quota: Option<u64>, more: u64) -> Result<(), StoreError
     }
 }
 
-/// Stores a body once; it starts with no references.
-async fn new_blob<C: GenericClient + Sync>(c: &C, content: &NewContent) -> R<(i64, i64)> {
+/// Stores a body once, with `refs` copies referring to it.
+async fn new_blob<C: GenericClient + Sync>(
+    c: &C,
+    content: &NewContent,
+    refs: i32,
+) -> R<(i64, i64)> {
     let len = content.content.len() as i64;
     let summary = encode(&*content.summary);
     let body: &[u8] = &content.content;
     let id: i64 = row(
         c,
-        "INSERT INTO blobs (refs, len, summary, content) VALUES (0, $1, $2, $3) RETURNING id",
-        &[&len, &summary, &body],
+        "INSERT INTO blobs (refs, len, summary, content) VALUES ($4, $1, $2, $3) RETURNING id",
+        &[&len, &summary, &body, &refs],
     )
     .await?
     .map(|r| r.get(0))
@@ -788,7 +793,7 @@ async fn append_in<C: GenericClient + Sync>(
     let len = m.content.content.len() as u64;
     over_quota(account_bytes(c, a).await?, m.quota, len)?;
     let mut f = lock_folder(c, fid).await?;
-    let (blob, blob_len) = new_blob(c, &m.content).await?;
+    let (blob, blob_len) = new_blob(c, &m.content, 1).await?;
     let copy = NewCopy {
         flags: m.flags & flags::ALL,
         keywords: dedup_keywords(&m.keywords),
@@ -799,7 +804,6 @@ async fn append_in<C: GenericClient + Sync>(
         queue_id: m.queue_id.map(|q| q as i64),
     };
     let uid = add_copy(c, &mut f, uid, &copy).await?;
-    blob_refs(c, &[blob], 1).await?;
     account_add(c, a, blob_len, 1).await?;
     if let Some(q) = m.queue_id {
         // An APPEND carrying a queue id is the move of a delivered
@@ -819,6 +823,192 @@ async fn append_in<C: GenericClient + Sync>(
         uid_validity: f.uid_validity as u32,
         uid,
     })
+}
+
+/// One local delivery inside a transaction that may hold others: the
+/// body once, a copy per target folder (locked in id order), the
+/// delivered marks. One result per target.
+async fn deliver_in<C: GenericClient + Sync>(
+    c: &C,
+    ev: &mut Events,
+    d: &Delivery,
+) -> R<Vec<Result<Placed, StoreError>>> {
+    let origin = d.origin as i64;
+    let queue_id = d.queue_id as i64;
+    let len = d.content.content.len() as u64;
+    let mut results: Vec<Option<Result<Placed, StoreError>>> = Vec::new();
+    let mut pending: Vec<(usize, i64, i64)> = Vec::new();
+    let mut dups = Vec::new();
+    for (i, t) in d.targets.iter().enumerate() {
+        let found = match folder_by_name(c, &t.account, &t.folder).await {
+            Err(Fail::Store(StoreError::NotFound(_))) => {
+                standard_folder_again(c, &t.account, &t.folder).await
+            }
+            r => r,
+        };
+        let (a, fid) = match found {
+            Ok(x) => x,
+            Err(Fail::Store(e @ (StoreError::NotFound(_) | StoreError::Refused(_)))) => {
+                results.push(Some(Err(e)));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if d.queue_id != 0
+            && let Some(r) = row(
+                c,
+                "SELECT d.uid, f.uid_validity FROM delivered d JOIN folders f ON f.id = d.folder \
+                 WHERE d.origin = $1 AND d.queue_id = $2 AND d.folder = $3",
+                &[&origin, &queue_id, &fid],
+            )
+            .await?
+        {
+            results.push(Some(Ok(Placed {
+                folder: FolderId(fid as u64),
+                uid_validity: r.get::<_, i64>(1) as u32,
+                uid: r.get::<_, i64>(0) as u32,
+            })));
+            continue;
+        }
+        // Two targets in one folder: one copy, both told where it is.
+        if let Some(&(j, _, _)) = pending.iter().find(|&&(_, f, _)| f == fid) {
+            results.push(None);
+            dups.push((i, j));
+            continue;
+        }
+        if t.quota.is_some() {
+            let size = len + t.prefix.len() as u64;
+            if let Err(e) = over_quota(account_bytes(c, a).await?, t.quota, size) {
+                results.push(Some(Err(e)));
+                continue;
+            }
+        }
+        results.push(None);
+        pending.push((i, fid, a));
+    }
+    if !pending.is_empty() {
+        // Folders locked in id order: two transactions delivering to the
+        // same users never wait on each other in a circle.
+        pending.sort_by_key(|p| p.1);
+        let (blob, blob_len) = new_blob(c, &d.content, pending.len() as i32).await?;
+        let when = now();
+        for &(i, fid, a) in &pending {
+            let t = &d.targets[i];
+            let mut f = lock_folder(c, fid).await?;
+            let copy = NewCopy {
+                flags: 0,
+                keywords: Vec::new(),
+                internal_date: when,
+                blob,
+                blob_len,
+                prefix: &t.prefix,
+                queue_id: (d.queue_id != 0).then_some(queue_id),
+            };
+            let uid = add_copy(c, &mut f, None, &copy).await?;
+            save_folder(c, &f).await?;
+            account_add(c, a, blob_len + t.prefix.len() as i64, 1).await?;
+            if d.queue_id != 0 {
+                exec(
+                    c,
+                    "INSERT INTO delivered (origin, queue_id, folder, uid) VALUES ($1, $2, $3, $4)",
+                    &[&origin, &queue_id, &fid, &i64::from(uid)],
+                )
+                .await?;
+            }
+            results[i] = Some(Ok(Placed {
+                folder: FolderId(fid as u64),
+                uid_validity: f.uid_validity as u32,
+                uid,
+            }));
+            ev.push(&f);
+        }
+    }
+    for &(i, j) in &dups {
+        results[i] = results[j].clone();
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::Corrupt("no result".into()))))
+        .collect())
+}
+
+/// A delivery waiting for the writer, and who waits for its results.
+struct DeliveryJob {
+    delivery: Delivery,
+    tx: oneshot::Sender<Result<Vec<Result<Placed, StoreError>>, StoreError>>,
+}
+
+/// Most deliveries in one transaction.
+const BATCH_MAX: usize = 64;
+
+/// The delivery writer: every delivery waiting when it is free goes into
+/// one transaction, so a burst of mail shares one COMMIT (one WAL flush)
+/// and one lock of a busy INBOX, as the embedded store's group commit
+/// shares one sync. A batch that fails as a whole (the database gone) is
+/// answered with that error for every delivery in it; the queue retries.
+async fn delivery_writer(writer: Writer, mut rx: mpsc::UnboundedReceiver<DeliveryJob>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let node = writer.node;
+        let result: Result<_, StoreError> = async {
+            in_tx!(writer, |tx| {
+                let mut ev = Events::default();
+                let mut all = Vec::with_capacity(jobs.len());
+                for j in &jobs {
+                    all.push(deliver_in(&tx, &mut ev, &j.delivery).await?);
+                }
+                notify(&tx, node, &ev).await?;
+                (all, ev)
+            })
+        }
+        .await;
+        match result {
+            Ok((all, ev)) => {
+                publish(&writer.events, ev);
+                for (j, r) in jobs.into_iter().zip(all) {
+                    let _ = j.tx.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                for j in jobs {
+                    let _ = j.tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// What the delivery writer needs of the store.
+struct Writer {
+    pool: Pool,
+    events: broadcast::Sender<ChangeEvent>,
+    node: u64,
+}
+
+impl Writer {
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        pooled(&self.pool).await
+    }
+}
+
+async fn pooled(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => pg(e),
+        other => StoreError::Unavailable(format!("PostgreSQL: {other}")),
+    })
+}
+
+/// Sends events to this node's watchers (after the commit).
+fn publish(events: &broadcast::Sender<ChangeEvent>, ev: Events) {
+    for e in ev.0 {
+        let _ = events.send(e);
+    }
 }
 
 /// Pass lock requests to the node's lock connection.
@@ -1005,24 +1195,31 @@ impl PostgresStore {
         }
         let node = u64::from_be_bytes(node_bytes);
         let (locker_tx, locker_rx) = mpsc::unbounded_channel();
+        let (deliveries, deliveries_rx) = mpsc::unbounded_channel();
         let store = PostgresStore {
             pool,
             events,
             node,
             locks: Arc::new(Mutex::new(HashSet::new())),
             locker: locker_tx,
+            deliveries,
         };
         store.migrate().await?;
+        tokio::spawn(delivery_writer(
+            Writer {
+                pool: store.pool.clone(),
+                events: store.events.clone(),
+                node,
+            },
+            deliveries_rx,
+        ));
         tokio::spawn(locker(config.clone(), locker_rx));
         tokio::spawn(listen(config, node, store.events.downgrade()));
         Ok(store)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => pg(e),
-            other => StoreError::Unavailable(format!("PostgreSQL: {other}")),
-        })
+        pooled(&self.pool).await
     }
 
     /// Makes the tables (one node at a time: an advisory lock).
@@ -1046,11 +1243,8 @@ impl PostgresStore {
         tx.commit().await.map_err(pg)
     }
 
-    /// Sends events to this node's watchers (after the commit).
     fn publish(&self, events: Events) {
-        for e in events.0 {
-            let _ = self.events.send(e);
-        }
+        publish(&self.events, events)
     }
 
     /// Reads an account's id, making the account on first use.
@@ -1289,109 +1483,12 @@ impl MailStore for PostgresStore {
     }
 
     async fn deliver(&self, d: Delivery) -> Result<Vec<Result<Placed, StoreError>>, StoreError> {
-        let node = self.node;
-        let origin = d.origin as i64;
-        let queue_id = d.queue_id as i64;
-        let len = d.content.content.len() as u64;
-        let (results, ev) = in_tx!(self, |tx| {
-            let mut results: Vec<Option<Result<Placed, StoreError>>> = Vec::new();
-            let mut pending: Vec<(usize, i64, i64)> = Vec::new();
-            let mut dups = Vec::new();
-            for (i, t) in d.targets.iter().enumerate() {
-                let found = match folder_by_name(&tx, &t.account, &t.folder).await {
-                    Err(Fail::Store(StoreError::NotFound(_))) => {
-                        standard_folder_again(&tx, &t.account, &t.folder).await
-                    }
-                    r => r,
-                };
-                let (a, fid) = match found {
-                    Ok(x) => x,
-                    Err(Fail::Store(e @ (StoreError::NotFound(_) | StoreError::Refused(_)))) => {
-                        results.push(Some(Err(e)));
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                if d.queue_id != 0
-                    && let Some(r) = row(
-                        &tx,
-                        "SELECT d.uid, f.uid_validity FROM delivered d JOIN folders f ON f.id = d.folder \
-                         WHERE d.origin = $1 AND d.queue_id = $2 AND d.folder = $3",
-                        &[&origin, &queue_id, &fid],
-                    )
-                    .await?
-                {
-                    results.push(Some(Ok(Placed {
-                        folder: FolderId(fid as u64),
-                        uid_validity: r.get::<_, i64>(1) as u32,
-                        uid: r.get::<_, i64>(0) as u32,
-                    })));
-                    continue;
-                }
-                if let Some(&(j, _, _)) = pending.iter().find(|&&(_, f, _)| f == fid) {
-                    results.push(None);
-                    dups.push((i, j));
-                    continue;
-                }
-                let size = len + t.prefix.len() as u64;
-                if let Err(e) = over_quota(account_bytes(&tx, a).await?, t.quota, size) {
-                    results.push(Some(Err(e)));
-                    continue;
-                }
-                results.push(None);
-                pending.push((i, fid, a));
-            }
-            let mut ev = Events::default();
-            if !pending.is_empty() {
-                // Folders locked in id order: two deliveries to the same
-                // users never wait on each other in a circle.
-                pending.sort_by_key(|p| p.1);
-                let (blob, blob_len) = new_blob(&tx, &d.content).await?;
-                let when = now();
-                for &(i, fid, a) in &pending {
-                    let t = &d.targets[i];
-                    let mut f = lock_folder(&tx, fid).await?;
-                    let copy = NewCopy {
-                        flags: 0,
-                        keywords: Vec::new(),
-                        internal_date: when,
-                        blob,
-                        blob_len,
-                        prefix: &t.prefix,
-                        queue_id: (d.queue_id != 0).then_some(queue_id),
-                    };
-                    let uid = add_copy(&tx, &mut f, None, &copy).await?;
-                    save_folder(&tx, &f).await?;
-                    account_add(&tx, a, blob_len + t.prefix.len() as i64, 1).await?;
-                    if d.queue_id != 0 {
-                        exec(
-                            &tx,
-                            "INSERT INTO delivered (origin, queue_id, folder, uid) VALUES ($1, $2, $3, $4)",
-                            &[&origin, &queue_id, &fid, &i64::from(uid)],
-                        )
-                        .await?;
-                    }
-                    results[i] = Some(Ok(Placed {
-                        folder: FolderId(fid as u64),
-                        uid_validity: f.uid_validity as u32,
-                        uid,
-                    }));
-                    ev.push(&f);
-                }
-                let refs: Vec<i64> = pending.iter().map(|_| blob).collect();
-                blob_refs(&tx, &refs, 1).await?;
-                notify(&tx, node, &ev).await?;
-            }
-            for &(i, j) in &dups {
-                results[i] = results[j].clone();
-            }
-            (results, ev)
-        })?;
-        self.publish(ev);
-        Ok(results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(StoreError::Corrupt("no result".into()))))
-            .collect())
+        let (tx, rx) = oneshot::channel();
+        self.deliveries
+            .send(DeliveryJob { delivery: d, tx })
+            .map_err(|_| StoreError::Unavailable("the delivery writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the delivery writer stopped".into()))?
     }
 
     async fn append(
@@ -1425,6 +1522,23 @@ impl MailStore for PostgresStore {
         let fid = folder.0 as i64;
         let since = modseq.min(i64::MAX as u64) as i64;
         let mut client = self.client().await?;
+        // Most asks (after every IMAP command) find nothing new: one read.
+        let now: i64 = row(
+            &client,
+            "SELECT highest_modseq FROM folders WHERE id = $1",
+            &[&fid],
+        )
+        .await
+        .map_err(pg)?
+        .ok_or_else(|| StoreError::NotFound(format!("folder {fid}")))?
+        .get(0);
+        if now <= since {
+            return Ok(Changes {
+                changed: Vec::new(),
+                vanished: Vec::new(),
+                highest_modseq: now as u64,
+            });
+        }
         // One snapshot for the copies, the UIDs and the HIGHESTMODSEQ.
         let tx = client
             .build_transaction()
