@@ -15,6 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::http::{get, login};
 use common::imap::Imap;
 use common::postgres::PgServer;
 use common::sink::{Sink, SinkOptions};
@@ -43,6 +44,7 @@ fn node_config(dir: &std::path::Path, url: &str, outbound_port: u16) -> String {
     format!(
         "{base}\n[[listeners]]\nname = \"imap\"\nprotocol = \"imap\"\nbind = \"127.0.0.1:0\"\n\n\
          [[listeners]]\nname = \"pop3\"\nprotocol = \"pop3\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[listeners]]\nname = \"web\"\nprotocol = \"http\"\nbind = \"127.0.0.1:0\"\n\n\
          [imap]\nallow_plaintext_auth = true\n[pop3]\nallow_plaintext_auth = true\n\
          [store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 6\n\
          [directory]\nbackend = \"postgres\"\n"
@@ -141,6 +143,13 @@ fn any_node_serves_any_user() {
     eventually(Duration::from_secs(10), "B sees A's delivery", || {
         subjects(&mut on_b, "INBOX").values().any(|s| s == "first")
     });
+
+    // The webmail on B lists it too.
+    let web = b.server.addr("web").port();
+    let browser = login(web, "alice", PASSWORD);
+    let (code, page) = get(web, &browser.cookie, "/?f=INBOX");
+    assert_eq!(code, 200);
+    assert!(page.contains("first"), "B's webmail lists A's delivery");
 
     // IDLE on B; a delivery on A.
     let r = on_b.cmd("s", "SELECT INBOX");
@@ -299,6 +308,28 @@ fn the_address_book_lives_in_the_database() {
                 .any(|s| s == "to-staff")
     });
 
+    // A mail-in box read by erin.
+    let out = a.cli(
+        &[
+            "mailin",
+            "add",
+            "helpdesk",
+            "--address",
+            "help@example.test",
+            "--reader",
+            "erin",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(Duration::from_secs(5), "B knows the mail-in box", || {
+        rcpt(&b, "help@example.test") == 250
+    });
+
     // A new password, in force on both.
     let out = b.cli(&["user", "passwd", "erin"], Some(b"second password\n"));
     assert!(
@@ -335,6 +366,12 @@ fn the_address_book_lives_in_the_database() {
 
     // Removed: refused on both.
     let out = a.cli(&["alias", "del", "staff@example.test"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = a.cli(&["mailin", "del", "helpdesk"], None);
     assert!(
         out.status.success(),
         "{}",

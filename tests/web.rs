@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::http::{Login, get, login, post, request};
 use common::sink::{Sink, SinkOptions};
 use common::{Smtp, TestServer, base_config, free_port, queued_id, run_cmd, standard_dns};
 
@@ -226,102 +225,6 @@ fn a_browser_reads_sends_files_and_administers() {
     // The denied sender is refused by a new session (and kept over a
     // restart: the list is the daemon's own file).
     assert!(dir.path().join("spool/deny-list.json").exists());
-}
-
-/// One raw HTTP/1.1 request; the status, headers and body.
-fn http(port: u16, req: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, head.to_string(), body.to_string())
-}
-
-/// A request with a session cookie (none when empty) and a body of
-/// `content_type` (none when empty); the status, headers and body.
-fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    cookie: &str,
-    content_type: &str,
-    body: &str,
-) -> (u16, String, String) {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    if !cookie.is_empty() {
-        req.push_str(&format!("Cookie: {cookie}\r\n"));
-    }
-    if !content_type.is_empty() {
-        req.push_str(&format!(
-            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    http(port, &req)
-}
-
-const FORM: &str = "application/x-www-form-urlencoded";
-
-/// A GET with a session cookie; the status and body.
-fn get(port: u16, cookie: &str, path: &str) -> (u16, String) {
-    let (code, _, body) = request(port, "GET", path, cookie, "", "");
-    (code, body)
-}
-
-/// A form POST with a session cookie; the status and head.
-fn post(port: u16, cookie: &str, path: &str, form: &str) -> (u16, String) {
-    let (code, head, _) = request(port, "POST", path, cookie, FORM, form);
-    (code, head)
-}
-
-/// A logged-in browser: the cookie to send, the `Set-Cookie` line it came
-/// in, the CSRF token of its forms.
-struct Login {
-    cookie: String,
-    set_cookie: String,
-    csrf: String,
-}
-
-fn login(port: u16, user: &str, password: &str) -> Login {
-    let body = format!("username={user}&password={}", password.replace(' ', "+"));
-    let (code, head) = post(port, "", "/login", &body);
-    assert_eq!(code, 303, "{head}");
-    let set_cookie = head
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
-        .expect("cookie")
-        .to_string();
-    let cookie = set_cookie
-        .split_once(':')
-        .unwrap()
-        .1
-        .trim()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let (_, page) = get(port, &cookie, "/");
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("csrf token")
-        .to_string();
-    Login {
-        cookie,
-        set_cookie,
-        csrf,
-    }
 }
 
 #[test]

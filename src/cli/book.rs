@@ -1,5 +1,6 @@
-//! `petrel user add|passwd|del` and `petrel alias add|del`: changes to the
-//! address book kept in the database (`[directory] backend = "postgres"`).
+//! `petrel user add|passwd|del`, `petrel mailin add|del` and `petrel alias
+//! add|del`: changes to the address book kept in the database
+//! (`[directory] backend = "postgres"`).
 //! Every node picks a change up within about a second.
 
 use std::io::Read;
@@ -32,6 +33,27 @@ pub enum UserCmd {
     /// Remove a user (the mail stays in the store).
     Del {
         /// The user.
+        name: String,
+    },
+}
+
+/// `petrel mailin …`.
+#[derive(clap::Subcommand, Debug)]
+pub enum MailinCmd {
+    /// Add a mail-in (shared) box.
+    Add {
+        /// Mailbox name.
+        name: String,
+        /// Addresses delivered to it.
+        #[arg(long = "address", value_name = "ADDR", required = true)]
+        addresses: Vec<String>,
+        /// Users who may read it.
+        #[arg(long = "reader", value_name = "USER")]
+        readers: Vec<String>,
+    },
+    /// Remove a mail-in box (the mail stays in the store).
+    Del {
+        /// Mailbox name.
         name: String,
     },
 }
@@ -127,6 +149,32 @@ pub fn user(config: &Config, cmd: UserCmd) -> Result<(), String> {
         UserCmd::Del { name } => {
             let done = format!("user {name} removed; their mail stays in the store");
             apply(config, Change::DelUser { name }, done)
+        }
+    }
+}
+
+/// Runs `petrel mailin …`.
+pub fn mailin(config: &Config, cmd: MailinCmd) -> Result<(), String> {
+    match cmd {
+        MailinCmd::Add {
+            name,
+            addresses,
+            readers,
+        } => {
+            let done = format!("mail-in box {name} added");
+            apply(
+                config,
+                Change::AddMailin {
+                    name,
+                    addresses,
+                    readers,
+                },
+                done,
+            )
+        }
+        MailinCmd::Del { name } => {
+            let done = format!("mail-in box {name} removed; its mail stays in the store");
+            apply(config, Change::DelMailin { name }, done)
         }
     }
 }

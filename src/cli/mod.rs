@@ -145,6 +145,11 @@ enum Cmd {
         #[command(subcommand)]
         what: book::UserCmd,
     },
+    /// Mail-in (shared) boxes in the address book kept in the database.
+    Mailin {
+        #[command(subcommand)]
+        what: book::MailinCmd,
+    },
     /// Alias groups in the address book kept in the database.
     Alias {
         #[command(subcommand)]
@@ -369,6 +374,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Cmd::Explain(args) => explain::run(&config, &args),
         Cmd::User { what } => book::user(&config, what),
         Cmd::Alias { what } => book::alias(&config, what),
+        Cmd::Mailin { what } => book::mailin(&config, what),
         Cmd::CheckConfig | Cmd::HashPassword | Cmd::Dkim { .. } => {
             unreachable!("handled before loading the configuration")
         }

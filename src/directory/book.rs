@@ -88,6 +88,20 @@ pub enum Change {
         /// The user.
         name: String,
     },
+    /// A new mail-in (shared) box.
+    AddMailin {
+        /// Mailbox name.
+        name: String,
+        /// Addresses delivered to it.
+        addresses: Vec<String>,
+        /// Users who may read it.
+        readers: Vec<String>,
+    },
+    /// A mail-in box removed (its mail stays in the store).
+    DelMailin {
+        /// Mailbox name.
+        name: String,
+    },
     /// Members added to an alias group (made if new).
     AliasAdd {
         /// The group's address.
@@ -321,6 +335,44 @@ impl Book {
                     .map_err(pg)?;
                 if n == 0 {
                     return Err(format!("no user {name:?} in the database"));
+                }
+            }
+            Change::AddMailin {
+                name,
+                addresses,
+                readers,
+            } => {
+                if entries.mailin.iter().any(|m| m.name == *name)
+                    || config.directory.has_mailbox(name)
+                {
+                    return Err(format!("mailbox {name:?} exists already"));
+                }
+                let addresses: Vec<String> = addresses
+                    .iter()
+                    .map(|a| a.trim().to_ascii_lowercase())
+                    .collect();
+                entries.mailin.push(RawMailin {
+                    name: name.clone(),
+                    addresses: addresses.clone(),
+                    readers: readers.clone(),
+                });
+                check(config, &entries)?;
+                tx.execute(
+                    "INSERT INTO directory_mailin (name, addresses, readers) VALUES ($1, $2, $3)",
+                    &[name, &addresses, readers],
+                )
+                .await
+                .map_err(pg)?;
+            }
+            Change::DelMailin { name } => {
+                entries.mailin.retain(|m| m.name != *name);
+                check(config, &entries)?;
+                let n = tx
+                    .execute("DELETE FROM directory_mailin WHERE name = $1", &[name])
+                    .await
+                    .map_err(pg)?;
+                if n == 0 {
+                    return Err(format!("no mail-in box {name:?} in the database"));
                 }
             }
             Change::AliasAdd { address, members } => {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod http;
 pub mod imap;
 pub mod postfix;
 pub mod postgres;
