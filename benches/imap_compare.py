@@ -214,30 +214,23 @@ smtpd_reject_unlisted_recipient = no
         self.dovecot.stop()
 
 
-class Petrel(compare.Petrel):
-    """petrel with an IMAP listener and `users`; stopped as compare's."""
-
-    def __init__(self, users):
-        self.dir = tempfile.mkdtemp(prefix="petrelbench.")
-        self.port, self.imap = free_port(), free_port()
-        h = subprocess.run([PETREL, "hash-password"], input=PASSWORD, capture_output=True,
-                           text=True, check=True).stdout.strip()
-        cfg = os.path.join(self.dir, "petrel.toml")
-        with open(cfg, "w") as f:
-            f.write(f"""[server]
-hostname = "petrel-bench.test"
-spool = "{self.dir}/spool"
+def petrel_config(d, port, imap, users, password_hash, hostname="petrel-bench.test", extra=""):
+    """A petrel configuration: SMTP on `port`, plain IMAP on `imap`, the
+    spool in `d`, `users` with one password hash; `extra` appended."""
+    text = f"""[server]
+hostname = "{hostname}"
+spool = "{d}/spool"
 postmaster = "{users[0]}@example.test"
 [domains]
 primary = "example.test"
 [[listeners]]
 name = "mx"
 protocol = "smtp"
-bind = "127.0.0.1:{self.port}"
+bind = "127.0.0.1:{port}"
 [[listeners]]
 name = "imap"
 protocol = "imap"
-bind = "127.0.0.1:{self.imap}"
+bind = "127.0.0.1:{imap}"
 tls = "none"
 [imap]
 allow_plaintext_auth = true
@@ -249,9 +242,23 @@ max_connections_per_client = 1000
 nameservers = ["127.0.0.1:9"]
 [log]
 level = "info"
-""")
-            for u in users:
-                f.write(f'[[users]]\nname = "{u}"\npassword = "{h}"\naddresses = ["{u}@example.test"]\n')
+{extra}"""
+    for u in users:
+        text += f'[[users]]\nname = "{u}"\npassword = "{password_hash}"\naddresses = ["{u}@example.test"]\n'
+    return text
+
+
+class Petrel(compare.Petrel):
+    """petrel with an IMAP listener and `users`; stopped as compare's."""
+
+    def __init__(self, users):
+        self.dir = tempfile.mkdtemp(prefix="petrelbench.")
+        self.port, self.imap = free_port(), free_port()
+        h = subprocess.run([PETREL, "hash-password"], input=PASSWORD, capture_output=True,
+                           text=True, check=True).stdout.strip()
+        cfg = os.path.join(self.dir, "petrel.toml")
+        with open(cfg, "w") as f:
+            f.write(petrel_config(self.dir, self.port, self.imap, users, h))
         self.cfg = cfg
         self.log_path = os.path.join(self.dir, "log")
         self.log = open(self.log_path, "w")

@@ -64,7 +64,7 @@ if "IMAP_LOAD" not in os.environ:
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402  (process stats, free ports, petrel's stop)
 from compare import free_port, wait_port  # noqa: E402
-from imap_compare import LIMIT, LOAD, PASSWORD, PETREL, fmt, load  # noqa: E402
+from imap_compare import LIMIT, LOAD, PASSWORD, PETREL, fmt, load, petrel_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = int(os.environ.get("RUNS", "3"))
@@ -253,34 +253,8 @@ class Node(compare.Petrel):
                  '[directory]\nbackend = "config"\n') if url else ""
         self.cfg = os.path.join(self.dir, "petrel.toml")
         with open(self.cfg, "w") as f:
-            f.write(f"""[server]
-hostname = "node{i}.petrel-bench.test"
-spool = "{self.dir}/spool"
-postmaster = "{users[0]}@example.test"
-[domains]
-primary = "example.test"
-[[listeners]]
-name = "mx"
-protocol = "smtp"
-bind = "127.0.0.1:{self.port}"
-[[listeners]]
-name = "imap"
-protocol = "imap"
-bind = "127.0.0.1:{self.imap}"
-tls = "none"
-[imap]
-allow_plaintext_auth = true
-max_connections = 2000
-max_connections_per_client = 2000
-[smtp.inbound]
-max_connections_per_client = 1000
-[dns]
-nameservers = ["127.0.0.1:9"]
-[log]
-level = "info"
-{store}""")
-            for u in users:
-                f.write(f'[[users]]\nname = "{u}"\npassword = "{h}"\naddresses = ["{u}@example.test"]\n')
+            f.write(petrel_config(self.dir, self.port, self.imap, users, h,
+                                  hostname=f"node{i}.petrel-bench.test", extra=store))
         self.log_path = os.path.join(self.dir, "log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([PETREL, "-c", self.cfg, "serve"], stdout=subprocess.DEVNULL,

@@ -156,58 +156,9 @@ impl Book {
             .await
             .map_err(pg)?
             .get(0);
-        let users = tx
-            .query(
-                "SELECT name, password, addresses, admin, quota FROM directory_users ORDER BY name",
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| RawUser {
-                name: r.get(0),
-                password: r.get(1),
-                addresses: r.get(2),
-                admin: r.get(3),
-                quota: r.get(4),
-            })
-            .collect();
-        let mailin = tx
-            .query(
-                "SELECT name, addresses, readers FROM directory_mailin ORDER BY name",
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| RawMailin {
-                name: r.get(0),
-                addresses: r.get(1),
-                readers: r.get(2),
-            })
-            .collect();
-        let aliases = tx
-            .query(
-                "SELECT address, members FROM directory_aliases ORDER BY address",
-                &[],
-            )
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| RawAlias {
-                address: r.get(0),
-                members: r.get(1),
-            })
-            .collect();
+        let entries = entries(&tx).await?;
         tx.commit().await.map_err(pg)?;
-        Ok((
-            version,
-            SharedEntries {
-                users,
-                mailin,
-                aliases,
-            },
-        ))
+        Ok((version, entries))
     }
 
     /// Makes a change after checking that the book with it, beside the
@@ -229,50 +180,7 @@ impl Book {
         )
         .await
         .map_err(pg)?;
-        let mut entries = {
-            let users = tx
-                .query(
-                    "SELECT name, password, addresses, admin, quota FROM directory_users",
-                    &[],
-                )
-                .await
-                .map_err(pg)?;
-            let aliases = tx
-                .query("SELECT address, members FROM directory_aliases", &[])
-                .await
-                .map_err(pg)?;
-            let mailin = tx
-                .query("SELECT name, addresses, readers FROM directory_mailin", &[])
-                .await
-                .map_err(pg)?;
-            SharedEntries {
-                users: users
-                    .iter()
-                    .map(|r| RawUser {
-                        name: r.get(0),
-                        password: r.get(1),
-                        addresses: r.get(2),
-                        admin: r.get(3),
-                        quota: r.get(4),
-                    })
-                    .collect(),
-                mailin: mailin
-                    .iter()
-                    .map(|r| RawMailin {
-                        name: r.get(0),
-                        addresses: r.get(1),
-                        readers: r.get(2),
-                    })
-                    .collect(),
-                aliases: aliases
-                    .iter()
-                    .map(|r| RawAlias {
-                        address: r.get(0),
-                        members: r.get(1),
-                    })
-                    .collect(),
-            }
-        };
+        let mut entries = entries(&tx).await?;
         match change {
             Change::AddUser {
                 name,
@@ -457,6 +365,58 @@ impl Book {
         .map_err(pg)?;
         tx.commit().await.map_err(pg)
     }
+}
+
+/// Every entry of the book, as read in `tx`.
+async fn entries(tx: &tokio_postgres::Transaction<'_>) -> Result<SharedEntries, String> {
+    let users = tx
+        .query(
+            "SELECT name, password, addresses, admin, quota FROM directory_users ORDER BY name",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| RawUser {
+            name: r.get(0),
+            password: r.get(1),
+            addresses: r.get(2),
+            admin: r.get(3),
+            quota: r.get(4),
+        })
+        .collect();
+    let mailin = tx
+        .query(
+            "SELECT name, addresses, readers FROM directory_mailin ORDER BY name",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| RawMailin {
+            name: r.get(0),
+            addresses: r.get(1),
+            readers: r.get(2),
+        })
+        .collect();
+    let aliases = tx
+        .query(
+            "SELECT address, members FROM directory_aliases ORDER BY address",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| RawAlias {
+            address: r.get(0),
+            members: r.get(1),
+        })
+        .collect();
+    Ok(SharedEntries {
+        users,
+        mailin,
+        aliases,
+    })
 }
 
 /// Whether the book `entries` beside the file's entries is a directory.
