@@ -270,11 +270,7 @@ fn hundred_sessions_of_10_mib_stay_under_1_gib_and_arrive_whole() {
 /// Opens the stopped daemon's spool and counts message records and
 /// content chunks (`m` and `b` keys of the `queue` tree).
 fn spool_keys(spool: &Path) -> (usize, usize) {
-    let db = sled::Config::new()
-        .path(spool.join("queue"))
-        .segment_size(8 * 1024 * 1024)
-        .open()
-        .expect("open the spool");
+    let db = common::open_spool_queue(spool);
     let tree = db.open_tree("queue").expect("tree");
     (
         tree.scan_prefix(b"m").count(),
@@ -331,11 +327,7 @@ fn content_left_without_a_record_is_swept_at_start() {
     // And an orphan as an older petrel or a crash between the chunks and
     // the record leaves it: a chunk of id 1 with no record.
     {
-        let db = sled::Config::new()
-            .path(spool.join("queue"))
-            .segment_size(8 * 1024 * 1024)
-            .open()
-            .expect("open");
+        let db = common::open_spool_queue(&spool);
         let tree = db.open_tree("queue").expect("tree");
         let mut key = vec![b'b'];
         key.extend_from_slice(&1u64.to_be_bytes());
@@ -346,6 +338,7 @@ fn content_left_without_a_record_is_swept_at_start() {
     let before = spool_keys(&spool);
     assert_eq!(before.0, 0);
     assert!(before.1 >= 1, "{before:?}");
+    common::wait_spool_released(&spool);
     let mut again = TestServer::start_in(
         server.dir.clone(),
         &std::fs::read_to_string(&server.config_path).expect("config"),

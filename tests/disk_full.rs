@@ -217,11 +217,7 @@ fn probe(addr: SocketAddr, n: usize) -> ((u16, String), Duration) {
 
 /// Every content chunk of the stopped daemon's queue belongs to a record.
 fn orphaned_chunks(spool: &Path) -> usize {
-    let db = sled::Config::new()
-        .path(spool.join("queue"))
-        .segment_size(8 * 1024 * 1024)
-        .open()
-        .expect("open the spool");
+    let db = common::open_spool_queue(spool);
     let tree = db.open_tree("queue").expect("tree");
     tree.scan_prefix(b"b")
         .filter_map(|kv| kv.ok())

@@ -596,3 +596,37 @@ pub fn assert_about(measured: Duration, configured: Duration, what: &str) {
         "{what}: fired after {measured:?}, configured {configured:?} (allowed {low:?} to {high:?})"
     );
 }
+
+/// A stopped daemon's spool queue, opened as the test reads or plants
+/// keys in it. sled lets go of its file lock a moment after its last
+/// handle is dropped (its I/O threads finish first), so this waits for
+/// the lock, as the next daemon's start must: see [`wait_spool_released`].
+pub fn open_spool_queue(spool: &Path) -> sled::Db {
+    wait_spool_released(spool);
+    sled::Config::new()
+        .path(spool.join("queue"))
+        .segment_size(8 * 1024 * 1024)
+        .open()
+        .expect("open the spool")
+}
+
+/// Waits (up to 30 s) until no process or handle holds the lock of the
+/// spool's sled file; panics if it stays held.
+pub fn wait_spool_released(spool: &Path) {
+    let db = spool.join("queue").join("db");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let file = match std::fs::File::open(&db) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => panic!("open {}: {e}", db.display()),
+        };
+        match file.try_lock() {
+            Ok(()) => return,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("the lock of {} stays held: {e}", db.display()),
+        }
+    }
+}
