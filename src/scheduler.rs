@@ -28,6 +28,9 @@ use crate::spool::{
 
 /// RFC 5321 §6.3: more `Received:` headers than this is a loop.
 const MAX_HOPS: usize = 50;
+/// Messages up to this size are read from the spool on the actor's
+/// thread; larger ones on the blocking pool.
+const INLINE_READ: u64 = 64 * 1024;
 /// How many due messages are taken from the index per pass.
 const BATCH: usize = 256;
 /// Longest sleep between passes; the due index is looked at least this often.
@@ -287,9 +290,12 @@ impl Scheduler {
             .map(|t| t.rcpt)
             .chain(remotes.iter().flat_map(|(_, l)| l.iter().map(|r| r.index)))
             .collect();
-        // The content is read off the actor's thread (a whole message may
-        // be megabytes of sled reads), then the jobs start. Recipients
-        // failed already (unknown here) need it for their report.
+        // The content is read, then the jobs start. A large message is
+        // read off the actor's thread (megabytes of sled reads); a small
+        // one (the common case, a few chunks in sled's cache) in place:
+        // the blocking pool's two thread hops cost more than the read.
+        // Recipients failed already (unknown here) need it for their
+        // report.
         let reading = (!locals.is_empty() || !remotes.is_empty() || !outcomes.is_empty())
             .then(|| msg.clone());
         let spool = self.spool.clone();
@@ -298,6 +304,7 @@ impl Scheduler {
         let work = async move {
             let content = match reading {
                 None => None,
+                Some(m) if m.size <= INLINE_READ => Some(spool.content(&m)),
                 Some(m) => Some(
                     tokio::task::spawn_blocking(move || spool.content(&m))
                         .await
