@@ -387,12 +387,7 @@ impl History {
     }
 }
 
-fn writer(
-    db: &Database,
-    rx: mpsc::Receiver<Command>,
-    pending: &AtomicUsize,
-    mut limits: Limits,
-) {
+fn writer(db: &Database, rx: mpsc::Receiver<Command>, pending: &AtomicUsize, mut limits: Limits) {
     let mut seq: u64 = 0;
     let mut last_prune = Instant::now() - PRUNE_EVERY;
     loop {
