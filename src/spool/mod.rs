@@ -32,7 +32,7 @@ pub use compact::Compacted;
 pub use counts::Counts;
 pub use id::{BadQueueId, QueueId};
 pub use record::{QueuedMessage, RcptState, Recipient, Ret, notify};
-pub use store::{CHUNK_SIZE, CommitStats, MIN_FREE, StoreError};
+pub use store::{CHUNK_SIZE, CommitStats, MIN_FREE, SEGMENT_SIZE, StoreError};
 pub use writer::ContentWriter;
 
 use id::IdGenerator;

@@ -41,8 +41,9 @@ use tokio::sync::oneshot;
 /// the same.
 pub const CHUNK_SIZE: usize = 16 * 1024;
 
-/// sled log segment size; fixed when a spool is created.
-const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+/// sled log segment size; fixed when a spool is created (sled refuses to
+/// open it with another).
+pub const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
 /// sled page cache size.
 const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;

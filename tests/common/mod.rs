@@ -605,7 +605,7 @@ pub fn open_spool_queue(spool: &Path) -> sled::Db {
     wait_spool_released(spool);
     sled::Config::new()
         .path(spool.join("queue"))
-        .segment_size(8 * 1024 * 1024)
+        .segment_size(petrel::spool::SEGMENT_SIZE)
         .open()
         .expect("open the spool")
 }
