@@ -25,7 +25,7 @@ POOL_SIZE (default 16, petrel's default) connections per node.
             `status=sent` (petrel writes it after the store's commit).
             Afterwards the last node must show all DELIVERIES messages in
             the user's INBOX over IMAP (mail delivered on the other nodes).
-  mixed     USERS (20) users, 200 × 4 KiB each, APPENDed (imap_load fill)
+  mixed     USERS (40) users, 200 × 4 KiB each, APPENDed (imap_load fill)
             through node 0; then for each CLIENTS (10 40) total clients,
             split across the nodes (each node's imap_load on its own port,
             all in parallel, different users per node: imap_load's
@@ -71,7 +71,7 @@ RUNS = int(os.environ.get("RUNS", "3"))
 PARTS = os.environ.get("PARTS", "delivery mixed").split()
 CONFIGS = os.environ.get("CONFIGS", "embedded pg-1 pg-2 pg-3").split()
 DELIVERIES = int(os.environ.get("DELIVERIES", "3000"))
-USERS = int(os.environ.get("USERS", "20"))
+USERS = int(os.environ.get("USERS", "40"))
 CLIENTS = [int(c) for c in os.environ.get("CLIENTS", "10 40").split()]
 SECONDS = int(os.environ.get("SECONDS_PER_RUN", "15"))
 POOL_SIZE = int(os.environ.get("POOL_SIZE", "16"))
@@ -547,8 +547,6 @@ def mixed_once(config, run, pg, users):
 
 
 def mixed(pg):
-    if max(CLIENTS) > USERS:
-        sys.exit(f"CLIENTS: at most USERS ({USERS}) clients, one user each")
     users = [f"u{i}" for i in range(USERS)]
     res = {(c, k): [] for c in CLIENTS for k in CONFIGS}
     for run in range(RUNS):
@@ -576,6 +574,8 @@ def mixed(pg):
 
 
 def main():
+    if "mixed" in PARTS and max(CLIENTS) > USERS:
+        sys.exit(f"CLIENTS: at most USERS ({USERS}) clients, one user each")
     os.environ["PATH"] += ":/usr/sbin"
     pg = Postgres()
     try:
